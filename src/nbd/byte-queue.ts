@@ -1,0 +1,72 @@
+import { assert } from '../util/assert.js';
+
+/**
+ * The bytes a socket has delivered and the parser has not yet consumed, kept as the list of
+ * chunks they arrived in. `take` slices without copying when one chunk holds the bytes and
+ * copies only when they span chunks (STYLE.md, "Parsing is an explicit state machine over a list
+ * of chunks").
+ */
+export class ByteQueue {
+  private readonly chunks: Buffer[] = [];
+  /** Bytes of `chunks[0]` already consumed. */
+  private headOffset = 0;
+  private lengthBytes = 0;
+
+  get length(): number {
+    return this.lengthBytes;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.lengthBytes += chunk.length;
+  }
+
+  /** Removes and returns the next `count` bytes; the caller checked `length >= count`. */
+  take(count: number): Buffer {
+    assert(count <= this.lengthBytes, 'ByteQueue.take past the end');
+    const first = this.chunks[0];
+    if (count === 0 || first === undefined) return Buffer.alloc(0);
+    const firstLeft = first.length - this.headOffset;
+    if (count <= firstLeft) {
+      const out = first.subarray(this.headOffset, this.headOffset + count);
+      this.consume(count);
+      return out;
+    }
+    const out = Buffer.allocUnsafe(count);
+    let copied = 0;
+    while (copied < count) {
+      const chunk = this.chunks[0];
+      assert(chunk !== undefined, 'ByteQueue ran out of chunks');
+      const n = Math.min(count - copied, chunk.length - this.headOffset);
+      chunk.copy(out, copied, this.headOffset, this.headOffset + n);
+      copied += n;
+      this.consume(n);
+    }
+    return out;
+  }
+
+  /** Drops the next `count` bytes (or all there are, if fewer); returns how many were dropped. */
+  skip(count: number): number {
+    let left = Math.min(count, this.lengthBytes);
+    const dropped = left;
+    while (left > 0) {
+      const chunk = this.chunks[0];
+      assert(chunk !== undefined, 'ByteQueue ran out of chunks');
+      const n = Math.min(left, chunk.length - this.headOffset);
+      this.consume(n);
+      left -= n;
+    }
+    return dropped;
+  }
+
+  private consume(count: number): void {
+    this.headOffset += count;
+    this.lengthBytes -= count;
+    const first = this.chunks[0];
+    if (first !== undefined && this.headOffset === first.length) {
+      this.chunks.shift();
+      this.headOffset = 0;
+    }
+  }
+}
