@@ -1,0 +1,100 @@
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Typed access to `native/ferry_native.c`: lseek(SEEK_DATA/SEEK_HOLE) and fallocate, which Node
+ * lacks and the raw image backend needs for extents, holes and thick allocation. Every call runs on
+ * the libuv pool and returns a promise; a failure rejects with an Error carrying `code` (errno
+ * name such as 'ENOSPC', 'EOPNOTSUPP'), a negated `errno` and `syscall`, the shape of Node's own fs
+ * errors, so `fromSystemError` maps it.
+ *
+ * The addon is loaded on first use rather than at import, so a process that never opens a raw
+ * image (a CLI talking to the API, say) starts even where the addon was not built.
+ */
+
+/** fallocate(2) mode bits, as the running kernel's headers define them. */
+export interface FallocFlags {
+  /** Do not change the file size, even when the range ends past it. */
+  readonly keepSize: number;
+  /** Deallocate the range (it reads as zeros); must be combined with `keepSize`. */
+  readonly punchHole: number;
+  /** Make the range read as zeros, keeping (or creating) its allocation. */
+  readonly zeroRange: number;
+}
+
+export interface NativeFs {
+  readonly fallocFlags: FallocFlags;
+  /** The first data offset at or after `offset`, or -1 when none (ENXIO). */
+  seekData(fd: number, offset: number): Promise<number>;
+  /** The first hole offset at or after `offset` (EOF counts as a hole), or -1 past EOF (ENXIO). */
+  seekHole(fd: number, offset: number): Promise<number>;
+  /** fallocate(fd, mode, offset, length); `length` must be positive. */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+}
+
+/** The addon is absent or unloadable: a build problem, not an I/O error, so not a BlockError. */
+export class NativeAddonError extends Error {
+  override readonly name = 'NativeAddonError';
+  readonly code = 'ERR_FERRY_NATIVE_ADDON';
+}
+
+/** Exactly what `ferry_native.c` exports. */
+interface Addon {
+  seekData(fd: number, offset: number): Promise<number>;
+  seekHole(fd: number, offset: number): Promise<number>;
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<undefined>;
+  readonly FALLOC_FL_KEEP_SIZE: number;
+  readonly FALLOC_FL_PUNCH_HOLE: number;
+  readonly FALLOC_FL_ZERO_RANGE: number;
+}
+
+/**
+ * This module compiles to dist/src/block/native.js and the addon builds into
+ * native/build/Release, so the repository root is three levels up from here.
+ */
+const ADDON_URL = new URL('../../../native/build/Release/ferry_native.node', import.meta.url);
+
+let loaded: NativeFs | undefined;
+
+/** Loads the addon once; throws `NativeAddonError` saying how to build it when it is missing. */
+export function loadNativeFs(): NativeFs {
+  loaded ??= wrap(requireAddon());
+  return loaded;
+}
+
+function requireAddon(): Addon {
+  const path = fileURLToPath(ADDON_URL);
+  try {
+    return createRequire(import.meta.url)(path) as Addon;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new NativeAddonError(
+      `cannot load the ferry_native addon from ${path} (${reason}); ` +
+        'run `npm install` in the repository root, which builds it with node-gyp',
+      { cause: error },
+    );
+  }
+}
+
+function wrap(addon: Addon): NativeFs {
+  for (const name of ['seekData', 'seekHole', 'fallocate'] as const) {
+    if (typeof addon[name] !== 'function') {
+      throw new NativeAddonError(
+        `the ferry_native addon lacks ${name}(); rebuild it with npm install`,
+      );
+    }
+  }
+  return {
+    fallocFlags: {
+      keepSize: addon.FALLOC_FL_KEEP_SIZE,
+      punchHole: addon.FALLOC_FL_PUNCH_HOLE,
+      zeroRange: addon.FALLOC_FL_ZERO_RANGE,
+    },
+    // async, so a refused argument (the addon throws a RangeError at once) rejects like the rest.
+    seekData: async (fd, offset) => addon.seekData(fd, offset),
+    seekHole: async (fd, offset) => addon.seekHole(fd, offset),
+    fallocate: async (fd, mode, offset, length) => {
+      await addon.fallocate(fd, mode, offset, length);
+    },
+  };
+}
