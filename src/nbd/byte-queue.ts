@@ -46,6 +46,24 @@ export class ByteQueue {
     return out;
   }
 
+  /** The next `count` bytes without consuming them (a view when one chunk holds them). */
+  peek(count: number): Buffer {
+    assert(count <= this.lengthBytes, 'ByteQueue.peek past the end');
+    const first = this.chunks[0];
+    if (first !== undefined && first.length - this.headOffset >= count) {
+      return first.subarray(this.headOffset, this.headOffset + count);
+    }
+    const out = Buffer.allocUnsafe(count);
+    let copied = 0;
+    for (let i = 0; copied < count; i += 1) {
+      const chunk = this.chunks[i];
+      assert(chunk !== undefined, 'ByteQueue ran out of chunks');
+      const start = i === 0 ? this.headOffset : 0;
+      copied += chunk.copy(out, copied, start, Math.min(chunk.length, start + count - copied));
+    }
+    return out;
+  }
+
   /** Drops the next `count` bytes (or all there are, if fewer); returns how many were dropped. */
   skip(count: number): number {
     let left = Math.min(count, this.lengthBytes);

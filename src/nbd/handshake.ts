@@ -67,7 +67,11 @@ export function handleOption(
     case Opt.ExportName:
       return handleOptExportName(state, exports, data);
     case Opt.Abort:
-      return { next: 'close', replies: [encodeOptionReply(option, Rep.Ack)], reason: 'client aborted' };
+      return {
+        next: 'close',
+        replies: [encodeOptionReply(option, Rep.Ack)],
+        reason: 'client aborted',
+      };
     case Opt.List:
       return handleOptList(exports, data);
     case Opt.Info:
@@ -140,7 +144,8 @@ function handleOptInfoOrGo(
   if (typeof parsed === 'string') return stay(errorReply(option, Rep.ErrInvalid, parsed));
   const found = exports.lookup(parsed.name);
   if (!found) {
-    const hint = parsed.name === '' ? 'no default export: name a disk' : `no export named "${parsed.name}"`;
+    const hint =
+      parsed.name === '' ? 'no default export: name a disk' : `no export named "${parsed.name}"`;
     return stay(errorReply(option, Rep.ErrUnknown, hint));
   }
   const { device } = found;

@@ -1,6 +1,6 @@
 import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { silentLogger, type Logger } from '../util/logger.js';
+import { type Logger, silentLogger } from '../util/logger.js';
 import type { ExportProvider } from './exports.js';
 import { DEFAULT_SESSION_LIMITS, NbdSession, type SessionLimits } from './session.js';
 
@@ -43,7 +43,8 @@ export class NbdServer {
     const server = this.newListener();
     await listen(server, () => server.listen({ host, port, exclusive: true }));
     const address = server.address();
-    if (address === null || typeof address === 'string') throw new Error('TCP listener has no address');
+    if (address === null || typeof address === 'string')
+      throw new Error('TCP listener has no address');
     this.log.info({ host: address.address, port: address.port }, 'nbd listening on tcp');
     return { host: address.address, port: address.port };
   }

@@ -18,7 +18,12 @@ import {
 } from './codec.js';
 import { NbdProtocolError } from './errors.js';
 import type { ExportProvider, NbdExport } from './exports.js';
-import { BASE_ALLOCATION_ID, handleOption, type NegotiatedState, newNegotiatedState } from './handshake.js';
+import {
+  BASE_ALLOCATION_ID,
+  handleOption,
+  type NegotiatedState,
+  newNegotiatedState,
+} from './handshake.js';
 import {
   CLIENT_FLAGS_KNOWN,
   ClientFlag,
@@ -61,7 +66,7 @@ const traceChannel = channel('ferry:nbd:session');
 export interface SessionLimits {
   /** Requests dispatched to the device and not yet answered. */
   readonly inFlightMax: number;
-  /** Write payload bytes held by requests in flight. */
+  /** Data bytes held by requests in flight: write payloads and the read buffers being filled. */
   readonly inFlightBytesMax: number;
   /** Reply bytes queued on the socket that the client has not read yet. */
   readonly replyBacklogBytesMax: number;
@@ -69,8 +74,8 @@ export interface SessionLimits {
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   inFlightMax: 256,
-  inFlightBytesMax: 128 * 1024 * 1024,
-  replyBacklogBytesMax: 64 * 1024 * 1024,
+  inFlightBytesMax: 64 * 1024 * 1024,
+  replyBacklogBytesMax: 32 * 1024 * 1024,
 };
 
 const GREETING = (() => {
@@ -168,7 +173,10 @@ export class NbdSession {
   /** Client flags (32 bits): unknown bits mean a client we cannot talk to (proto.md). */
   private handleClientFlags(flags: number): void {
     if ((flags & ~CLIENT_FLAGS_KNOWN) !== 0) {
-      throw new NbdProtocolError('ERR_NBD_CLIENT_FLAGS', `unknown client flags 0x${flags.toString(16)}`);
+      throw new NbdProtocolError(
+        'ERR_NBD_CLIENT_FLAGS',
+        `unknown client flags 0x${flags.toString(16)}`,
+      );
     }
     this.negotiated = newNegotiatedState((flags & ClientFlag.NoZeroes) !== 0);
     this.transition('options');
@@ -225,14 +233,19 @@ export class NbdSession {
       void this.close();
       return false;
     }
+    const dataBytes = header.type === Cmd.Read || header.type === Cmd.Write ? header.length : 0;
     this.inFlightCount += 1;
-    this.inFlightBytes += payloadBytes;
-    void this.serve(header, payload);
+    this.inFlightBytes += dataBytes;
+    void this.serve(header, payload, dataBytes);
     this.maybePauseReading();
     return true;
   }
 
-  private async serve(header: RequestHeader, payload: Buffer | null): Promise<void> {
+  private async serve(
+    header: RequestHeader,
+    payload: Buffer | null,
+    dataBytes: number,
+  ): Promise<void> {
     const active = this.active;
     assert(active !== null, 'request without an export');
     const error = validateRequest(header, {
@@ -248,20 +261,27 @@ export class NbdSession {
       this.replyFailure(header, failure);
     } finally {
       this.inFlightCount -= 1;
-      this.inFlightBytes -= payload?.length ?? 0;
+      this.inFlightBytes -= dataBytes;
       if (this.inFlightCount === 0) this.wakeIdleWaiters();
       this.maybeResumeReading();
     }
   }
 
   /** Runs a valid request against the device and sends its reply (handlers named per spec). */
-  private async execute(header: RequestHeader, payload: Buffer | null, active: NbdExport): Promise<void> {
+  private async execute(
+    header: RequestHeader,
+    payload: Buffer | null,
+    active: NbdExport,
+  ): Promise<void> {
     const { device } = active;
     const { offset, length, flags } = header;
     const isFua = (flags & CmdFlag.Fua) !== 0;
     switch (header.type) {
       case Cmd.Read:
-        return this.handleCmdRead(header, length === 0 ? Buffer.alloc(0) : await device.read(offset, length));
+        return this.handleCmdRead(
+          header,
+          length === 0 ? Buffer.alloc(0) : await device.read(offset, length),
+        );
       case Cmd.Write:
         if (length > 0) await device.write(offset, payload ?? Buffer.alloc(0), { fua: isFua });
         return this.replyOk(header);
@@ -292,7 +312,11 @@ export class NbdSession {
   }
 
   /** NBD_CMD_WRITE_ZEROES: FAST_ZERO fails at once unless zeroing is native (proto.md). */
-  private async handleCmdWriteZeroes(header: RequestHeader, isFua: boolean, active: NbdExport): Promise<void> {
+  private async handleCmdWriteZeroes(
+    header: RequestHeader,
+    isFua: boolean,
+    active: NbdExport,
+  ): Promise<void> {
     const fastOnly = (header.flags & CmdFlag.FastZero) !== 0;
     if (fastOnly && active.device.caps.zero !== 'native') {
       return this.replyError(header, Errno.ENOTSUP, 'zeroing is not faster than writing');
@@ -316,12 +340,17 @@ export class NbdSession {
       const length = Math.min(extent.offset + extent.length, end) - extent.offset;
       if (length <= 0) break;
       const flags =
-        extent.kind === 'hole' ? StateFlag.Hole | StateFlag.Zero : extent.kind === 'zero' ? StateFlag.Zero : 0;
+        extent.kind === 'hole'
+          ? StateFlag.Hole | StateFlag.Zero
+          : extent.kind === 'zero'
+            ? StateFlag.Zero
+            : 0;
       descriptors.push({ length, flags });
       if (isOne) break;
     }
     if (descriptors.length === 0) {
-      return this.replyError(header, Errno.EIO, 'device returned no extents');
+      this.replyError(header, Errno.EIO, 'device returned no extents');
+      return;
     }
     this.send(encodeBlockStatusChunk(header.cookie, BASE_ALLOCATION_ID, descriptors, true));
   }
@@ -340,7 +369,10 @@ export class NbdSession {
 
   private replyFailure(header: RequestHeader, failure: unknown): void {
     if (isBlockError(failure)) {
-      this.log.debug({ err: failure, type: header.type, offset: header.offset }, 'nbd request failed');
+      this.log.debug(
+        { err: failure, type: header.type, offset: header.offset },
+        'nbd request failed',
+      );
       this.replyError(header, Errno[failure.code as ErrnoName], failure.message);
       return;
     }
@@ -401,7 +433,10 @@ export class NbdSession {
   /** A protocol violation: log why, then drop this connection only. */
   private failConnection(error: unknown): void {
     if (error instanceof NbdProtocolError) {
-      this.log.warn({ code: error.code, reason: error.message }, 'nbd protocol error; closing connection');
+      this.log.warn(
+        { code: error.code, reason: error.message },
+        'nbd protocol error; closing connection',
+      );
     } else {
       this.log.error({ err: error }, 'nbd session failed; closing connection');
     }
