@@ -1,0 +1,421 @@
+import { mkdir, realpath } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { type Provisioning, statAllocatedBytes } from '../block/raw-file.js';
+import type { StatsSnapshot } from '../block/stats.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { type Logger, silentLogger } from '../util/logger.js';
+import { DataDirLock } from './data-dir-lock.js';
+import type { Datastore } from './datastore.js';
+import { checkDiskSize, ORPHAN_IMAGE } from './datastore.js';
+import { DatastoreRegistry, DEFAULT_DATASTORE } from './datastore-registry.js';
+import type { DiskDescriptor } from './descriptor.js';
+import { closeDiskStack, openDiskStack } from './disk-stack.js';
+import { HostError, HostErrorCode } from './errors.js';
+import { type DiskEntry, ExportTable } from './export-table.js';
+import { checkName } from './names.js';
+
+/**
+ * The agent's storage side: its datastores, the disks in them, and the table of exports the NBD
+ * server serves. Every disk of every registered datastore is opened at start; a disk that cannot
+ * be (bad descriptor, missing image, duplicate name, datastore down) is skipped with a logged
+ * warning, so one broken file never keeps the others offline.
+ *
+ * Changes (create, import, remove, datastore add/remove, close) run one at a time, in call
+ * order: each checks names and then acts, and two interleaved would both pass the check.
+ */
+export interface AgentOptions {
+  /** Holds `datastores.json`, the lock, and the default datastore; created if missing. */
+  readonly dataDir: string;
+  readonly log?: Logger;
+  /**
+   * Closes the NBD connections to an export before its disk is removed; the entry wires it to
+   * `NbdServer.dropExport`. Without it, a removed disk's clients find their device closed.
+   */
+  readonly dropExport?: (name: string) => Promise<void>;
+}
+
+export interface CreateDiskRequest {
+  readonly name: string;
+  readonly sizeBytes: number;
+  /** Default: `local`, or the only datastore when there is one. */
+  readonly datastore?: string;
+  /** Default: thin. */
+  readonly provisioning?: Provisioning;
+}
+
+export interface ImportDiskRequest {
+  readonly name: string;
+  /** Absolute path of an existing raw image; it is moved into the datastore. */
+  readonly file: string;
+  readonly datastore?: string;
+}
+
+export interface DiskInfo {
+  readonly name: string;
+  readonly datastore: string;
+  readonly sizeBytes: number;
+  readonly provisioning: Provisioning;
+  /** Bytes the image occupies on its file system now; null if it cannot be stat'ed. */
+  readonly allocatedBytes: number | null;
+  readonly generation: number;
+  readonly image: string;
+  readonly createdAt: string;
+}
+
+export interface DatastoreInfo {
+  readonly name: string;
+  readonly path: string;
+  readonly isAvailable: boolean;
+  /** Null when the datastore is unavailable. */
+  readonly capacityBytes: number | null;
+  readonly freeBytes: number | null;
+  /** Disks of this datastore the agent serves. */
+  readonly diskCount: number;
+}
+
+export class Agent {
+  /** The NBD server's export provider. */
+  readonly exports = new ExportTable();
+  readonly dataDir: string;
+  /** What was skipped while opening datastores (at start or on add), for the operator; also logged. */
+  readonly warnings: string[] = [];
+  private readonly registry: DatastoreRegistry;
+  private readonly lock: DataDirLock;
+  private readonly log: Logger;
+  private readonly dropExport: (name: string) => Promise<void>;
+  private queue: Promise<unknown> = Promise.resolve();
+  private isClosed = false;
+
+  private constructor(
+    dataDir: string,
+    registry: DatastoreRegistry,
+    lock: DataDirLock,
+    options: AgentOptions,
+  ) {
+    this.dataDir = dataDir;
+    this.registry = registry;
+    this.lock = lock;
+    this.log = options.log ?? silentLogger;
+    this.dropExport = options.dropExport ?? (async () => {});
+  }
+
+  /**
+   * Locks `dataDir` (`ERR_DATA_DIR_LOCKED` if another agent has it), loads the datastore
+   * registry (registering `local` when there is none) and opens every disk.
+   */
+  static async open(options: AgentOptions): Promise<Agent> {
+    await mkdir(options.dataDir, { recursive: true });
+    const dataDir = await realpath(resolve(options.dataDir));
+    const lock = await DataDirLock.acquire(dataDir);
+    try {
+      const registry = await DatastoreRegistry.load(dataDir);
+      const agent = new Agent(dataDir, registry, lock, options);
+      for (const datastore of registry.list()) await agent.openDatastore(datastore);
+      agent.log.info(
+        { dataDir, datastores: registry.list().length, disks: agent.exports.all().length },
+        'agent opened',
+      );
+      return agent;
+    } catch (error) {
+      await lock.release();
+      throw error;
+    }
+  }
+
+  /** Creates an empty disk and serves it. */
+  async createDisk(request: CreateDiskRequest): Promise<DiskInfo> {
+    checkName(request.name, 'disk');
+    checkDiskSize(request.sizeBytes);
+    return this.serialize(async () => {
+      this.checkNameFree(request.name);
+      const datastore = this.pickDatastore(request.datastore);
+      const provisioning = request.provisioning ?? 'thin';
+      const descriptor = await datastore.createDisk(request.name, request.sizeBytes, provisioning);
+      const entry = await this.publishNew(descriptor, datastore);
+      this.log.info(
+        {
+          disk: request.name,
+          datastore: datastore.name,
+          sizeBytes: request.sizeBytes,
+          provisioning,
+        },
+        'disk created',
+      );
+      return this.describeDisk(entry);
+    });
+  }
+
+  /** Adopts an existing raw image as a disk (datastore.ts: moved, never copied) and serves it. */
+  async importDisk(request: ImportDiskRequest): Promise<DiskInfo> {
+    checkName(request.name, 'disk');
+    return this.serialize(async () => {
+      this.checkNameFree(request.name);
+      const datastore = this.pickDatastore(request.datastore);
+      await this.checkNotServed(request.file);
+      const descriptor = await datastore.importImage(request.name, request.file);
+      const entry = await this.publishNew(descriptor, datastore);
+      this.log.info(
+        { disk: request.name, datastore: datastore.name, file: request.file },
+        'disk imported',
+      );
+      return this.describeDisk(entry);
+    });
+  }
+
+  /**
+   * Stops serving disk `name` (its NBD clients are disconnected once their requests in flight
+   * finish), closes its stack and deletes its files. If the descriptor cannot be deleted the disk
+   * is opened and served again and the error is rethrown.
+   */
+  async removeDisk(name: string): Promise<void> {
+    await this.serialize(async () => {
+      const entry = this.exports.delete(name);
+      if (!entry) throw notFound('disk', name);
+      await this.dropExport(name).catch((error: unknown) => {
+        this.log.warn({ disk: name, err: error }, 'could not drop the export connections');
+      });
+      // A failed flush does not matter here: the data is about to be deleted.
+      await closeDiskStack(entry.stack).catch((error: unknown) => {
+        this.log.warn({ disk: name, err: error }, 'closing the disk before removal failed');
+      });
+      try {
+        const leftover = await entry.datastore.removeDisk(entry.descriptor);
+        if (leftover) this.log.warn({ disk: name, file: leftover.file }, leftover.message);
+      } catch (error) {
+        await this.publish(entry.descriptor, entry.datastore).catch((reopen: unknown) => {
+          this.log.error({ disk: name, err: reopen }, 'disk could not be deleted nor served again');
+        });
+        throw error;
+      }
+      this.log.info({ disk: name, datastore: entry.datastore.name }, 'disk removed');
+    });
+  }
+
+  async listDisks(): Promise<DiskInfo[]> {
+    return Promise.all(this.exports.all().map((entry) => this.describeDisk(entry)));
+  }
+
+  async getDisk(name: string): Promise<DiskInfo> {
+    return this.describeDisk(this.entryOf(name));
+  }
+
+  /** The guest I/O counters of disk `name` (the Stats filter's snapshot). */
+  diskStats(name: string): StatsSnapshot {
+    return this.entryOf(name).stack.stats.snapshot();
+  }
+
+  /** Registers directory `path` (absolute) as a datastore and serves the disks already in it. */
+  async addDatastore(name: string, path: string): Promise<DatastoreInfo> {
+    return this.serialize(async () => {
+      const datastore = await this.registry.add(name, path);
+      await this.openDatastore(datastore);
+      this.log.info({ datastore: name, path: datastore.path }, 'datastore added');
+      return this.describeDatastore(datastore);
+    });
+  }
+
+  async listDatastores(): Promise<DatastoreInfo[]> {
+    return Promise.all(this.registry.list().map((datastore) => this.describeDatastore(datastore)));
+  }
+
+  async getDatastore(name: string): Promise<DatastoreInfo> {
+    const datastore = this.registry.get(name);
+    if (!datastore) throw notFound('datastore', name);
+    return this.describeDatastore(datastore);
+  }
+
+  /** Unregisters an empty datastore (`ERR_DATASTORE_NOT_EMPTY` otherwise); its directory stays. */
+  async removeDatastore(name: string): Promise<void> {
+    await this.serialize(async () => {
+      const served = this.exports.all().filter((entry) => entry.datastore.name === name).length;
+      if (served > 0) {
+        throw new HostError(
+          HostErrorCode.DatastoreNotEmpty,
+          `datastore ${name} still holds ${served} disk(s); remove or move them first`,
+        );
+      }
+      await this.registry.remove(name);
+      this.log.info({ datastore: name }, 'datastore removed');
+    });
+  }
+
+  /**
+   * Flushes and closes every disk, then releases the data directory. Every disk is closed even
+   * if another fails; a failure (which may mean lost writes) is logged per disk and the first
+   * one rethrown. Later calls do nothing; other operations fail with `ERR_AGENT_CLOSED`.
+   */
+  async close(): Promise<void> {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    await this.queue.catch(() => undefined);
+    const failures: unknown[] = [];
+    for (const entry of this.exports.all()) {
+      this.exports.delete(entry.descriptor.name);
+      await closeDiskStack(entry.stack).catch((error: unknown) => {
+        this.log.error(
+          { disk: entry.descriptor.name, err: error },
+          'flush or close failed at shutdown',
+        );
+        failures.push(error);
+      });
+    }
+    await this.lock.release();
+    this.log.info({ dataDir: this.dataDir }, 'agent closed');
+    if (failures.length > 0) throw failures[0];
+  }
+
+  /** Opens every disk of `datastore`, skipping with a warning whatever cannot be served. */
+  private async openDatastore(datastore: Datastore): Promise<void> {
+    let scan: Awaited<ReturnType<Datastore['scan']>>;
+    try {
+      scan = await datastore.scan();
+    } catch (error) {
+      this.warn({ datastore: datastore.name }, errorMessageOf(error));
+      return;
+    }
+    for (const problem of scan.problems) {
+      const isOrphan = problem.code === ORPHAN_IMAGE;
+      const message = isOrphan ? problem.message : `a disk is skipped: ${problem.message}`;
+      this.warn({ datastore: datastore.name, file: problem.file }, message);
+    }
+    for (const descriptor of scan.descriptors) {
+      const twin = this.exports.get(descriptor.name);
+      if (twin) {
+        this.warn(
+          { datastore: datastore.name, disk: descriptor.name },
+          `disk ${descriptor.name} in datastore ${datastore.name} is skipped: a disk of that name is already served from datastore ${twin.datastore.name}`,
+        );
+        continue;
+      }
+      await this.publish(descriptor, datastore).catch((error: unknown) => {
+        this.warn(
+          { datastore: datastore.name, disk: descriptor.name },
+          `disk ${descriptor.name} is skipped: ${errorMessageOf(error)}`,
+        );
+      });
+    }
+  }
+
+  private async publish(descriptor: DiskDescriptor, datastore: Datastore): Promise<DiskEntry> {
+    const stack = await openDiskStack(datastore.imagePath(descriptor), descriptor);
+    return this.exports.add(descriptor, datastore, stack);
+  }
+
+  /** Publishes a disk just written; if it cannot be opened its files are removed again. */
+  private async publishNew(descriptor: DiskDescriptor, datastore: Datastore): Promise<DiskEntry> {
+    try {
+      return await this.publish(descriptor, datastore);
+    } catch (error) {
+      await datastore.removeDisk(descriptor).catch((cleanup: unknown) => {
+        this.log.warn(
+          { disk: descriptor.name, err: cleanup },
+          'could not remove the disk that failed to open',
+        );
+      });
+      throw error;
+    }
+  }
+
+  private pickDatastore(name: string | undefined): Datastore {
+    if (name !== undefined) {
+      const datastore = this.registry.get(name);
+      if (!datastore) throw notFound('datastore', name);
+      return datastore;
+    }
+    const all = this.registry.list();
+    const only = all.length === 1 ? all[0] : undefined;
+    const chosen = this.registry.get(DEFAULT_DATASTORE) ?? only;
+    if (!chosen) {
+      throw new HostError(
+        HostErrorCode.DatastoreAmbiguous,
+        `there are ${all.length} datastores and none is named ${DEFAULT_DATASTORE}: say which one (${all.map((d) => d.name).join(', ')})`,
+      );
+    }
+    return chosen;
+  }
+
+  private checkNameFree(name: string): void {
+    const entry = this.exports.get(name);
+    if (entry) {
+      throw new HostError(
+        HostErrorCode.Exists,
+        `disk ${name} already exists in datastore ${entry.datastore.name}`,
+      );
+    }
+  }
+
+  /** Refuses to import a file that is the image of a disk being served. */
+  private async checkNotServed(file: string): Promise<void> {
+    const path = await realpath(file).catch(() => file);
+    const owner = this.exports
+      .all()
+      .find((entry) => entry.datastore.imagePath(entry.descriptor) === path);
+    if (owner) {
+      throw new HostError(
+        HostErrorCode.Exists,
+        `${file} is the image of disk ${owner.descriptor.name}`,
+      );
+    }
+  }
+
+  private entryOf(name: string): DiskEntry {
+    const entry = this.exports.get(name);
+    if (!entry) throw notFound('disk', name);
+    return entry;
+  }
+
+  private async describeDisk(entry: DiskEntry): Promise<DiskInfo> {
+    const { descriptor, datastore } = entry;
+    const image = datastore.imagePath(descriptor);
+    return {
+      name: descriptor.name,
+      datastore: datastore.name,
+      sizeBytes: descriptor.sizeBytes,
+      provisioning: descriptor.provisioning,
+      // A listing must not fail because one image went missing behind the agent's back (its
+      // open descriptor still serves it); the null says so.
+      allocatedBytes: await statAllocatedBytes(image).catch(() => null),
+      generation: descriptor.generation,
+      image,
+      createdAt: descriptor.createdAt,
+    };
+  }
+
+  private async describeDatastore(datastore: Datastore): Promise<DatastoreInfo> {
+    const diskCount = this.exports
+      .all()
+      .filter((entry) => entry.datastore.name === datastore.name).length;
+    try {
+      const space = await datastore.space();
+      return { name: datastore.name, path: datastore.path, isAvailable: true, ...space, diskCount };
+    } catch (error) {
+      if (errorCodeOf(error) !== HostErrorCode.DatastoreUnavailable) throw error;
+      return {
+        name: datastore.name,
+        path: datastore.path,
+        isAvailable: false,
+        capacityBytes: null,
+        freeBytes: null,
+        diskCount,
+      };
+    }
+  }
+
+  private warn(fields: object, message: string): void {
+    this.warnings.push(message);
+    this.log.warn(fields, message);
+  }
+
+  /** Runs `task` after every change queued before it; fails at once once the agent is closed. */
+  private serialize<T>(task: () => Promise<T>): Promise<T> {
+    if (this.isClosed)
+      return Promise.reject(new HostError(HostErrorCode.Closed, 'the agent is closed'));
+    const run = this.queue.then(task, task);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+}
+
+function notFound(kind: 'disk' | 'datastore', name: string): HostError {
+  return new HostError(HostErrorCode.NotFound, `no ${kind} named ${name}`);
+}

@@ -1,0 +1,38 @@
+import { FerryError } from '../util/errors.js';
+
+/**
+ * Codes of the agent's operating errors. They are part of the API (clients branch on them), so
+ * a code once published keeps its meaning; src/api/error-table.ts gives each its HTTP status and
+ * CLI exit code.
+ */
+export const HostErrorCode = {
+  /** A datastore or disk name outside names.ts's alphabet. */
+  BadName: 'ERR_BAD_NAME',
+  /** A disk size that is not a positive multiple of the sector size. */
+  BadSize: 'ERR_BAD_SIZE',
+  /** A path that is not absolute, does not exist, or is not the kind of file asked for. */
+  BadPath: 'ERR_BAD_PATH',
+  /** No datastore or disk of that name. */
+  NotFound: 'ERR_NOT_FOUND',
+  /** The name (or the datastore path, or the image file) is already taken. */
+  Exists: 'ERR_EXISTS',
+  /** A datastore still holds disks. */
+  DatastoreNotEmpty: 'ERR_DATASTORE_NOT_EMPTY',
+  /** Several datastores and none named: the agent will not guess where a disk goes. */
+  DatastoreAmbiguous: 'ERR_DATASTORE_AMBIGUOUS',
+  /** A datastore's directory is missing or unreadable (e.g. an NFS mount that is down). */
+  DatastoreUnavailable: 'ERR_DATASTORE_UNAVAILABLE',
+  /** An import source on another filesystem: adopting it would need a full copy. */
+  CrossDevice: 'ERR_CROSS_DEVICE',
+  /** A descriptor or registry file that cannot be parsed or fails validation. */
+  BadDescriptor: 'ERR_BAD_DESCRIPTOR',
+  /** Another agent holds the data directory. */
+  Locked: 'ERR_DATA_DIR_LOCKED',
+  /** The agent has been closed. */
+  Closed: 'ERR_AGENT_CLOSED',
+} as const;
+export type HostErrorCode = (typeof HostErrorCode)[keyof typeof HostErrorCode];
+
+export class HostError extends FerryError<HostErrorCode> {
+  override readonly name = 'HostError';
+}
