@@ -1,0 +1,50 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import type { Agent } from '../host/agent.js';
+import type { NbdAddress } from './disk-view.js';
+import { replyError } from './error-reply.js';
+import { ApiErrorCode } from './error-table.js';
+import { registerDatastoreRoutes } from './routes/datastores.js';
+import { registerDiskRoutes } from './routes/disks.js';
+import { registerHealthRoutes } from './routes/health.js';
+
+export interface ApiOptions {
+  readonly agent: Agent;
+  /** Where the NBD server listens, `nbd://HOST:PORT`; disk replies carry `<nbdUrl>/<disk>`. */
+  readonly nbdUrl: string;
+  readonly nbdSocketPath?: string;
+  /** Request errors with status 500 are logged here; requests themselves are not. */
+  readonly log?: FastifyBaseLogger;
+}
+
+/** Largest request body: bodies are a few names and paths. */
+const BODY_LIMIT_BYTES = 64 * 1024;
+
+/**
+ * The HTTP+JSON API under `/v1`. Returns a Fastify instance that is not listening: the entry
+ * calls `listen`, tests call `listen({ port: 0 })` or `inject`.
+ */
+export function createApi(options: ApiOptions): FastifyInstance {
+  const app = Fastify({
+    ...(options.log === undefined ? {} : { loggerInstance: options.log }),
+    // The agent logs every change itself; a line per request would drown them.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: BODY_LIMIT_BYTES,
+    // Refuse unknown properties instead of dropping them, and never coerce: `"name": 5` is a
+    // mistake to report, not a name to invent.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+  });
+  const nbd: NbdAddress = {
+    url: options.nbdUrl.replace(/\/+$/, ''),
+    ...(options.nbdSocketPath === undefined ? {} : { socketPath: options.nbdSocketPath }),
+  };
+  app.setErrorHandler((error, request, reply) => replyError(error, request, reply));
+  app.setNotFoundHandler((request, reply) =>
+    reply.status(404).send({
+      error: { code: ApiErrorCode.NoRoute, message: `no route ${request.method} ${request.url}` },
+    }),
+  );
+  registerHealthRoutes(app, options.agent, nbd);
+  registerDatastoreRoutes(app, options.agent);
+  registerDiskRoutes(app, options.agent, nbd);
+  return app;
+}

@@ -1,0 +1,33 @@
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { ApiErrorCode, mappingOf } from './error-table.js';
+
+/**
+ * Every failed request gets `{ error: { code, message } }` with the status error-table.ts gives
+ * the code, so clients branch on `code` and show `message`. Fastify's own request errors (schema
+ * validation, unparsable JSON, body too large) keep their 4xx status under `ERR_BAD_REQUEST`.
+ */
+export interface ErrorBody {
+  readonly error: { readonly code: string; readonly message: string };
+}
+
+export function replyError(
+  error: unknown,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): FastifyReply {
+  const fastifyStatus = (error as Partial<FastifyError>).statusCode;
+  const isRequestError =
+    (error as Partial<FastifyError>).validation !== undefined ||
+    (errorCodeOf(error)?.startsWith('FST_') === true &&
+      fastifyStatus !== undefined &&
+      fastifyStatus < 500);
+  const code = isRequestError
+    ? ApiErrorCode.BadRequest
+    : (errorCodeOf(error) ?? ApiErrorCode.Internal);
+  const status =
+    isRequestError && fastifyStatus !== undefined ? fastifyStatus : mappingOf(code).httpStatus;
+  if (status >= 500) request.log.error({ err: error }, 'request failed');
+  const body: ErrorBody = { error: { code, message: errorMessageOf(error) } };
+  return reply.status(status).send(body);
+}

@@ -1,0 +1,49 @@
+import { HostErrorCode } from '../host/errors.js';
+
+/**
+ * The one table from error codes to what the outside sees: the HTTP status of an API reply and
+ * the exit code of the CLI (STYLE.md, "Errors"). Exit 2 means the command was used wrongly (fix
+ * the arguments); exit 1 means the operation failed. Codes not listed are internal: 500, exit 1.
+ */
+export interface ErrorMapping {
+  readonly httpStatus: number;
+  readonly exitCode: 1 | 2;
+}
+
+/** Codes the API itself raises, beside the agent's (host/errors.ts). */
+export const ApiErrorCode = {
+  /** The request does not match the route's schema, or its body is not JSON. */
+  BadRequest: 'ERR_BAD_REQUEST',
+  /** No route for that method and path. */
+  NoRoute: 'ERR_NO_ROUTE',
+  /** Anything without a listed code: a bug or an unexpected system error. */
+  Internal: 'ERR_INTERNAL',
+} as const;
+
+const BAD_USAGE: ErrorMapping = { httpStatus: 400, exitCode: 2 };
+const BAD_INPUT: ErrorMapping = { httpStatus: 400, exitCode: 1 };
+const NOT_FOUND: ErrorMapping = { httpStatus: 404, exitCode: 1 };
+const CONFLICT: ErrorMapping = { httpStatus: 409, exitCode: 1 };
+const UNAVAILABLE: ErrorMapping = { httpStatus: 503, exitCode: 1 };
+const INTERNAL: ErrorMapping = { httpStatus: 500, exitCode: 1 };
+
+const TABLE: Readonly<Record<string, ErrorMapping>> = {
+  [ApiErrorCode.BadRequest]: BAD_USAGE,
+  [ApiErrorCode.NoRoute]: NOT_FOUND,
+  [HostErrorCode.BadName]: BAD_USAGE,
+  [HostErrorCode.BadSize]: BAD_USAGE,
+  [HostErrorCode.BadPath]: BAD_USAGE,
+  [HostErrorCode.DatastoreAmbiguous]: BAD_USAGE,
+  [HostErrorCode.CrossDevice]: BAD_INPUT,
+  [HostErrorCode.NotFound]: NOT_FOUND,
+  [HostErrorCode.Exists]: CONFLICT,
+  [HostErrorCode.DatastoreNotEmpty]: CONFLICT,
+  [HostErrorCode.DatastoreUnavailable]: UNAVAILABLE,
+  [HostErrorCode.Closed]: UNAVAILABLE,
+  // A datastore out of space (block/errors.ts code): 507 Insufficient Storage says exactly that.
+  ENOSPC: { httpStatus: 507, exitCode: 1 },
+};
+
+export function mappingOf(code: string): ErrorMapping {
+  return TABLE[code] ?? INTERNAL;
+}

@@ -1,0 +1,131 @@
+import type { AddressInfo } from 'node:net';
+import { type Logger as PinoLogger, pino } from 'pino';
+import { createApi } from '../api/index.js';
+import { formatHostPort } from '../cli/host-port.js';
+import type { ServeOptions } from '../cli/serve-command.js';
+import { Agent } from '../host/index.js';
+import { NbdServer } from '../nbd/index.js';
+import { errorMessageOf } from '../util/errors.js';
+
+/**
+ * `ferry serve`: the wiring of one process holding the agent, the NBD server and the API.
+ *
+ *   Agent.open (locks the data dir, opens every disk)
+ *     → NbdServer over the agent's export table (removing a disk drops its connections)
+ *     → NBD listens on TCP (and a Unix socket) → the API listens
+ *     → log "ready" with the bound addresses (port 0 in tests: this is how they find them)
+ *
+ * On SIGINT/SIGTERM: stop the API (no new changes), close the NBD server (requests in flight
+ * finish, connections close), close the agent (flushes and closes every disk), exit 0. A second
+ * signal exits at once, for the operator whose flush hangs on a dead NFS server.
+ */
+export function createServeLogger(): PinoLogger {
+  // Synchronous stderr: the "ready" line must be out before a test or script acts on it, and a
+  // crash must not lose the lines before it. This logger is off the data path.
+  return pino({ level: 'info' }, pino.destination({ dest: 2, sync: true }));
+}
+
+export async function serve(options: ServeOptions, log: PinoLogger): Promise<number> {
+  const signals = watchSignals(log);
+  let server: NbdServer | undefined;
+  const agent = await Agent.open({
+    dataDir: options.dataDir,
+    log: log.child({ component: 'agent' }),
+    dropExport: async (name) => server?.dropExport(name),
+  });
+  server = new NbdServer({ exports: agent.exports, log: log.child({ component: 'nbd' }) });
+  const nbdServer = server;
+  let api: ReturnType<typeof createApi> | undefined;
+  try {
+    const nbd = await nbdServer.listenTcp(options.nbd.host, options.nbd.port);
+    if (options.socketPath !== undefined) await nbdServer.listenUnix(options.socketPath);
+    const nbdUrl = `nbd://${formatHostPort(nbd)}`;
+    api = createApi({
+      agent,
+      nbdUrl,
+      ...(options.socketPath === undefined ? {} : { nbdSocketPath: options.socketPath }),
+      log: log.child({ component: 'api' }),
+    });
+    await api.listen({ host: options.api.host, port: options.api.port });
+    const bound = api.server.address() as AddressInfo;
+    const apiUrl = `http://${formatHostPort({ host: bound.address, port: bound.port })}`;
+    log.info(
+      {
+        dataDir: agent.dataDir,
+        nbdUrl,
+        nbdHost: nbd.host,
+        nbdPort: nbd.port,
+        nbdSocket: options.socketPath ?? null,
+        apiUrl,
+        apiHost: bound.address,
+        apiPort: bound.port,
+        disks: agent.exports.all().length,
+      },
+      'ready',
+    );
+  } catch (error) {
+    await shutdown(log, api, nbdServer, agent);
+    signals.dispose();
+    throw error;
+  }
+  const signal = await signals.first;
+  log.info({ signal }, 'stopping');
+  const code = await shutdown(log, api, nbdServer, agent);
+  signals.dispose();
+  log.info({ code }, 'stopped');
+  return code;
+}
+
+/** Stops everything in order; resolves 0, or 1 if something failed (already logged). */
+async function shutdown(
+  log: PinoLogger,
+  api: ReturnType<typeof createApi> | undefined,
+  server: NbdServer,
+  agent: Agent,
+): Promise<number> {
+  let code = 0;
+  const step = async (what: string, action: () => Promise<unknown>): Promise<void> => {
+    try {
+      await action();
+    } catch (error) {
+      code = 1;
+      log.error({ err: error }, `${what} failed: ${errorMessageOf(error)}`);
+    }
+  };
+  if (api) await step('closing the API', () => api.close());
+  await step('closing the NBD server', () => server.close());
+  await step('closing the agent', () => agent.close());
+  return code;
+}
+
+interface SignalWatch {
+  /** Resolves with the first SIGINT or SIGTERM. */
+  readonly first: Promise<NodeJS.Signals>;
+  dispose(): void;
+}
+
+function watchSignals(log: PinoLogger): SignalWatch {
+  let count = 0;
+  let resolveFirst: (signal: NodeJS.Signals) => void = () => {};
+  const first = new Promise<NodeJS.Signals>((resolve) => {
+    resolveFirst = resolve;
+  });
+  const onSignal = (signal: NodeJS.Signals): void => {
+    count += 1;
+    if (count === 1) {
+      resolveFirst(signal);
+      return;
+    }
+    log.warn({ signal }, 'second signal: exiting without finishing the shutdown');
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    first,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}

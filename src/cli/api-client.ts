@@ -1,0 +1,78 @@
+import type { ErrorBody } from '../api/error-reply.js';
+import { errorMessageOf, FerryError } from '../util/errors.js';
+
+/**
+ * The CLI's side of the HTTP API: one JSON request per call through the global `fetch`. Every
+ * failure becomes a `FerryError`: the API's own `{ error: { code, message } }` keeps its code
+ * (so the exit code comes from the same table as the HTTP status), and an API that cannot be
+ * reached is `ERR_API_UNREACHABLE` with a message that says how to start one.
+ */
+export const DEFAULT_API_URL = 'http://127.0.0.1:7480';
+
+export const CliErrorCode = {
+  ApiUnreachable: 'ERR_API_UNREACHABLE',
+  /** The reply was not the API's JSON (FERRY_API points at something else?). */
+  BadReply: 'ERR_BAD_REPLY',
+} as const;
+
+export class ApiClient {
+  readonly baseUrl: string;
+
+  constructor(baseUrl: string) {
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path);
+  }
+
+  post<T>(path: string, body: object): Promise<T> {
+    return this.request<T>('POST', path, body);
+  }
+
+  async delete(path: string): Promise<void> {
+    await this.request<undefined>('DELETE', path);
+  }
+
+  /** Resolves with the parsed reply (undefined for 204); rejects with a `FerryError`. */
+  async request<T>(method: string, path: string, body?: object): Promise<T> {
+    let response: Response;
+    try {
+      response = await fetch(`${this.baseUrl}${path}`, {
+        method,
+        ...(body === undefined
+          ? {}
+          : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      });
+    } catch (error) {
+      const cause = (error as { cause?: unknown }).cause;
+      throw new FerryError(
+        CliErrorCode.ApiUnreachable,
+        `cannot reach the Ferry API at ${this.baseUrl} (${errorMessageOf(cause ?? error)}); ` +
+          'start it with "ferry serve", or set FERRY_API to where it listens',
+        { cause: error },
+      );
+    }
+    if (response.status === 204) return undefined as T;
+    const text = await response.text();
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (error) {
+      throw new FerryError(
+        CliErrorCode.BadReply,
+        `${method} ${this.baseUrl}${path}: HTTP ${response.status} with a reply that is not JSON; ` +
+          'is FERRY_API the Ferry API?',
+        { cause: error },
+      );
+    }
+    if (!response.ok) {
+      const failure = (value as Partial<ErrorBody>).error;
+      throw new FerryError(
+        failure?.code ?? CliErrorCode.BadReply,
+        failure?.message ?? `${method} ${path}: HTTP ${response.status}`,
+      );
+    }
+    return value as T;
+  }
+}

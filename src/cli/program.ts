@@ -1,0 +1,50 @@
+import { Command } from 'commander';
+import { DEFAULT_API_URL } from './api-client.js';
+import type { CliContext } from './context.js';
+import { addDatastoreCommands } from './datastore-commands.js';
+import { addDiskCommands } from './disk-commands.js';
+import { addServeCommand, type ServeFunction } from './serve-command.js';
+
+const EXAMPLES = `
+Examples:
+  Serve (state in ./ferry-data, NBD on 127.0.0.1:10809, API on 127.0.0.1:7480):
+    $ ferry serve
+
+  In another shell, create a 10 GiB thin disk and use it over NBD:
+    $ ferry disk create vm1 --size 10G
+    $ qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://127.0.0.1:10809/vm1
+    $ qemu-system-x86_64 ... -drive file=nbd://127.0.0.1:10809/vm1,format=raw,if=virtio
+
+  Bring your own image and storage:
+    $ ferry datastore add fast /mnt/nvme/ferry
+    $ ferry disk import web1 /mnt/nvme/web1.raw --datastore fast
+    $ ferry disk list
+
+Environment:
+  FERRY_API  the API that commands talk to (default ${DEFAULT_API_URL})
+
+Exit codes: 0 ok, 1 the operation failed, 2 bad usage.`;
+
+/**
+ * The `ferry` command tree. Subcommands are created with `.command()` so they inherit the
+ * parent's exit override and output settings (commander copies them at creation).
+ */
+export function buildProgram(
+  version: string,
+  context: CliContext,
+  serve: ServeFunction,
+  setExitCode: (code: number) => void,
+): Command {
+  const program = new Command('ferry')
+    .description(
+      'Ferry: serve virtual disks over NBD and move them between datastores while they run',
+    )
+    .version(version)
+    .showHelpAfterError('(add --help for usage)')
+    .addHelpText('after', EXAMPLES)
+    .exitOverride();
+  addServeCommand(program, context, serve, setExitCode);
+  addDatastoreCommands(program, context);
+  addDiskCommands(program, context);
+  return program;
+}
