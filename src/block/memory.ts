@@ -70,7 +70,11 @@ export class MemoryDevice implements BlockDevice {
     });
   }
 
-  async writeZeroes(offset: number, length: number, options: { mayTrim?: boolean } = {}): Promise<void> {
+  async writeZeroes(
+    offset: number,
+    length: number,
+    options: { mayTrim?: boolean } = {},
+  ): Promise<void> {
     this.checkWritable();
     this.forEachPage(offset, length, (index, start, end) => {
       const whole = start === 0 && end === PAGE_BYTES;

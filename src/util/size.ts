@@ -17,7 +17,8 @@ export function parseSize(text: string): number {
   const [, whole = '0', fraction, unit = ''] = match;
   const shift = unitShift[unit.toUpperCase()] ?? 0;
   const scale = 2 ** shift;
-  const bytes = Number(whole) * scale + (fraction ? Math.round(Number(`0.${fraction}`) * scale) : 0);
+  const bytes =
+    Number(whole) * scale + (fraction ? Math.round(Number(`0.${fraction}`) * scale) : 0);
   if (fraction && !Number.isInteger(Number(`0.${fraction}`) * scale)) {
     throw new SizeParseError(`"${text}" is not a whole number of bytes; use ${SIZE_HELP}`);
   }
