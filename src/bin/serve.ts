@@ -33,6 +33,13 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     log: log.child({ component: 'agent' }),
     dropExport: async (name) => server?.dropExport(name),
   });
+  try {
+    await ensureDisks(agent, options.ensureDisks, log);
+  } catch (error) {
+    await agent.close();
+    signals.dispose();
+    throw error;
+  }
   server = new NbdServer({ exports: agent.exports, log: log.child({ component: 'nbd' }) });
   const nbdServer = server;
   let api: ReturnType<typeof createApi> | undefined;
@@ -74,6 +81,27 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
   signals.dispose();
   log.info({ code }, 'stopped');
   return code;
+}
+
+/** `--disk NAME:SIZE`: create what is missing; an existing disk is served as it is. */
+async function ensureDisks(
+  agent: Agent,
+  wishes: ServeOptions['ensureDisks'],
+  log: PinoLogger,
+): Promise<void> {
+  for (const wish of wishes) {
+    if (agent.exports.has(wish.name)) {
+      const existing = await agent.getDisk(wish.name);
+      if (existing.sizeBytes !== wish.sizeBytes) {
+        log.warn(
+          { disk: wish.name, sizeBytes: existing.sizeBytes, askedBytes: wish.sizeBytes },
+          'disk exists with another size; serving it as it is',
+        );
+      }
+      continue;
+    }
+    await agent.createDisk({ name: wish.name, sizeBytes: wish.sizeBytes });
+  }
 }
 
 /** Stops everything in order; resolves 0, or 1 if something failed (already logged). */

@@ -1,5 +1,7 @@
 import { resolve } from 'node:path';
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { errorMessageOf } from '../util/errors.js';
+import { parseSize, SIZE_HELP } from '../util/size.js';
 import type { CliContext } from './context.js';
 import { type HostPort, parseHostPort } from './host-port.js';
 
@@ -15,6 +17,13 @@ export interface ServeOptions {
   readonly api: HostPort;
   /** Absolute path of a Unix socket to serve NBD on as well. */
   readonly socketPath?: string;
+  /** Thin disks to create at start when no disk of that name exists (`--disk NAME:SIZE`). */
+  readonly ensureDisks: readonly DiskWish[];
+}
+
+export interface DiskWish {
+  readonly name: string;
+  readonly sizeBytes: number;
 }
 
 /**
@@ -53,15 +62,24 @@ export function addServeCommand(
       ),
     )
     .option('--socket <path>', 'also serve NBD on this Unix socket')
+    .option(
+      '--disk <name:size>',
+      'create this thin disk at start unless a disk of that name exists (repeatable)',
+      collectDiskWish,
+      [] as DiskWish[],
+    )
     .addHelpText(
       'after',
-      '\nLogs are JSON lines on stderr; the line with "msg":"ready" carries nbdUrl, nbdPort, apiUrl ' +
+      '\nExample: serve a 1 GiB disk vm1 at nbd://127.0.0.1:10809/vm1, creating it on first start:\n' +
+        '  $ ferry serve --disk vm1:1G\n' +
+        '\nLogs are JSON lines on stderr; the line with "msg":"ready" carries nbdUrl, nbdPort, apiUrl ' +
         'and apiPort.\nSIGINT or SIGTERM stops it cleanly (every disk is flushed); a second signal ' +
         'exits at once.',
     )
-    .action(async (options: { data: string; nbd: HostPort; api: HostPort; socket?: string }) => {
+    .action(async (options: ServeCommandOptions) => {
       const code = await serve({
         dataDir: resolve(context.cwd, options.data),
+        ensureDisks: options.disk,
         nbd: options.nbd,
         api: options.api,
         ...(options.socket === undefined
@@ -70,6 +88,28 @@ export function addServeCommand(
       });
       setExitCode(code);
     });
+}
+
+interface ServeCommandOptions {
+  data: string;
+  nbd: HostPort;
+  api: HostPort;
+  socket?: string;
+  disk: DiskWish[];
+}
+
+/** `--disk NAME:SIZE`, e.g. `vm1:10G`; names are checked by the agent when it creates the disk. */
+function collectDiskWish(text: string, previous: DiskWish[]): DiskWish[] {
+  const colon = text.lastIndexOf(':');
+  if (colon <= 0) throw new InvalidArgumentError(`"${text}" is not NAME:SIZE, e.g. vm1:10G`);
+  try {
+    return [
+      ...previous,
+      { name: text.slice(0, colon), sizeBytes: parseSize(text.slice(colon + 1)) },
+    ];
+  } catch (error) {
+    throw new InvalidArgumentError(`${errorMessageOf(error)} (NAME:SIZE with ${SIZE_HELP})`);
+  }
 }
 
 /** A HOST:PORT option parsed by commander, so a bad value is reported as a usage error. */

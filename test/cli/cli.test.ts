@@ -182,3 +182,40 @@ test('cli: a second ferry serve on the same data dir refuses to start', async ()
     assert.equal(await first.exited, 0);
   }
 });
+
+test('cli: serve --disk creates a missing disk once and serves it across restarts', async () => {
+  const dataDir = join(await makeTempDir(), 'data');
+  const args = [
+    '--data',
+    dataDir,
+    '--nbd',
+    '127.0.0.1:0',
+    '--api',
+    '127.0.0.1:0',
+    '--disk',
+    'vm1:4M',
+  ];
+  for (const round of [1, 2]) {
+    const served = await startServe(args);
+    try {
+      const listed = await runFerry(['disk', 'list', '--json'], { FERRY_API: served.ready.apiUrl });
+      assert.equal(listed.code, 0);
+      const disks = JSON.parse(listed.stdout) as {
+        name: string;
+        sizeBytes: number;
+        generation: number;
+      }[];
+      assert.deepEqual(
+        disks.map((disk) => [disk.name, disk.sizeBytes, disk.generation]),
+        [['vm1', 4 * 1024 * 1024, 1]],
+        `round ${round}`,
+      );
+    } finally {
+      served.child.kill('SIGTERM');
+      assert.equal(await served.exited, 0);
+    }
+  }
+  const bad = await runFerry(['serve', '--data', dataDir, '--disk', 'vm1:lots']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /NAME:SIZE/);
+});
