@@ -1,3 +1,5 @@
+import { FerryError } from '../util/errors.js';
+
 /**
  * Errors of the block layer. Each code names one NBD error (proto.md, "Error values") so the
  * server maps a failure to its reply without guessing; `fromSystemError` folds the errno of a
@@ -15,13 +17,8 @@ export const BlockErrorCode = {
 } as const;
 export type BlockErrorCode = (typeof BlockErrorCode)[keyof typeof BlockErrorCode];
 
-export class BlockError extends Error {
+export class BlockError extends FerryError<BlockErrorCode> {
   override readonly name = 'BlockError';
-  readonly code: BlockErrorCode;
-  constructor(code: BlockErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 export function isBlockError(error: unknown): error is BlockError {

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { FerryError } from '../util/errors.js';
 
 /**
  * Typed access to `native/ferry_native.c`: lseek(SEEK_DATA/SEEK_HOLE) and fallocate, which Node
@@ -33,9 +34,11 @@ export interface NativeFs {
 }
 
 /** The addon is absent or unloadable: a build problem, not an I/O error, so not a BlockError. */
-export class NativeAddonError extends Error {
+export class NativeAddonError extends FerryError<'ERR_FERRY_NATIVE_ADDON'> {
   override readonly name = 'NativeAddonError';
-  readonly code = 'ERR_FERRY_NATIVE_ADDON';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_FERRY_NATIVE_ADDON', message, options);
+  }
 }
 
 /** Exactly what `ferry_native.c` exports. */

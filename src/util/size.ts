@@ -1,3 +1,5 @@
+import { FerryError } from './errors.js';
+
 /**
  * Human sizes: `512`, `64K`, `4M`, `10G`, `1T` (powers of 1024; `KiB`/`K`/`k` alike; a trailing
  * `B` is allowed). DESIGN.md, "Fixed points".
@@ -6,9 +8,11 @@ const unitShift: Record<string, number> = { '': 0, K: 10, M: 20, G: 30, T: 40, P
 
 export const SIZE_HELP = 'a size such as 512, 64K, 4M, 10G or 1T (powers of 1024)';
 
-export class SizeParseError extends Error {
+export class SizeParseError extends FerryError<'ERR_BAD_SIZE'> {
   override readonly name = 'SizeParseError';
-  readonly code = 'ERR_BAD_SIZE';
+  constructor(message: string) {
+    super('ERR_BAD_SIZE', message);
+  }
 }
 
 export function parseSize(text: string): number {

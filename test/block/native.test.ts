@@ -121,6 +121,12 @@ describe('native addon', () => {
       fileURLToPath(new URL('../../src/block/native.js', import.meta.url)),
       join(blockDir, 'native.js'),
     );
+    const utilDir = join(dir, 'clone', 'dist', 'src', 'util');
+    await mkdir(utilDir, { recursive: true });
+    await copyFile(
+      fileURLToPath(new URL('../../src/util/errors.js', import.meta.url)),
+      join(utilDir, 'errors.js'),
+    );
     await writeFile(join(dir, 'clone', 'package.json'), '{"type":"module"}');
     const copy = (await import(
       pathToFileURL(join(blockDir, 'native.js')).href
