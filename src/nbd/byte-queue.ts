@@ -46,6 +46,26 @@ export class ByteQueue {
     return out;
   }
 
+  /** True when the next `count` bytes lie in one chunk, so `take(count)` would not copy. */
+  isContiguous(count: number): boolean {
+    const first = this.chunks[0];
+    return first !== undefined && first.length - this.headOffset >= count;
+  }
+
+  /** Removes the next `target.length` bytes into `target`. */
+  takeInto(target: Buffer): void {
+    assert(target.length <= this.lengthBytes, 'ByteQueue.takeInto past the end');
+    let copied = 0;
+    while (copied < target.length) {
+      const chunk = this.chunks[0];
+      assert(chunk !== undefined, 'ByteQueue ran out of chunks');
+      const n = Math.min(target.length - copied, chunk.length - this.headOffset);
+      chunk.copy(target, copied, this.headOffset, this.headOffset + n);
+      copied += n;
+      this.consume(n);
+    }
+  }
+
   /** The next `count` bytes without consuming them (a view when one chunk holds them). */
   peek(count: number): Buffer {
     assert(count <= this.lengthBytes, 'ByteQueue.peek past the end');

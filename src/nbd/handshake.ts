@@ -44,16 +44,13 @@ export type OptionOutcome =
 export function transmissionFlags(device: BlockDevice): number {
   const { caps } = device;
   let flags =
-    TransmitFlag.HasFlags |
-    TransmitFlag.SendFlush |
-    TransmitFlag.SendWriteZeroes |
-    TransmitFlag.SendFastZero |
-    TransmitFlag.SendDf |
-    TransmitFlag.SendCache;
-  if (caps.isReadOnly) flags |= TransmitFlag.ReadOnly;
+    TransmitFlag.HasFlags | TransmitFlag.SendFlush | TransmitFlag.SendDf | TransmitFlag.SendCache;
+  if (caps.isMultiConnSafe) flags |= TransmitFlag.CanMultiConn;
+  // A read-only export advertises no way to change it, as qemu-nbd -r and nbdkit -r do.
+  if (caps.isReadOnly) return flags | TransmitFlag.ReadOnly;
+  flags |= TransmitFlag.SendWriteZeroes | TransmitFlag.SendFastZero;
   if (caps.fua !== 'none') flags |= TransmitFlag.SendFua;
   if (caps.trim !== 'none') flags |= TransmitFlag.SendTrim;
-  if (caps.isMultiConnSafe) flags |= TransmitFlag.CanMultiConn;
   return flags;
 }
 

@@ -2,6 +2,7 @@ import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { type Logger, silentLogger } from '../util/logger.js';
 import type { ExportProvider } from './exports.js';
+import { PayloadPool } from './payload-pool.js';
 import { DEFAULT_SESSION_LIMITS, NbdSession, type SessionLimits } from './session.js';
 
 /**
@@ -26,12 +27,15 @@ export class NbdServer {
   private readonly unixPaths: string[] = [];
   private readonly sessions = new Set<NbdSession>();
   private isClosing = false;
+  /** Shared by every session, so idle connections hold no buffers of their own. */
+  private readonly payloads: PayloadPool;
 
   constructor(options: NbdServerOptions) {
     this.exports = options.exports;
     this.log = options.log ?? silentLogger;
     this.limits = options.limits ?? DEFAULT_SESSION_LIMITS;
     this.connectionsMax = options.connectionsMax ?? 1024;
+    this.payloads = new PayloadPool(this.limits.inFlightBytesMax);
   }
 
   get connectionCount(): number {
@@ -87,7 +91,7 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const session = new NbdSession(socket, this.exports, this.log, this.limits);
+    const session = new NbdSession(socket, this.exports, this.log, this.limits, this.payloads);
     this.sessions.add(session);
     socket.once('close', () => this.sessions.delete(session));
   }

@@ -24,6 +24,7 @@ import {
   type NegotiatedState,
   newNegotiatedState,
 } from './handshake.js';
+import { PayloadPool } from './payload-pool.js';
 import {
   CLIENT_FLAGS_KNOWN,
   ClientFlag,
@@ -99,13 +100,16 @@ export class NbdSession {
   private isDisconnecting = false;
   private isCorked = false;
   private idleWaiters: (() => void)[] = [];
+  private readonly payloads: PayloadPool;
 
   constructor(
     private readonly socket: Socket,
     private readonly exports: ExportProvider,
     private readonly log: Logger,
     private readonly limits: SessionLimits = DEFAULT_SESSION_LIMITS,
+    payloads?: PayloadPool,
   ) {
+    this.payloads = payloads ?? new PayloadPool(limits.inFlightBytesMax);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.maybeResumeReading());
@@ -226,7 +230,8 @@ export class NbdSession {
     const header = this.pendingRequest;
     const payloadBytes = header.type === Cmd.Write ? header.length : 0;
     if (this.input.length < payloadBytes) return false;
-    const payload = payloadBytes > 0 ? this.input.take(payloadBytes) : null;
+    const isPooled = payloadBytes > 0 && !this.input.isContiguous(payloadBytes);
+    const payload = payloadBytes > 0 ? this.takePayload(payloadBytes, isPooled) : null;
     this.pendingRequest = null;
     if (header.type === Cmd.Disc) {
       // proto.md NBD_CMD_DISC: no reply; finish what is in flight, then close.
@@ -236,15 +241,24 @@ export class NbdSession {
     const dataBytes = header.type === Cmd.Read || header.type === Cmd.Write ? header.length : 0;
     this.inFlightCount += 1;
     this.inFlightBytes += dataBytes;
-    void this.serve(header, payload, dataBytes);
+    void this.serve(header, payload, dataBytes, isPooled);
     this.maybePauseReading();
     return true;
+  }
+
+  /** A payload in one socket chunk is used in place; one split over chunks is joined in a pooled buffer. */
+  private takePayload(length: number, isPooled: boolean): Buffer {
+    if (!isPooled) return this.input.take(length);
+    const payload = this.payloads.acquire(length);
+    this.input.takeInto(payload);
+    return payload;
   }
 
   private async serve(
     header: RequestHeader,
     payload: Buffer | null,
     dataBytes: number,
+    isPooled: boolean,
   ): Promise<void> {
     const active = this.active;
     assert(active !== null, 'request without an export');
@@ -262,6 +276,7 @@ export class NbdSession {
     } finally {
       this.inFlightCount -= 1;
       this.inFlightBytes -= dataBytes;
+      if (isPooled && payload !== null) this.payloads.release(payload);
       if (this.inFlightCount === 0) this.wakeIdleWaiters();
       this.maybeResumeReading();
     }

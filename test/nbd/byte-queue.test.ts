@@ -50,3 +50,13 @@ test('skip past the end drops only what is there', () => {
   assert.equal(queue.skip(10), 3);
   assert.equal(queue.length, 0);
 });
+
+test('takeInto joins chunks into a caller buffer; isContiguous says when take would copy', () => {
+  const queue = filled([3, 5]);
+  assert.equal(queue.isContiguous(3), true);
+  assert.equal(queue.isContiguous(4), false);
+  const target = Buffer.alloc(6);
+  queue.takeInto(target);
+  assert.deepEqual([...target], [0, 1, 2, 3, 4, 5]);
+  assert.equal(queue.length, 2);
+});

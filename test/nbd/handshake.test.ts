@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { encodeLengthPrefixed } from '../../src/nbd/codec.js';
 import type { ExportProvider, NbdExport } from '../../src/nbd/exports.js';
-import { handleOption, newNegotiatedState } from '../../src/nbd/handshake.js';
+import { handleOption, newNegotiatedState, transmissionFlags } from '../../src/nbd/handshake.js';
 import { Info, Opt, Rep, TransmitFlag } from '../../src/nbd/protocol.js';
 
 const vm1: NbdExport = { name: 'vm1', description: 'disk one', device: new MemoryDevice(1 << 20) };
@@ -174,4 +174,26 @@ test('unknown options get ERR_UNSUP; ABORT acknowledges and closes', () => {
   const abort = handleOption(newNegotiatedState(true), provider, Opt.Abort, Buffer.alloc(0));
   assert.equal(abort.next, 'close');
   assert.deepEqual(abort.replies, [golden(Opt.Abort, Rep.Ack)]);
+});
+
+test('a read-only export advertises READ_ONLY and no write, trim, zero or FUA', () => {
+  const ro: NbdExport = {
+    name: 'ro',
+    description: '',
+    device: new MemoryDevice(4096, { isReadOnly: true }),
+  };
+  const flags = transmissionFlags(ro.device);
+  assert.ok(flags & TransmitFlag.ReadOnly);
+  for (const flag of [
+    TransmitFlag.SendTrim,
+    TransmitFlag.SendWriteZeroes,
+    TransmitFlag.SendFastZero,
+    TransmitFlag.SendFua,
+  ]) {
+    assert.equal(flags & flag, 0);
+  }
+  assert.ok(
+    transmissionFlags(vm1.device) & TransmitFlag.SendTrim,
+    'a writable one does advertise trim',
+  );
 });
