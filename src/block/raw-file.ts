@@ -418,12 +418,7 @@ function readAt(
   length: number,
   position: number,
 ): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.read(fd, buffer, at, length, position, (error, count) => {
-      if (error) reject(error);
-      else resolve(count);
-    });
-  });
+  return transferAt(fs.read, fd, buffer, at, length, position);
 }
 
 function writeAt(
@@ -433,8 +428,27 @@ function writeAt(
   length: number,
   position: number,
 ): Promise<number> {
+  return transferAt(fs.write, fd, buffer, at, length, position);
+}
+
+/** fs.read and fs.write share one callback shape: (error, bytes transferred). */
+function transferAt(
+  transfer: (
+    fd: number,
+    buffer: Buffer,
+    at: number,
+    length: number,
+    position: number,
+    done: (error: NodeJS.ErrnoException | null, count: number) => void,
+  ) => void,
+  fd: number,
+  buffer: Buffer,
+  at: number,
+  length: number,
+  position: number,
+): Promise<number> {
   return new Promise((resolve, reject) => {
-    fs.write(fd, buffer, at, length, position, (error, count) => {
+    transfer(fd, buffer, at, length, position, (error, count) => {
       if (error) reject(error);
       else resolve(count);
     });
