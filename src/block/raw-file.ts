@@ -175,15 +175,7 @@ export class RawFileDevice implements BlockDevice {
     this.checkOpen();
     const buffer = Buffer.allocUnsafe(length);
     try {
-      let done = 0;
-      while (done < length) {
-        if (done > 0) this.checkOpen();
-        const count = await readAt(this.fd, buffer, done, length - done, offset + done);
-        if (count === 0) {
-          throw new BlockError(BlockErrorCode.EIO, `unexpected end of file at ${offset + done}`);
-        }
-        done += count;
-      }
+      await transferAll(fs.read, this.fd, buffer, length, offset, this.checkOpenNow);
     } catch (error) {
       throw fromSystemError(error, `read ${length} bytes at ${offset} on ${this.path}`);
     }
@@ -300,17 +292,12 @@ export class RawFileDevice implements BlockDevice {
     }
   }
 
-  private async writeAll(offset: number, data: Buffer, length: number): Promise<void> {
-    let done = 0;
-    while (done < length) {
-      if (done > 0) this.checkOpen();
-      const count = await writeAt(this.fd, data, done, length - done, offset + done);
-      if (count === 0) {
-        throw new BlockError(BlockErrorCode.EIO, `write made no progress at ${offset + done}`);
-      }
-      done += count;
-    }
+  private writeAll(offset: number, data: Buffer, length: number): Promise<void> {
+    return transferAll(fs.write, this.fd, data, length, offset, this.checkOpenNow);
   }
+
+  /** Between the steps of one request: the fd must not have been closed (and reused) meanwhile. */
+  private readonly checkOpenNow = (): void => this.checkOpen();
 
   /**
    * Zeroes the range with fallocate; false if the filesystem supports no suitable mode. Order
@@ -383,13 +370,7 @@ async function allocateAll(native: NativeFs, fd: number, sizeBytes: number): Pro
   }
   const zeros = Buffer.alloc(Math.min(ZERO_CHUNK_BYTES, sizeBytes));
   for (let at = 0; at < sizeBytes; at += zeros.length) {
-    const length = Math.min(zeros.length, sizeBytes - at);
-    let done = 0;
-    while (done < length) {
-      const count = await writeAt(fd, zeros, done, length - done, at + done);
-      if (count === 0) throw new BlockError(BlockErrorCode.EIO, `write made no progress at ${at}`);
-      done += count;
-    }
+    await transferAll(fs.write, fd, zeros, Math.min(zeros.length, sizeBytes - at), at);
   }
 }
 
@@ -409,38 +390,44 @@ function isUnsupported(error: unknown): boolean {
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS';
 }
 
+type Transfer = (
+  fd: number,
+  buffer: Buffer,
+  at: number,
+  length: number,
+  position: number,
+  done: (error: NodeJS.ErrnoException | null, count: number) => void,
+) => void;
+
+/**
+ * Moves `length` bytes between `buffer` (from its start) and the file at `position` with fs.read
+ * or fs.write, repeating after short transfers; `beforeRepeat` runs before each repeat. A
+ * transfer of zero bytes fails EIO: end of file for a read, no progress for a write.
+ */
+async function transferAll(
+  transfer: Transfer,
+  fd: number,
+  buffer: Buffer,
+  length: number,
+  position: number,
+  beforeRepeat?: () => void,
+): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    if (done > 0) beforeRepeat?.();
+    const count = await transferAt(transfer, fd, buffer, done, length - done, position + done);
+    if (count === 0) {
+      const what = transfer === fs.read ? 'unexpected end of file' : 'write made no progress';
+      throw new BlockError(BlockErrorCode.EIO, `${what} at ${position + done}`);
+    }
+    done += count;
+  }
+}
+
 // The callback fs API wrapped by hand: fs.read's promisified form allocates a result object per
-// call, and FileHandle adds a layer per request; these run once per guest read or write.
-function readAt(
-  fd: number,
-  buffer: Buffer,
-  at: number,
-  length: number,
-  position: number,
-): Promise<number> {
-  return transferAt(fs.read, fd, buffer, at, length, position);
-}
-
-function writeAt(
-  fd: number,
-  buffer: Buffer,
-  at: number,
-  length: number,
-  position: number,
-): Promise<number> {
-  return transferAt(fs.write, fd, buffer, at, length, position);
-}
-
-/** fs.read and fs.write share one callback shape: (error, bytes transferred). */
+// call, and FileHandle adds a layer per request; this runs once per guest read or write.
 function transferAt(
-  transfer: (
-    fd: number,
-    buffer: Buffer,
-    at: number,
-    length: number,
-    position: number,
-    done: (error: NodeJS.ErrnoException | null, count: number) => void,
-  ) => void,
+  transfer: Transfer,
   fd: number,
   buffer: Buffer,
   at: number,
