@@ -58,6 +58,15 @@ export class DirtyBitmap {
     return found;
   }
 
+  /** True when every granule that the range touches is dirty. */
+  isAllDirty(offset: number, length: number): boolean {
+    let all = true;
+    this.forGranules(offset, length, (index) => {
+      all &&= this.testGranule(index);
+    });
+    return all;
+  }
+
   /**
    * The first run of dirty bytes at or after `offset`, at most `maxLength` long, clipped to the
    * disk; it starts at `offset` or at a granule boundary after it; null when nothing is dirty.
@@ -83,18 +92,69 @@ export class DirtyBitmap {
     return { offset: start, length: end - start };
   }
 
+  /** True when nothing is dirty. */
+  get isClean(): boolean {
+    return this.dirtyGranules === 0;
+  }
+
+  /** Marks the whole disk: "nothing is copied yet". */
+  markAll(): void {
+    this.mark(0, this.sizeBytes);
+  }
+
+  /** Clears the whole bitmap. */
+  clearAll(): void {
+    this.words.fill(0);
+    this.dirtyGranules = 0;
+  }
+
+  /** An independent copy with the same bits: the start of a pass that forks a successor. */
+  clone(): DirtyBitmap {
+    const copy = new DirtyBitmap(this.sizeBytes, this.granularityBytes);
+    copy.words.set(this.words);
+    copy.dirtyGranules = this.dirtyGranules;
+    return copy;
+  }
+
+  /** A new bitmap dirty where both this and `other` are (same shape): blocks hot in two passes. */
+  intersection(other: DirtyBitmap): DirtyBitmap {
+    this.checkAlike(other);
+    const out = new DirtyBitmap(this.sizeBytes, this.granularityBytes);
+    for (let i = 0; i < this.words.length; i += 1) {
+      const word = ((this.words[i] ?? 0) & (other.words[i] ?? 0)) >>> 0;
+      out.words[i] = word;
+      out.dirtyGranules += popcount(word);
+    }
+    return out;
+  }
+
+  /** Clears here every granule dirty in `other` (same shape). */
+  subtract(other: DirtyBitmap): void {
+    this.checkAlike(other);
+    this.dirtyGranules = 0;
+    for (let i = 0; i < this.words.length; i += 1) {
+      const word = ((this.words[i] ?? 0) & ~(other.words[i] ?? 0)) >>> 0;
+      this.words[i] = word;
+      this.dirtyGranules += popcount(word);
+    }
+  }
+
   /** Marks here everything dirty in `other` (same size and granularity): merging back a failed pass. */
   merge(other: DirtyBitmap): void {
-    assert(
-      other.sizeBytes === this.sizeBytes && other.granularityBytes === this.granularityBytes,
-      'merge of unlike bitmaps',
-    );
+    this.checkAlike(other);
     this.dirtyGranules = 0;
     for (let i = 0; i < this.words.length; i += 1) {
       const word = ((this.words[i] ?? 0) | (other.words[i] ?? 0)) >>> 0;
       this.words[i] = word;
       this.dirtyGranules += popcount(word);
     }
+  }
+
+  private checkAlike(other: DirtyBitmap): void {
+    assert(
+      other.sizeBytes === this.sizeBytes && other.granularityBytes === this.granularityBytes,
+      'bitmaps of different shapes',
+    );
   }
 
   private forGranules(offset: number, length: number, visit: (index: number) => void): void {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { DirtyBitmap } from '../../src/migrate/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/block/dirty-bitmap.js';
 
 const GRANULE = 4096;
 

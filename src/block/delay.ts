@@ -1,0 +1,54 @@
+import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from './device.js';
+import { PassThrough } from './filter.js';
+
+/**
+ * A test double (STYLE.md, "Tests"): delays every request by `delayMs()` before passing it on,
+ * so requests that would finish in call order on a memory device overlap and finish out of order,
+ * as they do on a real disk or a network. A slow destination is a Delay with a large delay.
+ */
+export class Delay extends PassThrough {
+  private readonly delayMs: () => number;
+
+  constructor(next: BlockDevice, delayMs: () => number) {
+    super(next);
+    this.delayMs = delayMs;
+  }
+
+  override async read(offset: number, length: number): Promise<Buffer> {
+    await this.wait();
+    return this.next.read(offset, length);
+  }
+
+  override async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    await this.wait();
+    return this.next.write(offset, data, options);
+  }
+
+  override async writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    await this.wait();
+    return this.next.writeZeroes(offset, length, options);
+  }
+
+  override async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    await this.wait();
+    return this.next.trim(offset, length, options);
+  }
+
+  override async flush(): Promise<void> {
+    await this.wait();
+    return this.next.flush();
+  }
+
+  override async extents(offset: number, length: number): Promise<Extent[]> {
+    await this.wait();
+    return this.next.extents(offset, length);
+  }
+
+  private wait(): Promise<void> {
+    const ms = this.delayMs();
+    return new Promise((resolve) => {
+      if (ms <= 0) setImmediate(resolve);
+      else setTimeout(resolve, ms);
+    });
+  }
+}

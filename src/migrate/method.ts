@@ -1,0 +1,101 @@
+import type { BlockDevice } from '../block/device.js';
+import type { Copier } from './copier.js';
+import type { Progress } from './progress.js';
+
+/**
+ * What the four methods share (DESIGN.md, "The four methods"). A method keeps a fresh
+ * destination in step with a disk the guest keeps writing; the migration runner does the rest:
+ * it creates the destination, hands the method a context, and performs the switchover.
+ *
+ * Lifecycle, driven by the runner:
+ *   1. `start(context)` returns a run; nothing has happened yet.
+ *   2. `converge()`: the method puts its filter between the guest and the source with
+ *      `context.interpose`, copies, and resolves once what is left fits in the switchover.
+ *   3. Switchover: the runner pauses the guest's Switch (I/O held and drained) and calls
+ *      `finalCopy()`, which makes the target equal to what the guest sees; then flushes the
+ *      target, commits, re-points the Switch to the target, and resumes.
+ *   Or, on cancel or failure: the runner pauses the Switch, calls `rollback()`, which makes the
+ *   source alone hold everything the guest wrote, re-points the Switch to `context.source` and
+ *   resumes.
+ *   4. `dispose()` in every case, once the Switch no longer points at the method's filter.
+ */
+export const METHOD_NAMES = ['mirror', 'dbt', 'snapshot', 'sxm'] as const;
+export type MethodName = (typeof METHOD_NAMES)[number];
+export const METHOD_DEFAULT: MethodName = 'mirror';
+
+export interface MethodTuning {
+  /** The switchover's copy should take at most this long at the measured rate; default 100 ms. */
+  readonly downtimeTargetMs: number;
+  /** dbt: passes before it gives up converging and switches to mirror; default 8. */
+  readonly passMax: number;
+  /** dbt: leave blocks dirtied in consecutive passes for the final copy; default true. */
+  readonly isHotBlockAvoidance: boolean;
+  /** Dirty-tracking and redo-log granule; default 64 KiB. */
+  readonly granularityBytes: number;
+}
+
+export const METHOD_TUNING_DEFAULT: MethodTuning = {
+  downtimeTargetMs: 100,
+  passMax: 8,
+  isHotBlockAvoidance: true,
+  granularityBytes: 64 * 1024,
+};
+
+/** What a method reports while it runs; the job turns them into events. */
+export type MethodEvent =
+  | { readonly type: 'phase'; readonly phase: string }
+  | { readonly type: 'pass'; readonly pass: number; readonly dirtyBytes: number }
+  /** The mirror's write mode (sync: acknowledged after both sides). */
+  | { readonly type: 'mode'; readonly mode: 'sync' | 'async' }
+  /** The job now runs another method (dbt that cannot converge continues as mirror). */
+  | { readonly type: 'method'; readonly method: MethodName; readonly reason: string }
+  | { readonly type: 'message'; readonly message: string };
+
+/** A scratch device in the destination datastore (the snapshot method's redo logs). */
+export interface Scratch {
+  readonly device: BlockDevice;
+  /** Closes and deletes it. */
+  remove(): Promise<void>;
+}
+
+export interface MethodContext {
+  /** What the guest's Switch pointed at when the job started: the source disk's stack. */
+  readonly source: BlockDevice;
+  /**
+   * The destination, created empty (reads as zeros), of the source's size. Its writes are
+   * tracked in the copier's `touched` bitmap, so the copier knows where it is still fresh.
+   */
+  readonly target: BlockDevice;
+  /** Shared by every pass of the job: speed, window, progress, hole handling. */
+  readonly copier: Copier;
+  readonly progress: Progress;
+  readonly tuning: MethodTuning;
+  /** Fires when the job is cancelled; `converge` then rejects with `ERR_CANCELLED`. */
+  readonly signal: AbortSignal;
+  /**
+   * Makes `device` what the guest's I/O goes to: holds guest I/O, waits for it to drain,
+   * re-points the Switch to `device`, releases. Brief (no copy happens while held).
+   */
+  interpose(device: BlockDevice): Promise<void>;
+  /**
+   * Runs `work` with guest I/O held and drained (for a method whose step must not race the
+   * guest, such as starting a fresh redo log), then releases it.
+   */
+  withGuestHeld<T>(work: () => Promise<T>): Promise<T>;
+  /** A new empty device of the source's size, in the destination datastore, named for `label`. */
+  createScratch(label: string): Promise<Scratch>;
+  emit(event: MethodEvent): void;
+}
+
+export interface MethodRun {
+  /** Bytes the method still has to copy (dirty, or in redo logs); for progress displays. */
+  readonly dirtyBytes: number;
+  /** Copy passes or consolidation rounds so far. */
+  readonly passes: number;
+  converge(): Promise<void>;
+  finalCopy(): Promise<void>;
+  rollback(): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+export type Method = (context: MethodContext) => MethodRun;

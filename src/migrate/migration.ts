@@ -1,0 +1,264 @@
+import { performance } from 'node:perf_hooks';
+import type { BlockDevice } from '../block/device.js';
+import { DirtyBitmap } from '../block/dirty-bitmap.js';
+import { DirtyTracker } from '../block/dirty-tracker.js';
+import type { Switch } from '../block/switch.js';
+import { assert } from '../util/assert.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { type Logger, silentLogger } from '../util/logger.js';
+import { Copier } from './copier.js';
+import { cancelledError, MigrateErrorCode } from './errors.js';
+import {
+  METHOD_TUNING_DEFAULT,
+  type MethodEvent,
+  type MethodName,
+  type MethodRun,
+  type MethodTuning,
+  type Scratch,
+} from './method.js';
+import { methodNamed } from './methods/index.js';
+import { Progress, type ProgressSnapshot } from './progress.js';
+
+/**
+ * One migration: keeps fresh destinations in step with one or more disks the guest keeps using
+ * (with the chosen method), then switches them over together (DESIGN.md, "Switchover"):
+ *
+ *   pause every disk's Switch (hold new guest I/O, drain what is in flight)
+ *   → each method's final copy → flush every destination → `commit()` (the caller makes the new
+ *   authority durable) → re-point every Switch to its destination → resume.
+ *
+ * Either every disk moves or none does: a failure or cancel before `commit()` resolves rolls
+ * every disk back to its source (the guest never noticed anything but, at most, one pause), and
+ * the caller deletes the destinations. After `commit()` resolves the move is done; what fails
+ * after it (closing the old devices) is the caller's cleanup, not a reason to go back.
+ *
+ * Never touches files: the caller (the host's agent) creates the destination devices, journals,
+ * and commits.
+ */
+export interface MigrationDisk {
+  readonly name: string;
+  /** The guest's stun point; it points at `source` when the migration starts. */
+  readonly switch: Switch;
+  readonly source: BlockDevice;
+  /** The new, empty destination image (reads as zeros), as the copier should write it. */
+  readonly target: BlockDevice;
+  /** What the Switch points at after the switchover (the target with the serving filters). */
+  readonly targetTop: BlockDevice;
+  /** Creates a scratch device (a redo log) for the snapshot method. */
+  readonly createScratch: (label: string) => Promise<Scratch>;
+}
+
+export interface MigrationOptions {
+  readonly method: MethodName;
+  /** Copy rate in bytes per second, 0 for unlimited; `setSpeed` changes it later. */
+  readonly speedBytesPerSecond?: number;
+  readonly chunkBytes?: number;
+  readonly inFlightMax?: number;
+  readonly tuning?: Partial<MethodTuning>;
+  /** Makes the destinations the authority, durably; called with guest I/O held. */
+  readonly commit: () => Promise<void>;
+  readonly onEvent?: (event: MigrationEvent) => void;
+  readonly log?: Logger;
+}
+
+export type MigrationEvent =
+  | MethodEvent
+  | { readonly type: 'switchover'; readonly downtimeMs: number }
+  | { readonly type: 'rollback'; readonly reason: string };
+
+export interface MigrationResult {
+  /** The method that finished the job (dbt may hand over to mirror). */
+  readonly method: MethodName;
+  readonly bytesCopied: number;
+  readonly passes: number;
+  readonly durationMs: number;
+  /** Time guest I/O was held at the switchover, the longest over the disks. */
+  readonly downtimeMs: number;
+}
+
+export class Migration {
+  readonly requestedMethod: MethodName;
+  private methodNow: MethodName;
+  private readonly disks: readonly MigrationDisk[];
+  private readonly options: MigrationOptions;
+  private readonly tuning: MethodTuning;
+  private readonly progress: Progress;
+  private readonly copiers: Copier[] = [];
+  private readonly runs: MethodRun[] = [];
+  private readonly abort = new AbortController();
+  private readonly log: Logger;
+  private readonly startedAtMs = performance.now();
+  private isCommitted = false;
+
+  constructor(disks: readonly MigrationDisk[], options: MigrationOptions) {
+    assert(disks.length > 0, 'a migration moves at least one disk');
+    this.disks = disks;
+    this.options = options;
+    this.requestedMethod = options.method;
+    this.methodNow = options.method;
+    this.tuning = { ...METHOD_TUNING_DEFAULT, ...options.tuning };
+    this.progress = new Progress(disks.reduce((sum, disk) => sum + disk.source.size, 0));
+    this.log = options.log ?? silentLogger;
+  }
+
+  get method(): MethodName {
+    return this.methodNow;
+  }
+
+  get progressSnapshot(): ProgressSnapshot {
+    return this.progress.snapshot();
+  }
+
+  /** Bytes still to copy, over every disk's method. */
+  get dirtyBytes(): number {
+    return this.runs.reduce((sum, run) => sum + run.dirtyBytes, 0);
+  }
+
+  get passes(): number {
+    return this.runs.reduce((most, run) => Math.max(most, run.passes), 0);
+  }
+
+  get bytesCopied(): number {
+    return this.copiers.reduce((sum, copier) => sum + copier.copiedBytes, 0);
+  }
+
+  /** Changes the copy rate at once (0: unlimited). */
+  setSpeed(bytesPerSecond: number): void {
+    for (const copier of this.copiers) copier.setSpeed(bytesPerSecond);
+  }
+
+  /** Stops the job; `run()` then rolls back and rejects with `ERR_CANCELLED`. Too late once committed. */
+  cancel(): boolean {
+    if (this.isCommitted) return false;
+    this.abort.abort(cancelledError());
+    return true;
+  }
+
+  /**
+   * Converges every disk (one after another, as XenMotion enters one disk at a time), brings
+   * the earlier ones back in step, and switches all over. Rejects, after rolling every disk back
+   * to its source, on any failure before the commit.
+   */
+  async run(): Promise<MigrationResult> {
+    try {
+      for (const disk of this.disks) {
+        this.checkCancelled();
+        const run = this.startMethod(disk);
+        this.runs.push(run);
+        await run.converge();
+      }
+      // The disks converged first have drifted while the later ones copied.
+      for (const run of this.runs.slice(0, -1)) await run.converge();
+      this.checkCancelled();
+      const downtimeMs = await this.switchover();
+      return {
+        method: this.methodNow,
+        bytesCopied: this.bytesCopied,
+        passes: this.passes,
+        durationMs: Math.round(performance.now() - this.startedAtMs),
+        downtimeMs,
+      };
+    } catch (error) {
+      if (!this.isCommitted) await this.rollback(error);
+      throw error;
+    } finally {
+      await Promise.all(
+        this.runs.map((run) =>
+          run.dispose().catch((error: unknown) => {
+            this.log.warn({ err: error }, 'a migration method failed to release its resources');
+          }),
+        ),
+      );
+    }
+  }
+
+  private startMethod(disk: MigrationDisk): MethodRun {
+    const touched = new DirtyBitmap(disk.target.size, this.tuning.granularityBytes);
+    const target = new DirtyTracker(disk.target, touched);
+    const copier = new Copier(disk.source, target, {
+      touched,
+      progress: this.progress,
+      signal: this.abort.signal,
+      ...(this.options.chunkBytes === undefined ? {} : { chunkBytes: this.options.chunkBytes }),
+      ...(this.options.inFlightMax === undefined ? {} : { inFlightMax: this.options.inFlightMax }),
+      speedBytesPerSecond:
+        this.copiers[0]?.speedBytesPerSecond ?? this.options.speedBytesPerSecond ?? 0,
+    });
+    this.copiers.push(copier);
+    return methodNamed(this.options.method)({
+      source: disk.source,
+      target,
+      copier,
+      progress: this.progress,
+      tuning: this.tuning,
+      signal: this.abort.signal,
+      interpose: (device) => this.withHeld([disk], async () => void disk.switch.repoint(device)),
+      withGuestHeld: (work) => this.withHeld([disk], work),
+      createScratch: disk.createScratch,
+      emit: (event) => {
+        if (event.type === 'method') this.methodNow = event.method;
+        this.options.onEvent?.(event);
+      },
+    });
+  }
+
+  /** The stun: every disk paused and drained, final copies, flush, commit, re-point, resume. */
+  private async switchover(): Promise<number> {
+    this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
+    await Promise.all(this.disks.map((disk) => disk.switch.pause()));
+    try {
+      for (const run of this.runs) await run.finalCopy();
+      await Promise.all(this.disks.map((disk) => disk.target.flush()));
+      this.checkCancelled();
+      await this.options.commit();
+      this.isCommitted = true;
+      for (const disk of this.disks) disk.switch.repoint(disk.targetTop);
+    } finally {
+      // On failure the switches stay paused: rollback() re-points them to the sources.
+      if (this.isCommitted) for (const disk of this.disks) disk.switch.resume();
+    }
+    const downtimeMs = Math.max(...this.disks.map((disk) => disk.switch.lastPauseMs ?? 0));
+    this.options.onEvent?.({ type: 'switchover', downtimeMs });
+    return downtimeMs;
+  }
+
+  /**
+   * Puts every disk back on its source: waits for the copy to stop, holds guest I/O, lets each
+   * method hand the source everything (the snapshot method merges its redo logs), re-points,
+   * resumes. A rollback that fails leaves that disk held: serving it on an incomplete source
+   * would show the guest old data, so the error is logged and the guest waits for an operator.
+   */
+  private async rollback(reason: unknown): Promise<void> {
+    if (!this.abort.signal.aborted) this.abort.abort(reason);
+    const message =
+      errorCodeOf(reason) === MigrateErrorCode.Cancelled ? 'cancelled' : errorMessageOf(reason);
+    this.options.onEvent?.({ type: 'rollback', reason: message });
+    for (const [index, disk] of this.disks.entries()) {
+      const run = this.runs[index];
+      if (!disk.switch.isPaused) await disk.switch.pause();
+      try {
+        await run?.rollback();
+        disk.switch.repoint(disk.source);
+        disk.switch.resume();
+      } catch (error) {
+        this.log.error(
+          { disk: disk.name, err: error },
+          'rollback failed: the disk stays paused so the guest never reads stale data',
+        );
+      }
+    }
+  }
+
+  private async withHeld<T>(disks: readonly MigrationDisk[], work: () => Promise<T>): Promise<T> {
+    await Promise.all(disks.map((disk) => disk.switch.pause()));
+    try {
+      return await work();
+    } finally {
+      for (const disk of disks) disk.switch.resume();
+    }
+  }
+
+  private checkCancelled(): void {
+    if (this.abort.signal.aborted) throw cancelledError();
+  }
+}
