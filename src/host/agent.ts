@@ -2,6 +2,8 @@ import { mkdir, realpath } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { type Provisioning, statAllocatedBytes } from '../block/raw-file.js';
 import type { StatsSnapshot } from '../block/stats.js';
+import type { MethodName, MethodTuning } from '../migrate/method.js';
+import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migration.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import { DataDirLock } from './data-dir-lock.js';
@@ -48,6 +50,36 @@ export interface ImportDiskRequest {
   /** Absolute path of an existing raw image; it is moved into the datastore. */
   readonly file: string;
   readonly datastore?: string;
+}
+
+/** A request to move a disk to another datastore while it is served (`ferry migrate`). */
+export interface MoveDiskRequest {
+  readonly name: string;
+  /** The destination datastore. */
+  readonly datastore: string;
+  /** Default: mirror. */
+  readonly method?: MethodName;
+  /** Copy rate, bytes per second; 0 or absent: unlimited. */
+  readonly speedBytesPerSecond?: number;
+  /** Provisioning of the destination image; default: the source's. */
+  readonly provisioning?: Provisioning;
+  readonly tuning?: Partial<MethodTuning>;
+  readonly chunkBytes?: number;
+}
+
+/** A move under way: its live migration (progress, speed, cancel) and its outcome. */
+export interface DiskMove {
+  /** The journal id of the move; the job id. */
+  readonly id: string;
+  readonly migration: Migration;
+  /** Resolves once the disk serves from the destination and the source is cleaned. */
+  readonly done: Promise<MoveResult>;
+}
+
+export interface MoveResult extends MigrationResult {
+  readonly disk: string;
+  readonly from: string;
+  readonly to: string;
 }
 
 export interface DiskInfo {
@@ -189,6 +221,21 @@ export class Agent {
       }
       this.log.info({ disk: name, datastore: entry.datastore.name }, 'disk removed');
     });
+  }
+
+  /**
+   * Starts moving disk `name` to another datastore while it stays served (DESIGN.md, "The four
+   * methods", "Authority and crash safety"). Resolves once the destination image exists and the
+   * move is journaled; the returned `done` settles when it finished or failed. `onEvent` sees the
+   * migration's events. Rejects at once for an unknown disk or datastore (`ERR_NOT_FOUND`), the
+   * disk's own datastore (`ERR_SAME_DATASTORE`), or a disk already moving (`ERR_DISK_BUSY`).
+   */
+  async moveDisk(
+    request: MoveDiskRequest,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove> {
+    // TODO(#3): being written.
+    throw new HostError(HostErrorCode.NotFound, `${request.name} ${String(onEvent)}`);
   }
 
   async listDisks(): Promise<DiskInfo[]> {

@@ -28,6 +28,10 @@ export const HostErrorCode = {
   BadDescriptor: 'ERR_BAD_DESCRIPTOR',
   /** Another agent holds the data directory. */
   Locked: 'ERR_DATA_DIR_LOCKED',
+  /** A move to the datastore the disk is already in. */
+  SameDatastore: 'ERR_SAME_DATASTORE',
+  /** The disk is being moved by another job. */
+  DiskBusy: 'ERR_DISK_BUSY',
   /** The agent has been closed. */
   Closed: 'ERR_AGENT_CLOSED',
 } as const;
