@@ -150,6 +150,23 @@ export class DirtyBitmap {
     }
   }
 
+  /**
+   * Bytes dirty here or in `other` (same shape), counted without building the union: for a
+   * dirty set kept in two bitmaps (dbt's tracker bitmap and the blocks it carries over).
+   */
+  unionDirtyBytes(other: DirtyBitmap): number {
+    this.checkAlike(other);
+    let granules = 0;
+    for (let i = 0; i < this.words.length; i += 1) {
+      granules += popcount(((this.words[i] ?? 0) | (other.words[i] ?? 0)) >>> 0);
+    }
+    if (granules === 0) return 0;
+    const last = this.granuleCount - 1;
+    const tailShort = this.granuleCount * this.granularityBytes - this.sizeBytes;
+    const isLastDirty = this.testGranule(last) || other.testGranule(last);
+    return granules * this.granularityBytes - (isLastDirty ? tailShort : 0);
+  }
+
   private checkAlike(other: DirtyBitmap): void {
     assert(
       other.sizeBytes === this.sizeBytes && other.granularityBytes === this.granularityBytes,

@@ -63,7 +63,15 @@ export interface MigrationOptions {
 
 export type MigrationEvent =
   | MethodEvent
-  | { readonly type: 'switchover'; readonly downtimeMs: number }
+  /** Where the downtime went: draining guest I/O, the final copy, the flush, the commit. */
+  | {
+      readonly type: 'switchover';
+      readonly downtimeMs: number;
+      readonly drainMs: number;
+      readonly finalCopyMs: number;
+      readonly flushMs: number;
+      readonly commitMs: number;
+    }
   | { readonly type: 'rollback'; readonly reason: string };
 
 export interface MigrationResult {
@@ -75,6 +83,10 @@ export interface MigrationResult {
   /** Time guest I/O was held at the switchover, the longest over the disks. */
   readonly downtimeMs: number;
 }
+
+/** A flush faster than this leaves little for the one in the stun. */
+const PRE_FLUSH_QUICK_MS = 3;
+const PRE_FLUSH_ROUNDS_MAX = 5;
 
 export class Migration {
   readonly requestedMethod: MethodName;
@@ -88,6 +100,8 @@ export class Migration {
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private readonly startedAtMs = performance.now();
+  /** Set, synchronously after the last cancellation check, when the commit starts: too late to cancel. */
+  private isCommitting = false;
   private isCommitted = false;
 
   constructor(disks: readonly MigrationDisk[], options: MigrationOptions) {
@@ -127,9 +141,12 @@ export class Migration {
     for (const copier of this.copiers) copier.setSpeed(bytesPerSecond);
   }
 
-  /** Stops the job; `run()` then rolls back and rejects with `ERR_CANCELLED`. Too late once committed. */
+  /**
+   * Stops the job; `run()` then rolls back and rejects with `ERR_CANCELLED`. Returns false, changing
+   * nothing, once the commit has started: the move then completes.
+   */
   cancel(): boolean {
-    if (this.isCommitted) return false;
+    if (this.isCommitting) return false;
     this.abort.abort(cancelledError());
     return true;
   }
@@ -205,12 +222,19 @@ export class Migration {
   /** The stun: every disk paused and drained, final copies, flush, commit, re-point, resume. */
   private async switchover(): Promise<number> {
     this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
+    await this.preFlush();
+    const stamps: number[] = [performance.now()];
     await Promise.all(this.disks.map((disk) => disk.switch.pause()));
     try {
+      stamps.push(performance.now());
       for (const run of this.runs) await run.finalCopy();
+      stamps.push(performance.now());
       await Promise.all(this.disks.map((disk) => disk.target.flush()));
+      stamps.push(performance.now());
       this.checkCancelled();
+      this.isCommitting = true;
       await this.options.commit();
+      stamps.push(performance.now());
       this.isCommitted = true;
       for (const disk of this.disks) disk.switch.repoint(disk.targetTop);
     } finally {
@@ -218,8 +242,31 @@ export class Migration {
       if (this.isCommitted) for (const disk of this.disks) disk.switch.resume();
     }
     const downtimeMs = Math.max(...this.disks.map((disk) => disk.switch.lastPauseMs ?? 0));
-    this.options.onEvent?.({ type: 'switchover', downtimeMs });
-    return downtimeMs;
+    const [paused = 0, drained = 0, copied = 0, flushed = 0, committed = 0] = stamps;
+    const round = (ms: number): number => Math.round(ms * 100) / 100;
+    this.options.onEvent?.({
+      type: 'switchover',
+      downtimeMs: round(downtimeMs),
+      drainMs: round(drained - paused),
+      finalCopyMs: round(copied - drained),
+      flushMs: round(flushed - copied),
+      commitMs: round(committed - flushed),
+    });
+    return round(downtimeMs);
+  }
+
+  /**
+   * Writes back what the copy and the mirrored writes left in the page cache while the guest
+   * still runs, so the flush in the stun has only the last moments' writes to make durable. One
+   * flush after a long copy takes long, and the guest writes more meanwhile: flush again until a
+   * flush is quick (or a few rounds have passed).
+   */
+  private async preFlush(): Promise<void> {
+    for (let round = 0; round < PRE_FLUSH_ROUNDS_MAX; round += 1) {
+      const startedMs = performance.now();
+      await Promise.all(this.disks.map((disk) => disk.target.flush()));
+      if (performance.now() - startedMs < PRE_FLUSH_QUICK_MS) return;
+    }
   }
 
   /**

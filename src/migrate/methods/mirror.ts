@@ -9,8 +9,7 @@
  *
  * How each guest write keeps it (DESIGN.md, method 3):
  *   - range not yet copied (every granule it touches is dirty in `toCopy`): written to the source
- *     only, then its granules are marked dirty again *after* it lands, so a copy that started
- *     meanwhile (and may have read the old data) is redone;
+ *     only, holding the range so no chunk copies it meanwhile; its granules stay dirty;
  *   - range overlapping a chunk being copied: waits for that chunk to land (`lock`), then as the
  *     other cases;
  *   - otherwise (already copied, or partly): written to source and target under the range lock
@@ -124,19 +123,22 @@ export class MirrorFilter implements BlockDevice {
   }
 
   private async mutate(offset: number, length: number, apply: Mutation): Promise<void> {
-    if (this.targetFailure !== undefined || this.toCopy.isAllDirty(offset, length)) {
-      // Not yet copied: the copy will carry it. Wait for a chunk being copied here to land first
-      // (DESIGN.md), and re-mark after, whatever happens, for a copy that raced this write.
-      await this.lock.waitClear(offset, length);
-      try {
-        await apply(this.source);
-      } finally {
-        this.toCopy.mark(offset, length);
-      }
-      return;
-    }
+    // Every guest mutation holds its range, so no copy chunk overlaps it in time: a chunk being
+    // copied here is waited for (DESIGN.md), and a chunk cannot start under a write in flight and
+    // carry the old data. Without the hold on source-only writes, a guest rewriting one block
+    // keeps re-dirtying it behind every chunk and the copy never finishes.
     const release = await this.lock.acquire(offset, length);
     try {
+      if (this.targetFailure !== undefined || this.toCopy.isAllDirty(offset, length)) {
+        // Not yet copied: the copy will carry it. Marked again whatever happens, so a failed
+        // write that partly landed is copied too.
+        try {
+          await apply(this.source);
+        } finally {
+          this.toCopy.mark(offset, length);
+        }
+        return;
+      }
       const [onSource, onTarget] = await Promise.allSettled([
         apply(this.source),
         apply(this.target),

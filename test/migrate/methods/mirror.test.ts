@@ -103,3 +103,24 @@ test('mirror: cancel mid-copy rolls back to the source with every write', async 
   await checkOnSource(bench);
   assert.equal(bench.disk.switch.isPaused, false);
 });
+
+test('mirror: a guest rewriting one block over and over does not keep the copy from finishing', async () => {
+  const random = prng(21);
+  const bench = await makeBenchDisk('vm1', { sizeBytes: 1024 * 1024, random, filledFraction: 1 });
+  let isStopped = false;
+  let rewrites = 0;
+  const hot = (async () => {
+    while (!isStopped) {
+      const data = Buffer.alloc(4096, rewrites % 256);
+      await bench.disk.switch.write(512 * 1024, data);
+      data.copy(bench.model, 512 * 1024);
+      rewrites += 1;
+    }
+  })();
+  const result = await startMigration([bench], { method: 'mirror' }).run();
+  isStopped = true;
+  await hot;
+  await checkMoved(bench);
+  assert.ok(rewrites > 10, `the hot block was rewritten during the copy (${rewrites})`);
+  assert.ok(result.passes <= 2, `finished in ${result.passes} passes`);
+});
