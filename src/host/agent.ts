@@ -2,7 +2,7 @@ import { mkdir, realpath } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { type Provisioning, statAllocatedBytes } from '../block/raw-file.js';
 import type { StatsSnapshot } from '../block/stats.js';
-import type { MethodName, MethodTuning } from '../migrate/method.js';
+import { METHOD_DEFAULT, type MethodName, type MethodTuning } from '../migrate/method.js';
 import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migration.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
@@ -11,9 +11,12 @@ import type { Datastore } from './datastore.js';
 import { checkDiskSize, ORPHAN_IMAGE } from './datastore.js';
 import { DatastoreRegistry, DEFAULT_DATASTORE } from './datastore-registry.js';
 import type { DiskDescriptor } from './descriptor.js';
+import { type CrashPoint, prepareMove } from './disk-mover.js';
 import { closeDiskStack, openDiskStack } from './disk-stack.js';
 import { HostError, HostErrorCode } from './errors.js';
 import { type DiskEntry, ExportTable } from './export-table.js';
+import { MoveJournal } from './move-journal.js';
+import { recoverMoves } from './move-recovery.js';
 import { checkName } from './names.js';
 
 /**
@@ -34,6 +37,8 @@ export interface AgentOptions {
    * `NbdServer.dropExport`. Without it, a removed disk's clients find their device closed.
    */
   readonly dropExport?: (name: string) => Promise<void>;
+  /** Test seam (`FERRY_CRASH_AT`): every disk move kills the agent at this point. */
+  readonly crashAt?: CrashPoint;
 }
 
 export interface CreateDiskRequest {
@@ -112,23 +117,30 @@ export class Agent {
   /** What was skipped while opening datastores (at start or on add), for the operator; also logged. */
   readonly warnings: string[] = [];
   private readonly registry: DatastoreRegistry;
+  private readonly journal: MoveJournal;
+  /** Moves in progress, by disk name. */
+  private readonly moves = new Map<string, DiskMove>();
   private readonly lock: DataDirLock;
   private readonly log: Logger;
   private readonly dropExport: (name: string) => Promise<void>;
+  private readonly crashAt: CrashPoint | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private isClosed = false;
 
   private constructor(
     dataDir: string,
     registry: DatastoreRegistry,
+    journal: MoveJournal,
     lock: DataDirLock,
     options: AgentOptions,
   ) {
     this.dataDir = dataDir;
     this.registry = registry;
+    this.journal = journal;
     this.lock = lock;
     this.log = options.log ?? silentLogger;
     this.dropExport = options.dropExport ?? (async () => {});
+    this.crashAt = options.crashAt;
   }
 
   /**
@@ -141,7 +153,11 @@ export class Agent {
     const lock = await DataDirLock.acquire(dataDir);
     try {
       const registry = await DatastoreRegistry.load(dataDir);
-      const agent = new Agent(dataDir, registry, lock, options);
+      const journal = await MoveJournal.open(dataDir);
+      const agent = new Agent(dataDir, registry, journal, lock, options);
+      // Moves a crash interrupted are finished before any disk is opened, so the right copy serves.
+      const recovered = await recoverMoves(journal, (name) => registry.get(name), agent.log);
+      for (const outcome of recovered) agent.warnings.push(outcome.message);
       for (const datastore of registry.list()) await agent.openDatastore(datastore);
       agent.log.info(
         { dataDir, datastores: registry.list().length, disks: agent.exports.all().length },
@@ -201,6 +217,13 @@ export class Agent {
    */
   async removeDisk(name: string): Promise<void> {
     await this.serialize(async () => {
+      const move = this.moves.get(name);
+      if (move) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `disk ${name} is being moved (job ${move.id}); cancel the job first`,
+        );
+      }
       const entry = this.exports.delete(name);
       if (!entry) throw notFound('disk', name);
       await this.dropExport(name).catch((error: unknown) => {
@@ -234,8 +257,57 @@ export class Agent {
     request: MoveDiskRequest,
     onEvent: (event: MigrationEvent) => void,
   ): Promise<DiskMove> {
-    // TODO(#3): being written.
-    throw new HostError(HostErrorCode.NotFound, `${request.name} ${String(onEvent)}`);
+    return this.serialize(async () => {
+      const entry = this.entryOf(request.name);
+      const to = this.registry.get(request.datastore);
+      if (!to) throw notFound('datastore', request.datastore);
+      if (to.name === entry.datastore.name) {
+        throw new HostError(
+          HostErrorCode.SameDatastore,
+          `disk ${request.name} is already in datastore ${to.name}; name another datastore`,
+        );
+      }
+      const busy = this.moves.get(request.name);
+      if (busy) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `disk ${request.name} is already being moved (job ${busy.id}); wait for it or cancel it`,
+        );
+      }
+      const method = request.method ?? METHOD_DEFAULT;
+      const prepared = await prepareMove(
+        {
+          exports: this.exports,
+          journal: this.journal,
+          log: this.log,
+          ...(this.crashAt === undefined ? {} : { crashAt: this.crashAt }),
+        },
+        {
+          entry,
+          to,
+          method,
+          speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
+          provisioning: request.provisioning ?? entry.descriptor.provisioning,
+          ...(request.tuning === undefined ? {} : { tuning: request.tuning }),
+          ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
+        },
+        onEvent,
+      );
+      const from = entry.datastore.name;
+      this.log.info(
+        { disk: request.name, from, to: to.name, move: prepared.id, method },
+        'disk move started',
+      );
+      const done = prepared
+        .run()
+        .then((result): MoveResult => ({ ...result, disk: request.name, from, to: to.name }))
+        .finally(() => this.moves.delete(request.name));
+      // The caller owns `done`; this only keeps a failure from counting as unhandled meanwhile.
+      done.catch(() => undefined);
+      const move: DiskMove = { id: prepared.id, migration: prepared.migration, done };
+      this.moves.set(request.name, move);
+      return move;
+    });
   }
 
   async listDisks(): Promise<DiskInfo[]> {
@@ -295,6 +367,10 @@ export class Agent {
     if (this.isClosed) return;
     this.isClosed = true;
     await this.queue.catch(() => undefined);
+    // A move still copying is cancelled (the guest stays on the source); one past its commit
+    // finishes. Either way, wait for it before closing the devices under it.
+    for (const move of this.moves.values()) move.migration.cancel();
+    await Promise.all([...this.moves.values()].map((move) => move.done.catch(() => undefined)));
     const failures: unknown[] = [];
     for (const entry of this.exports.all()) {
       this.exports.delete(entry.descriptor.name);

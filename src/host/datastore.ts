@@ -2,7 +2,7 @@ import { lstat, readdir, realpath, rename, stat, statfs, unlink } from 'node:fs/
 import { dirname, isAbsolute, join } from 'node:path';
 import { createRawImage, type Provisioning } from '../block/raw-file.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
-import { syncDirectory } from './atomic-file.js';
+import { syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import {
   DESCRIPTOR_VERSION,
   type DiskDescriptor,
@@ -18,6 +18,9 @@ import { checkName } from './names.js';
  *
  *   <name>.disk.json   the descriptor of disk <name> (descriptor.ts); its presence makes the disk
  *   <name>.raw         the image the descriptor names (for created and imported disks)
+ *   <name>.moved.json  a tombstone: disk <name> moved to another datastore at a higher generation
+ *                      (written after the destination's descriptor, removed after this copy is)
+ *   .<name>.redo-<k>.raw  a redo log of a snapshot-method move into this datastore (journaled)
  *   .<file>.tmp-*      a temporary of an atomic write; ignored, never cleaned here, because a
  *                      datastore on a shared file system may be another host's and its
  *                      temporaries may be in flight
@@ -31,6 +34,14 @@ import { checkName } from './names.js';
  */
 const DESCRIPTOR_SUFFIX = '.disk.json';
 const IMAGE_SUFFIX = '.raw';
+const TOMBSTONE_SUFFIX = '.moved.json';
+
+/** Where a moved disk went: the tombstone left at its old datastore (DESIGN.md, "Authority"). */
+export interface Tombstone {
+  readonly name: string;
+  readonly datastore: string;
+  readonly generation: number;
+}
 /** Disk sizes are whole sectors: QEMU and the kernel address disks in 512-byte units. */
 export const SECTOR_BYTES = 512;
 
@@ -99,8 +110,18 @@ export class Datastore {
     for (const fileName of fileNames) {
       if (!fileName.endsWith(DESCRIPTOR_SUFFIX) || fileName.startsWith('.')) continue;
       const file = join(this.path, fileName);
+      const stem = fileName.slice(0, -DESCRIPTOR_SUFFIX.length);
+      if (fileNames.includes(`${stem}${TOMBSTONE_SUFFIX}`)) {
+        // Moved away; the move's cleanup did not finish (the agent's recovery finishes it).
+        problems.push({
+          file,
+          code: 'ERR_MOVED',
+          message: `disk ${stem} here was moved away (tombstone ${stem}${TOMBSTONE_SUFFIX}); this copy is stale`,
+        });
+        continue;
+      }
       try {
-        descriptors.push(await readDescriptor(file, fileName.slice(0, -DESCRIPTOR_SUFFIX.length)));
+        descriptors.push(await readDescriptor(file, stem));
       } catch (error) {
         problems.push({
           file,
@@ -209,6 +230,70 @@ export class Datastore {
         message: `disk ${descriptor.name} is removed but its image ${image} could not be deleted: ${errorMessageOf(error)}`,
       };
     }
+  }
+
+  /**
+   * Creates the empty image a move of disk `name` copies into (`<name>.raw`, as a created disk's
+   * image is named), without a descriptor: the move writes that at its commit. `ERR_EXISTS` if
+   * the disk or the file is already here. Returns the descriptor to commit later (generation is
+   * the caller's to set).
+   */
+  async createMoveTarget(
+    source: DiskDescriptor,
+    provisioning: Provisioning,
+  ): Promise<DiskDescriptor> {
+    const descriptor: DiskDescriptor = {
+      ...source,
+      provisioning,
+      image: `${source.name}${IMAGE_SUFFIX}`,
+    };
+    const imagePath = this.imagePath(descriptor);
+    await this.checkFree(source.name, imagePath);
+    await createRawImage(imagePath, source.sizeBytes, provisioning);
+    return descriptor;
+  }
+
+  /** Writes `descriptor` here atomically and durably: the commit point of a move. */
+  async commitDescriptor(descriptor: DiskDescriptor): Promise<void> {
+    await writeDescriptor(this.descriptorPath(descriptor.name), descriptor);
+  }
+
+  /** Reads disk `name`'s descriptor here, or undefined if there is none (any other failure throws). */
+  async readDescriptorOf(name: string): Promise<DiskDescriptor | undefined> {
+    try {
+      return await readDescriptor(this.descriptorPath(name), name);
+    } catch (error) {
+      if (errorCodeOf(error) === 'ENOENT') return undefined;
+      throw error;
+    }
+  }
+
+  tombstonePath(name: string): string {
+    return join(this.path, `${name}${TOMBSTONE_SUFFIX}`);
+  }
+
+  async writeTombstone(tombstone: Tombstone): Promise<void> {
+    await writeJsonAtomic(this.tombstonePath(tombstone.name), tombstone);
+  }
+
+  async removeTombstone(name: string): Promise<void> {
+    await this.removeFile(`${name}${TOMBSTONE_SUFFIX}`);
+  }
+
+  /** Deletes a file of this datastore if it exists, and syncs the directory. */
+  async removeFile(fileName: string): Promise<void> {
+    try {
+      await unlink(join(this.path, fileName));
+    } catch (error) {
+      if (errorCodeOf(error) === 'ENOENT') return;
+      throw error;
+    }
+    await syncDirectory(this.path);
+  }
+
+  /** The file name of redo log `index` of a move of disk `name` into this datastore. */
+  redoLogName(name: string, index: number): string {
+    return `.${name}.redo-${index}${IMAGE_SUFFIX}`;
   }
 
   async space(): Promise<DatastoreSpace> {
