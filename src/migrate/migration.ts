@@ -7,7 +7,7 @@ import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import { Copier } from './copier.js';
-import { cancelledError, MigrateErrorCode } from './errors.js';
+import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
 import {
   METHOD_TUNING_DEFAULT,
   type MethodEvent,
@@ -229,7 +229,7 @@ export class Migration {
       stamps.push(performance.now());
       for (const run of this.runs) await run.finalCopy();
       stamps.push(performance.now());
-      await Promise.all(this.disks.map((disk) => disk.target.flush()));
+      await this.flushTargets();
       stamps.push(performance.now());
       this.checkCancelled();
       this.isCommitting = true;
@@ -264,8 +264,21 @@ export class Migration {
   private async preFlush(): Promise<void> {
     for (let round = 0; round < PRE_FLUSH_ROUNDS_MAX; round += 1) {
       const startedMs = performance.now();
-      await Promise.all(this.disks.map((disk) => disk.target.flush()));
+      await this.flushTargets();
       if (performance.now() - startedMs < PRE_FLUSH_QUICK_MS) return;
+    }
+  }
+
+  /** Flushes every destination; a failure is the destination's (`ERR_TARGET_FAILED`). */
+  private async flushTargets(): Promise<void> {
+    try {
+      await Promise.all(this.disks.map((disk) => disk.target.flush()));
+    } catch (error) {
+      throw new MigrateError(
+        MigrateErrorCode.TargetFailed,
+        `flushing the destination failed: ${errorMessageOf(error)}`,
+        { cause: error },
+      );
     }
   }
 
