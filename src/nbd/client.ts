@@ -178,6 +178,9 @@ export class NbdClient implements BlockDevice {
   async close(): Promise<void> {
     if (this.isClosed) return;
     this.isClosed = true;
+    // A connection the server already closed has fired its 'close' event: waiting for it would
+    // hang forever.
+    if (this.socket.closed) return;
     const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
     this.socket.end(encodeRequestHeader(Cmd.Disc, 0, 0n, 0, 0));
     setTimeout(() => this.socket.destroy(), 2000).unref();

@@ -154,3 +154,13 @@ test('NBD_CMD_DISC finishes requests in flight, then closes', async () => {
   await closed(socket);
   assert.ok((await disk.read(8 * MiB, 4096)).every((b) => b === 0x33));
 });
+
+test('the client fails requests in flight and closes at once when the server goes away', async () => {
+  const alone = await startServer({ vm1: new MemoryDevice(4 * MiB) });
+  const nbd = await NbdClient.connect({ port: alone.port, exportName: 'vm1' });
+  await nbd.write(0, Buffer.alloc(4096, 1));
+  await alone.server.close();
+  await assert.rejects(nbd.read(0, 4096));
+  // Closing a client whose connection is already gone must not wait for a 'close' that came.
+  await nbd.close();
+});
