@@ -1,4 +1,5 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import type { JobManager } from '../control/job-manager.js';
 import type { Agent } from '../host/agent.js';
 import type { NbdAddress } from './disk-view.js';
 import { replyError } from './error-reply.js';
@@ -6,12 +7,18 @@ import { ApiErrorCode } from './error-table.js';
 import { registerDatastoreRoutes } from './routes/datastores.js';
 import { registerDiskRoutes } from './routes/disks.js';
 import { registerHealthRoutes } from './routes/health.js';
+import { registerJobEventRoutes } from './routes/job-events.js';
+import { registerJobRoutes } from './routes/jobs.js';
 
 export interface ApiOptions {
   readonly agent: Agent;
   /** Where the NBD server listens, `nbd://HOST:PORT`; disk replies carry `<nbdUrl>/<disk>`. */
   readonly nbdUrl: string;
   readonly nbdSocketPath?: string;
+  /** Migrations and the other jobs; without it the job routes are not served. */
+  readonly jobs?: JobManager;
+  /** Interval of the event streams' heartbeat comments; default 15 s. */
+  readonly eventHeartbeatMs?: number;
   /** Request errors with status 500 are logged here; requests themselves are not. */
   readonly log?: FastifyBaseLogger;
 }
@@ -46,5 +53,13 @@ export function createApi(options: ApiOptions): FastifyInstance {
   registerHealthRoutes(app, options.agent, nbd);
   registerDatastoreRoutes(app, options.agent);
   registerDiskRoutes(app, options.agent, nbd);
+  if (options.jobs) {
+    registerJobRoutes(app, options.jobs);
+    registerJobEventRoutes(
+      app,
+      options.jobs,
+      options.eventHeartbeatMs === undefined ? {} : { heartbeatMs: options.eventHeartbeatMs },
+    );
+  }
   return app;
 }

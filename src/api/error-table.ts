@@ -1,4 +1,6 @@
+import { JobErrorCode } from '../control/job-states.js';
 import { HostErrorCode } from '../host/errors.js';
+import { MigrateErrorCode } from '../migrate/errors.js';
 
 /**
  * The one table from error codes to what the outside sees: the HTTP status of an API reply and
@@ -40,6 +42,16 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [HostErrorCode.DatastoreNotEmpty]: CONFLICT,
   [HostErrorCode.DatastoreUnavailable]: UNAVAILABLE,
   [HostErrorCode.Closed]: UNAVAILABLE,
+  // Moving a disk where it already is conflicts with where it is, as a taken name does.
+  [HostErrorCode.SameDatastore]: CONFLICT,
+  [HostErrorCode.DiskBusy]: CONFLICT,
+  [JobErrorCode.NotFound]: NOT_FOUND,
+  [JobErrorCode.State]: CONFLICT,
+  // A job's outcome more than a request's; the CLI exits 1 for a job that ended so.
+  [MigrateErrorCode.Cancelled]: CONFLICT,
+  // The agent is fine, the storage it relays to failed: a gateway whose upstream failed.
+  [MigrateErrorCode.TargetFailed]: { httpStatus: 502, exitCode: 1 },
+  [MigrateErrorCode.SourceFailed]: { httpStatus: 502, exitCode: 1 },
   // A datastore out of space (block/errors.ts code): 507 Insufficient Storage says exactly that.
   ENOSPC: { httpStatus: 507, exitCode: 1 },
 };

@@ -1,4 +1,5 @@
 import { NAME_HELP } from '../host/names.js';
+import { METHOD_NAMES, type MethodName } from '../migrate/method.js';
 
 /**
  * JSON schemas of request bodies and parameters, compiled once by Fastify at start. Unknown
@@ -79,4 +80,52 @@ export const addDatastoreBodySchema = {
 export interface AddDatastoreBody {
   name: string;
   path: string;
+}
+
+/** A copy rate: bytes per second, or a size per second such as "200M" or "200M/s"; 0 unlimited. */
+const speedSchema = {
+  description: 'bytes per second, or a size such as "200M" (per second); 0 for unlimited',
+  anyOf: [
+    { type: 'string', minLength: 1, maxLength: 32 },
+    { type: 'integer', minimum: 0 },
+  ],
+} as const;
+
+export const startMigrationBodySchema = {
+  type: 'object',
+  required: ['disk', 'datastore'],
+  additionalProperties: false,
+  properties: {
+    disk: nameSchema,
+    datastore: { ...nameSchema, description: 'the destination datastore' },
+    method: { type: 'string', enum: [...METHOD_NAMES] },
+    speed: speedSchema,
+    provisioning: { type: 'string', enum: ['thin', 'thick'] },
+  },
+} as const;
+export interface StartMigrationBody {
+  disk: string;
+  datastore: string;
+  method?: MethodName;
+  speed?: string | number;
+  provisioning?: 'thin' | 'thick';
+}
+
+export const jobParamsSchema = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', minLength: 1, maxLength: 128 } },
+} as const;
+export interface JobParams {
+  id: string;
+}
+
+export const jobSpeedBodySchema = {
+  type: 'object',
+  required: ['speed'],
+  additionalProperties: false,
+  properties: { speed: speedSchema },
+} as const;
+export interface JobSpeedBody {
+  speed: string | number;
 }

@@ -1,0 +1,28 @@
+export {
+  type JobAgent,
+  type JobListener,
+  JobManager,
+  type JobManagerOptions,
+  type MigrationRequest,
+} from './job-manager.js';
+export type {
+  JobEvent,
+  JobEventType,
+  JobLogEntry,
+  JobRecord,
+  JobStatus,
+} from './job-record.js';
+export {
+  canTransition,
+  checkVerb,
+  isTerminal,
+  JOB_STATES,
+  JOB_TRANSITIONS,
+  JOB_VERBS,
+  JOB_VERBS_ALL,
+  JobError,
+  JobErrorCode,
+  type JobState,
+  type JobVerb,
+} from './job-states.js';
+export { formatSpeed, parseSpeed, SPEED_HELP } from './speed.js';

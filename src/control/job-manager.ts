@@ -1,0 +1,220 @@
+import type { DiskInfo, DiskMove, MoveDiskRequest } from '../host/agent.js';
+import { HostError, HostErrorCode } from '../host/errors.js';
+import type { MethodName } from '../migrate/method.js';
+import type { MigrationEvent } from '../migrate/migration.js';
+import { errorCodeOf } from '../util/errors.js';
+import { type Logger, silentLogger } from '../util/logger.js';
+import type { JobEvent, JobRecord, JobStatus } from './job-record.js';
+import { JobError, JobErrorCode } from './job-states.js';
+import { MigrationJob } from './migration-job.js';
+
+/** What the job manager needs of the agent (src/host/agent.ts); tests pass a small fake. */
+export interface JobAgent {
+  moveDisk(request: MoveDiskRequest, onEvent: (event: MigrationEvent) => void): Promise<DiskMove>;
+  getDisk(name: string): Promise<Pick<DiskInfo, 'datastore' | 'sizeBytes'>>;
+}
+
+export interface JobManagerOptions {
+  /** How often a running job reports its progress to listeners; default 250 ms. */
+  readonly progressIntervalMs?: number;
+  /** How many finished jobs `list` and `get` still know (the newest ones); default 100. */
+  readonly finishedMax?: number;
+  readonly log?: Logger;
+}
+
+/** `ferry migrate` / `POST /v1/migrations`. */
+export interface MigrationRequest {
+  readonly disk: string;
+  readonly datastore: string;
+  readonly method?: MethodName;
+  /** Copy rate, bytes per second; 0 or absent: unlimited. */
+  readonly speedBytesPerSecond?: number;
+  readonly provisioning?: 'thin' | 'thick';
+}
+
+export type JobListener = (event: JobEvent) => void;
+
+const PROGRESS_INTERVAL_MS_DEFAULT = 250;
+const FINISHED_MAX_DEFAULT = 100;
+
+/**
+ * The jobs of this control plane: starts disk moves on the agent, follows each as a
+ * `MigrationJob`, and fans every job's events out to listeners (the API's event streams).
+ * Jobs live in memory: running ones until they finish, finished ones until `finishedMax` newer
+ * ones have finished. TODO(#3): persist them in the inventory once the SQLite store exists.
+ */
+export class JobManager {
+  private readonly agent: JobAgent;
+  private readonly progressIntervalMs: number;
+  private readonly finishedMax: number;
+  private readonly log: Logger;
+  private readonly jobs = new Map<string, MigrationJob>();
+  /** Ids of finished jobs, oldest first, for eviction. */
+  private readonly finishedIds: string[] = [];
+  private readonly listeners = new Map<JobListener, string | null>();
+  /** One promise per running job, settled when it finished (either way). */
+  private readonly running = new Set<Promise<void>>();
+  private isClosed = false;
+
+  constructor(agent: JobAgent, options: JobManagerOptions = {}) {
+    this.agent = agent;
+    this.progressIntervalMs = options.progressIntervalMs ?? PROGRESS_INTERVAL_MS_DEFAULT;
+    this.finishedMax = options.finishedMax ?? FINISHED_MAX_DEFAULT;
+    this.log = options.log ?? silentLogger;
+  }
+
+  /**
+   * Starts moving a disk. Resolves once the agent has created the destination and the copy
+   * runs, with the job's record; rejects with the agent's error when it refuses (unknown disk
+   * or datastore, same datastore, disk busy, no space) and then no job exists.
+   */
+  async startMigration(request: MigrationRequest): Promise<JobRecord> {
+    if (this.isClosed) throw new HostError(HostErrorCode.Closed, 'the server is shutting down');
+    const createdAt = new Date();
+    const disk = await this.agent.getDisk(request.disk);
+    // Events may come before moveDisk resolves (the copy starts inside it): held until the job
+    // exists, then replayed in order.
+    let job: MigrationJob | undefined;
+    const early: MigrationEvent[] = [];
+    const move = await this.agent.moveDisk(toMoveDiskRequest(request), (event) => {
+      if (job === undefined) early.push(event);
+      else job.apply(event);
+    });
+    const created = new MigrationJob({
+      id: move.id,
+      disk: request.disk,
+      from: disk.datastore,
+      to: request.datastore,
+      sizeBytes: disk.sizeBytes,
+      speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
+      createdAt,
+      migration: move.migration,
+      progressIntervalMs: this.progressIntervalMs,
+      emit: (event) => this.publish(event),
+    });
+    this.jobs.set(created.id, created);
+    created.announce();
+    for (const event of early) created.apply(event);
+    job = created;
+    this.follow(created, move);
+    return created.record();
+  }
+
+  /** Every job kept, oldest first, without their event histories. */
+  list(): JobStatus[] {
+    return [...this.jobs.values()].map((job) => job.status());
+  }
+
+  /** `ERR_JOB_NOT_FOUND` for an unknown (or forgotten) id. */
+  get(id: string): JobRecord {
+    return this.jobNamed(id).record();
+  }
+
+  /**
+   * Asks a running job to stop; the job is `cancelling` until its rollback is done, then
+   * `cancelled`. `ERR_JOB_STATE` (409) in any other state.
+   */
+  cancel(id: string): JobRecord {
+    const job = this.jobNamed(id);
+    job.cancel('asked by the user');
+    return job.record();
+  }
+
+  /** Changes a running job's copy rate (bytes per second, 0 unlimited); else `ERR_JOB_STATE`. */
+  setSpeed(id: string, bytesPerSecond: number): JobRecord {
+    const job = this.jobNamed(id);
+    job.setSpeed(bytesPerSecond);
+    return job.record();
+  }
+
+  /**
+   * Calls `listener` with every event of job `jobId`, or of every job when null, until the
+   * returned function is called. A listener that throws is logged and removed.
+   */
+  subscribe(listener: JobListener, jobId: string | null = null): () => void {
+    this.listeners.set(listener, jobId);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** Listeners subscribed now (each open event stream is one). */
+  get listenerCount(): number {
+    return this.listeners.size;
+  }
+
+  /**
+   * Refuses new jobs, cancels every job that can be cancelled (each rolls back: the guest stays
+   * on its source) and waits for every job to finish, including one in its switchover.
+   */
+  async shutdown(): Promise<void> {
+    this.isClosed = true;
+    for (const job of this.jobs.values()) {
+      if (job.state !== 'running') continue;
+      try {
+        job.cancel('the server is shutting down');
+      } catch (error) {
+        // Committed an instant ago: it finishes its switchover, which the wait below covers.
+        if (errorCodeOf(error) !== JobErrorCode.State) throw error;
+        this.log.info({ job: job.id }, 'job is committing its switchover; waiting for it');
+      }
+    }
+    await Promise.all(this.running);
+  }
+
+  private follow(job: MigrationJob, move: DiskMove): void {
+    const settled = move.done.then(
+      (result) => job.succeed(result),
+      (error: unknown) => job.fail(error),
+    );
+    const tracked = settled.finally(() => {
+      this.running.delete(tracked);
+      this.retire(job);
+      const { state, disk, error } = job.status();
+      const fields = { job: job.id, disk, state, error };
+      if (state === 'failed') this.log.warn(fields, 'job failed');
+      else this.log.info(fields, `job ${state}`);
+    });
+    this.running.add(tracked);
+  }
+
+  /** Keeps the newest `finishedMax` finished jobs. */
+  private retire(job: MigrationJob): void {
+    this.finishedIds.push(job.id);
+    while (this.finishedIds.length > this.finishedMax) {
+      const oldest = this.finishedIds.shift();
+      if (oldest !== undefined) this.jobs.delete(oldest);
+    }
+  }
+
+  private jobNamed(id: string): MigrationJob {
+    const job = this.jobs.get(id);
+    if (!job) throw new JobError(JobErrorCode.NotFound, `no job ${id}`);
+    return job;
+  }
+
+  /** Fans an event out; a listener's failure must not reach the migration that emitted it. */
+  private publish(event: JobEvent): void {
+    for (const [listener, jobId] of this.listeners) {
+      if (jobId !== null && jobId !== event.job.id) continue;
+      try {
+        listener(event);
+      } catch (error) {
+        this.listeners.delete(listener);
+        this.log.error({ err: error, job: event.job.id }, 'a job listener failed and was removed');
+      }
+    }
+  }
+}
+
+function toMoveDiskRequest(request: MigrationRequest): MoveDiskRequest {
+  return {
+    name: request.disk,
+    datastore: request.datastore,
+    ...(request.method === undefined ? {} : { method: request.method }),
+    ...(request.speedBytesPerSecond === undefined
+      ? {}
+      : { speedBytesPerSecond: request.speedBytesPerSecond }),
+    ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+  };
+}

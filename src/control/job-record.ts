@@ -1,0 +1,111 @@
+import type { MethodName } from '../migrate/method.js';
+import type { MigrationEvent } from '../migrate/migration.js';
+import type { ProgressSnapshot } from '../migrate/progress.js';
+import { formatSize } from '../util/size.js';
+import type { JobState, JobVerb } from './job-states.js';
+
+/**
+ * What the outside sees of a job: plain JSON, the same in the API, the event stream, the CLI's
+ * `--json` and the dashboard. Sizes are bytes, times ISO 8601 (UTC), durations milliseconds.
+ */
+export interface JobStatus {
+  readonly id: string;
+  readonly kind: 'migrate';
+  readonly disk: string;
+  /** Datastore the disk is moved from, and to. */
+  readonly from: string;
+  readonly to: string;
+  /** Size of the disk; `progress.totalBytes` passes it when blocks must be copied again. */
+  readonly sizeBytes: number;
+  /** The method running now (dbt that cannot converge continues as mirror). */
+  readonly method: MethodName;
+  readonly requestedMethod: MethodName;
+  readonly state: JobState;
+  /** The method's current phase (`copy`, `switchover`, `rollback`, ...); null before the first. */
+  readonly phase: string | null;
+  /** The latest copy pass the method reported; 0 before the first. */
+  readonly pass: number;
+  /** The mirror's write mode, once it reported one. */
+  readonly mode: 'sync' | 'async' | null;
+  /** Requested copy rate; 0 is unlimited. */
+  readonly speedBytesPerSecond: number;
+  readonly progress: ProgressSnapshot;
+  /** Bytes still to copy. */
+  readonly dirtyBytes: number;
+  readonly bytesCopied: number;
+  readonly passes: number;
+  readonly createdAt: string;
+  readonly startedAt: string;
+  readonly finishedAt: string | null;
+  /** Time since the start, or from start to end once finished. */
+  readonly durationMs: number;
+  /** Time guest I/O was held at the switchover; null until it happened. */
+  readonly downtimeMs: number | null;
+  readonly error: { readonly code: string; readonly message: string } | null;
+  /** The verbs the job's state allows now (job-states.ts). */
+  readonly allowed: readonly JobVerb[];
+}
+
+/** One line of a job's history. */
+export interface JobLogEntry {
+  readonly time: string;
+  readonly type: JobEventType;
+  readonly message: string;
+}
+
+export interface JobRecord extends JobStatus {
+  /** The latest events, oldest first (at most JOB_LOG_MAX). */
+  readonly events: readonly JobLogEntry[];
+}
+
+export type JobEventType =
+  | 'created'
+  | 'state'
+  | 'phase'
+  | 'pass'
+  | 'mode'
+  | 'method'
+  | 'message'
+  | 'speed'
+  | 'switchover'
+  | 'rollback'
+  | 'progress';
+
+/**
+ * A change of a job, as listeners and the event stream see it: what happened (`message` is null
+ * for the periodic `progress`) and the job's status after it.
+ */
+export interface JobEvent {
+  readonly type: JobEventType;
+  readonly time: string;
+  readonly message: string | null;
+  readonly job: JobStatus;
+}
+
+/** Events kept per job; older ones are dropped (the logs keep everything). */
+export const JOB_LOG_MAX = 50;
+
+/** A migration event as a line of the job's history. */
+export function describeMigrationEvent(event: MigrationEvent): string {
+  switch (event.type) {
+    case 'phase':
+      return `phase ${event.phase}`;
+    case 'pass':
+      return `pass ${event.pass}: ${formatSize(event.dirtyBytes)} to copy`;
+    case 'mode':
+      return event.mode === 'sync'
+        ? 'mirror is synchronous: guest writes are acknowledged once on both sides'
+        : 'mirror is asynchronous: guest writes are acknowledged once on the source';
+    case 'method':
+      return `continuing with method ${event.method}: ${event.reason}`;
+    case 'message':
+      return event.message;
+    case 'switchover':
+      return (
+        `switched over; guest I/O was held ${event.downtimeMs} ms (drain ${event.drainMs}, ` +
+        `final copy ${event.finalCopyMs}, flush ${event.flushMs}, commit ${event.commitMs} ms)`
+      );
+    case 'rollback':
+      return `rolling back to the source: ${event.reason}`;
+  }
+}
