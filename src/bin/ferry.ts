@@ -17,8 +17,17 @@ const code = await runCli({
   cwd: process.cwd(),
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
+  ...(process.stderr.isTTY ? { terminal: process.stderr } : {}),
+  onInterrupt: (handler) => {
+    process.on('SIGINT', handler);
+    return () => process.off('SIGINT', handler);
+  },
   // Loaded only for `serve`: the server's modules (Fastify, pino, NBD) would triple the start-up
   // time of every other command.
+  demo: async (options) => {
+    const { demo } = await import('./demo.js');
+    return demo(options, (text) => process.stdout.write(`${text}\n`));
+  },
   serve: async (options) => {
     const { createServeLogger, serve } = await import('./serve.js');
     return serve(options, createServeLogger());

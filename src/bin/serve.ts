@@ -3,6 +3,8 @@ import { type Logger as PinoLogger, pino } from 'pino';
 import { createApi } from '../api/index.js';
 import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
+import { JobManager } from '../control/index.js';
+import { CRASH_POINTS, type CrashPoint } from '../host/disk-mover.js';
 import { Agent } from '../host/index.js';
 import { NbdServer } from '../nbd/index.js';
 import { errorMessageOf } from '../util/errors.js';
@@ -15,8 +17,9 @@ import { errorMessageOf } from '../util/errors.js';
  *     → NBD listens on TCP (and a Unix socket) → the API listens
  *     → log "ready" with the bound addresses (port 0 in tests: this is how they find them)
  *
- * On SIGINT/SIGTERM: stop the API (no new changes), close the NBD server (requests in flight
- * finish, connections close), close the agent (flushes and closes every disk), exit 0. A second
+ * On SIGINT/SIGTERM: stop the API (no new changes; event streams end), cancel the running jobs
+ * and wait for their rollbacks (each guest stays on its source), close the NBD server (requests
+ * in flight finish, connections close), close the agent (flushes and closes every disk), exit 0. A second
  * signal exits at once, for the operator whose flush hangs on a dead NFS server.
  */
 export function createServeLogger(): PinoLogger {
@@ -32,6 +35,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     dataDir: options.dataDir,
     log: log.child({ component: 'agent' }),
     dropExport: async (name) => server?.dropExport(name),
+    ...crashPointFromEnv(log),
   });
   try {
     await ensureDisks(agent, options.ensureDisks, log);
@@ -41,6 +45,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     throw error;
   }
   server = new NbdServer({ exports: agent.exports, log: log.child({ component: 'nbd' }) });
+  const jobs = new JobManager(agent, { log: log.child({ component: 'jobs' }) });
   const nbdServer = server;
   let api: ReturnType<typeof createApi> | undefined;
   try {
@@ -49,6 +54,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     const nbdUrl = `nbd://${formatHostPort(nbd)}`;
     api = createApi({
       agent,
+      jobs,
       nbdUrl,
       ...(options.socketPath === undefined ? {} : { nbdSocketPath: options.socketPath }),
       log: log.child({ component: 'api' }),
@@ -71,13 +77,13 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
       'ready',
     );
   } catch (error) {
-    await shutdown(log, api, nbdServer, agent);
+    await shutdown(log, api, jobs, nbdServer, agent);
     signals.dispose();
     throw error;
   }
   const signal = await signals.first;
   log.info({ signal }, 'stopping');
-  const code = await shutdown(log, api, nbdServer, agent);
+  const code = await shutdown(log, api, jobs, nbdServer, agent);
   signals.dispose();
   log.info({ code }, 'stopped');
   return code;
@@ -108,6 +114,7 @@ async function ensureDisks(
 async function shutdown(
   log: PinoLogger,
   api: ReturnType<typeof createApi> | undefined,
+  jobs: JobManager,
   server: NbdServer,
   agent: Agent,
 ): Promise<number> {
@@ -121,6 +128,8 @@ async function shutdown(
     }
   };
   if (api) await step('closing the API', () => api.close());
+  // Before the agent closes the disks: each running move rolls back to its source.
+  await step('cancelling the jobs', () => jobs.shutdown());
   await step('closing the NBD server', () => server.close());
   await step('closing the agent', () => agent.close());
   return code;
@@ -156,4 +165,18 @@ function watchSignals(log: PinoLogger): SignalWatch {
       process.off('SIGTERM', onSignal);
     },
   };
+}
+
+/**
+ * `FERRY_CRASH_AT=<point>`: a test seam for the crash tests (issue 3), never for production: every
+ * disk move kills this process with SIGKILL at that point (see host/disk-mover.ts).
+ */
+function crashPointFromEnv(log: PinoLogger): { crashAt?: CrashPoint } {
+  const value = process.env.FERRY_CRASH_AT;
+  if (value === undefined || value === '') return {};
+  if (!(CRASH_POINTS as readonly string[]).includes(value)) {
+    throw new Error(`FERRY_CRASH_AT=${value}: expected one of ${CRASH_POINTS.join(', ')}`);
+  }
+  log.warn({ crashAt: value }, 'FERRY_CRASH_AT is set: every disk move will kill this process');
+  return { crashAt: value as CrashPoint };
 }

@@ -1,5 +1,6 @@
 import type { ErrorBody } from '../api/error-reply.js';
 import { errorMessageOf, FerryError } from '../util/errors.js';
+import { parseEventStream, type ServerEvent } from './event-stream.js';
 
 /**
  * The CLI's side of the HTTP API: one JSON request per call through the global `fetch`. Every
@@ -13,6 +14,8 @@ export const CliErrorCode = {
   ApiUnreachable: 'ERR_API_UNREACHABLE',
   /** The reply was not the API's JSON (FERRY_API points at something else?). */
   BadReply: 'ERR_BAD_REPLY',
+  /** An event stream ended before what it was followed for. */
+  StreamEnded: 'ERR_STREAM_ENDED',
 } as const;
 
 export class ApiClient {
@@ -34,17 +37,52 @@ export class ApiClient {
     await this.request<undefined>('DELETE', path);
   }
 
+  /**
+   * GETs a Server-Sent Events stream and yields its events until the server ends it. Rejects
+   * like `request` when it cannot start; `signal` stops it (the iteration then rejects with the
+   * abort error, which the caller tells apart by `signal.aborted`).
+   */
+  async *stream(path: string, signal?: AbortSignal): AsyncGenerator<ServerEvent> {
+    const response = await this.send('GET', path, undefined, {
+      accept: 'text/event-stream',
+      signal,
+    });
+    // An error reply is JSON: parse() throws it as the API's error.
+    if (!response.ok) await this.parse(response, 'GET', path);
+    const type = response.headers.get('content-type') ?? '';
+    if (!response.ok || !type.startsWith('text/event-stream') || response.body === null) {
+      throw new FerryError(
+        CliErrorCode.BadReply,
+        `GET ${this.baseUrl}${path}: HTTP ${response.status} with ${type || 'no content type'}, ` +
+          'not an event stream; is FERRY_API the Ferry API?',
+      );
+    }
+    yield* parseEventStream(response.body);
+  }
+
   /** Resolves with the parsed reply (undefined for 204); rejects with a `FerryError`. */
   async request<T>(method: string, path: string, body?: object): Promise<T> {
-    let response: Response;
+    return this.parse<T>(await this.send(method, path, body), method, path);
+  }
+
+  private async send(
+    method: string,
+    path: string,
+    body: object | undefined,
+    extra: { accept?: string; signal?: AbortSignal | undefined } = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = {};
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (extra.accept !== undefined) headers.accept = extra.accept;
     try {
-      response = await fetch(`${this.baseUrl}${path}`, {
+      return await fetch(`${this.baseUrl}${path}`, {
         method,
-        ...(body === undefined
-          ? {}
-          : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+        headers,
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        ...(extra.signal === undefined ? {} : { signal: extra.signal }),
       });
     } catch (error) {
+      if (extra.signal?.aborted) throw error;
       const cause = (error as { cause?: unknown }).cause;
       throw new FerryError(
         CliErrorCode.ApiUnreachable,
@@ -53,6 +91,9 @@ export class ApiClient {
         { cause: error },
       );
     }
+  }
+
+  private async parse<T>(response: Response, method: string, path: string): Promise<T> {
     if (response.status === 204) return undefined as T;
     const text = await response.text();
     let value: unknown;

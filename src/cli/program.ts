@@ -2,11 +2,17 @@ import { Command } from 'commander';
 import { DEFAULT_API_URL } from './api-client.js';
 import type { CliContext } from './context.js';
 import { addDatastoreCommands } from './datastore-commands.js';
+import { addDemoCommand, type DemoFunction } from './demo-command.js';
 import { addDiskCommands } from './disk-commands.js';
+import { addJobCommands } from './job-commands.js';
+import { addMigrateCommand } from './migrate-command.js';
 import { addServeCommand, type ServeFunction } from './serve-command.js';
 
 const EXAMPLES = `
 Examples:
+  See it work: migrate a disk live with each method while a guest writes, and verify every write:
+    $ ferry demo
+
   Serve (state in ./ferry-data, NBD on 127.0.0.1:10809, API on 127.0.0.1:7480):
     $ ferry serve
 
@@ -20,10 +26,14 @@ Examples:
     $ ferry disk import web1 /mnt/nvme/web1.raw --datastore fast
     $ ferry disk list
 
+  Move a disk to another datastore while its guest runs, and watch the jobs:
+    $ ferry migrate web1 --to fast --speed 200M
+    $ ferry job list
+
 Environment:
   FERRY_API  the API that commands talk to (default ${DEFAULT_API_URL})
 
-Exit codes: 0 ok, 1 the operation failed, 2 bad usage.`;
+Exit codes: 0 ok, 1 the operation failed, 2 bad usage, 130 stopped following a job (Ctrl-C).`;
 
 /**
  * The `ferry` command tree. Subcommands are created with `.command()` so they inherit the
@@ -33,6 +43,7 @@ export function buildProgram(
   version: string,
   context: CliContext,
   serve: ServeFunction,
+  demo: DemoFunction,
   setExitCode: (code: number) => void,
 ): Command {
   const program = new Command('ferry')
@@ -44,7 +55,10 @@ export function buildProgram(
     .addHelpText('after', EXAMPLES)
     .exitOverride();
   addServeCommand(program, context, serve, setExitCode);
+  addDemoCommand(program, context, demo, setExitCode);
   addDatastoreCommands(program, context);
   addDiskCommands(program, context);
+  addMigrateCommand(program, context, setExitCode);
+  addJobCommands(program, context, setExitCode);
   return program;
 }

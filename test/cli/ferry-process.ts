@@ -45,14 +45,21 @@ export interface ServeProcess {
   readonly ready: ReadyLine;
   /** Every stderr line so far (JSON log lines). */
   readonly logLines: string[];
-  /** Resolves with the exit code once the process has exited. */
+  /** Resolves with the exit code once the process has exited (null when a signal killed it). */
   readonly exited: Promise<number | null>;
 }
 
-/** Spawns `ferry serve` and resolves once it logs "ready"; rejects if it exits first. */
-export async function startServe(args: readonly string[]): Promise<ServeProcess> {
+/**
+ * Spawns `ferry serve` and resolves once it logs "ready"; rejects if it exits first. `env` adds
+ * to the environment (e.g. FERRY_CRASH_AT for the crash tests).
+ */
+export async function startServe(
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<ServeProcess> {
   const child = spawn(process.execPath, [FERRY_BIN, 'serve', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...env },
   });
   const exited = once(child, 'exit').then(([code]) => code as number | null);
   const logLines: string[] = [];

@@ -1,0 +1,100 @@
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import type { JobRecord } from '../control/job-record.js';
+import { formatSpeed, parseSpeed, SPEED_HELP } from '../control/speed.js';
+import { METHOD_DEFAULT, METHOD_NAMES } from '../migrate/method.js';
+import { errorMessageOf } from '../util/errors.js';
+import { type CliContext, printJson } from './context.js';
+import { followJob, reportOutcome } from './job-follow.js';
+
+const HELP = `
+Examples:
+  Move disk vm1 to datastore fast while its guest keeps running, with a progress bar:
+    $ ferry migrate vm1 --to fast
+
+  Copy at most 200 MiB/s, make the new image thick, and return at once:
+    $ ferry migrate vm1 --to fast --speed 200M --thick --detach
+    $ ferry job watch JOB        (follow it later)
+    $ ferry job speed JOB 1G     (change the speed while it runs)
+
+Methods:
+  mirror    one pass; guest writes to copied blocks go to both sides (the default)
+  dbt       changed-block tracking: copy, then copy what changed, pass after pass
+  snapshot  guest writes go to a redo log while the base is copied, then the log
+  sxm       snapshot, then mirror every write while the snapshot is copied
+
+The guest sees at most one short pause (the downtime), at the switchover. Ctrl-C stops
+following, not the job. A job that fails or is cancelled leaves the disk where it was.
+
+Exit codes: 0 moved, 1 failed or cancelled (the guest runs on the source), 2 bad usage,
+130 stopped following with Ctrl-C (the job runs on).`;
+
+interface MigrateOptions {
+  to: string;
+  method?: (typeof METHOD_NAMES)[number];
+  speed?: number;
+  thin?: boolean;
+  thick?: boolean;
+  detach?: boolean;
+  json?: boolean;
+}
+
+/** `ferry migrate DISK --to DATASTORE`: starts a move (POST /v1/migrations) and follows it. */
+export function addMigrateCommand(
+  program: Command,
+  context: CliContext,
+  setExitCode: (code: number) => void,
+): void {
+  program
+    .command('migrate')
+    .description('move a disk to another datastore while its guest keeps using it')
+    .argument('<disk>', 'the disk to move')
+    .requiredOption('--to <datastore>', 'the datastore to move it to')
+    .addOption(
+      new Option(
+        '--method <method>',
+        `how to keep the copy in step (default ${METHOD_DEFAULT})`,
+      ).choices(METHOD_NAMES),
+    )
+    .option('--speed <speed>', `copy rate limit: ${SPEED_HELP}`, parseSpeedOption)
+    .option('--thin', 'make the new image thin (allocated as written)')
+    .addOption(
+      new Option('--thick', 'allocate the new image fully before copying').conflicts('thin'),
+    )
+    .option('--detach', 'start the job and return; do not follow it')
+    .option('--json', 'print the job (the final one unless --detach) as JSON on stdout')
+    .addHelpText('after', HELP)
+    .action(async (disk: string, options: MigrateOptions) => {
+      const job = await context.api.post<JobRecord>('/v1/migrations', {
+        disk,
+        datastore: options.to,
+        ...(options.method === undefined ? {} : { method: options.method }),
+        ...(options.speed === undefined ? {} : { speed: options.speed }),
+        ...provisioningOf(options),
+      });
+      if (options.detach) {
+        if (options.json) return printJson(context, job);
+        context.print(
+          `Started job ${job.id}: moving disk ${job.disk} from ${job.from} to ${job.to} with ` +
+            `${job.requestedMethod} (speed ${formatSpeed(job.speedBytesPerSecond)}).`,
+        );
+        context.print(`  follow it:  ferry job watch ${job.id}`);
+        context.print(`  cancel it:  ferry job cancel ${job.id}`);
+        return;
+      }
+      setExitCode(reportOutcome(context, await followJob(context, job), options.json === true));
+    });
+}
+
+function provisioningOf(options: MigrateOptions): { provisioning?: 'thin' | 'thick' } {
+  if (options.thick) return { provisioning: 'thick' };
+  if (options.thin) return { provisioning: 'thin' };
+  return {};
+}
+
+export function parseSpeedOption(text: string): number {
+  try {
+    return parseSpeed(text);
+  } catch (error) {
+    throw new InvalidArgumentError(errorMessageOf(error));
+  }
+}
