@@ -24,13 +24,21 @@ export interface Child {
 
 const live = new Set<Child>();
 
+/**
+ * Starts `file` and records it. With `hasIpc` the child (a Node script) also gets Node's IPC
+ * channel, for `child.process.send` and `process.on('message')` on its side.
+ */
 export function spawnChild(
   name: string,
   file: string,
   args: readonly string[],
   env: NodeJS.ProcessEnv = process.env,
+  hasIpc = false,
 ): Child {
-  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const stdio = hasIpc
+    ? (['ignore', 'pipe', 'pipe', 'ipc'] as const)
+    : (['ignore', 'pipe', 'pipe'] as const);
+  const child = spawn(file, args, { stdio: [...stdio], env });
   let tail = '';
   const keep = (chunk: Buffer): void => {
     tail = (tail + chunk.toString('utf8')).slice(-OUTPUT_TAIL_BYTES);

@@ -24,14 +24,21 @@ export interface FioResult {
   readonly latencyMeanUs: number;
 }
 
-interface FioDirection {
+export interface FioDirection {
   iops: number;
   bw_bytes: number;
-  lat_ns: { mean: number };
+  total_ios: number;
+  lat_ns: { mean: number; max: number };
+}
+
+export interface FioJobReport {
+  error: number;
+  read: FioDirection;
+  write: FioDirection;
 }
 
 interface FioReport {
-  jobs: { error: number; read: FioDirection; write: FioDirection }[];
+  jobs: FioJobReport[];
 }
 
 /** Runs `job` for `seconds` against `uri` over the first `sizeBytes` of the export. */
@@ -57,12 +64,23 @@ export async function runFio(
     '--output-format=json',
   ];
   const stdout = await runCommand('fio', 'fio', args, { timeoutMs: (seconds + 60) * 1000, cwd });
-  // The nbd engine prints "fio: connected to NBD server" before the JSON document.
-  const report = JSON.parse(stdout.slice(stdout.indexOf('{'))) as FioReport;
-  const only = report.jobs[0];
-  if (only === undefined || only.error !== 0) {
-    throw new Error(`fio ${job.name} on ${uri} failed: ${JSON.stringify(only?.error)}`);
-  }
+  const only = parseFioReport(stdout, `fio ${job.name} on ${uri}`);
   const side = job.rw === 'randread' || job.rw === 'read' ? only.read : only.write;
   return { iops: side.iops, bytesPerSecond: side.bw_bytes, latencyMeanUs: side.lat_ns.mean / 1000 };
+}
+
+/**
+ * The first job of fio's JSON report; throws, naming `what`, if fio reported an error for it.
+ * Whatever fio prints before the document is skipped: the nbd engine's "fio: connected to NBD
+ * server", or "fio: terminating on signal 2" when it was stopped with SIGINT.
+ */
+export function parseFioReport(text: string, what: string): FioJobReport {
+  const start = text.indexOf('{');
+  if (start < 0) throw new Error(`${what}: no JSON report in fio's output:\n${text.slice(-2000)}`);
+  const report = JSON.parse(text.slice(start)) as FioReport;
+  const only = report.jobs[0];
+  if (only === undefined || only.error !== 0) {
+    throw new Error(`${what} failed: fio error ${JSON.stringify(only?.error)}`);
+  }
+  return only;
 }

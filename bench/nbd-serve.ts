@@ -1,11 +1,11 @@
-import { randomFill } from 'node:crypto';
-import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/util/size.js';
 import { hasTool, killChildrenOnExit, stopAll } from './children.js';
 import { FIO_JOBS, type FioResult, runFio } from './fio-job.js';
+import { writeImage } from './image-file.js';
 import {
   type FerryMode,
   ferryDirect,
@@ -57,8 +57,6 @@ interface Sample {
   readonly job: string;
   readonly result: FioResult;
 }
-
-const WRITE_CHUNK_BYTES = 4 * 1024 * 1024;
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
@@ -116,24 +114,6 @@ function checkTools(options: Options): void {
     throw new Error(
       `missing ${missing.join(', ')}: apt-get install fio qemu-utils nbdkit (or --skip-...)`,
     );
-  }
-}
-
-/** Writes every byte of a new image with random data, so reads hit data and no block is a hole. */
-async function writeImage(path: string, sizeBytes: number, stop: AbortSignal): Promise<void> {
-  const fill = promisify(randomFill);
-  const chunk = Buffer.allocUnsafe(WRITE_CHUNK_BYTES);
-  const handle = await open(path, 'wx');
-  try {
-    for (let at = 0; at < sizeBytes; at += chunk.length) {
-      stop.throwIfAborted();
-      await fill(chunk);
-      const length = Math.min(chunk.length, sizeBytes - at);
-      await handle.write(chunk, 0, length, at);
-    }
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -48,7 +48,11 @@ function running(child: Child, uri: string): RunningServer {
   return { uri, stop: () => stopChild(child) };
 }
 
-async function startFerryServe(
+/**
+ * Starts `ferry serve` over `dataDir` on free ports and resolves once its API listens (which it
+ * does last, once every disk is open and NBD is up); the caller stops the child.
+ */
+export async function startFerryServe(
   dataDir: string,
 ): Promise<{ child: Child; nbdPort: number; apiPort: number }> {
   const nbdPort = await freePort();
