@@ -9,7 +9,7 @@ import type {
 } from './device.js';
 import { DirtyBitmap } from './dirty-bitmap.js';
 import { BlockError, BlockErrorCode } from './errors.js';
-import { GranuleLock } from './granule-lock.js';
+import { RangeLock } from './range-lock.js';
 
 /**
  * A stack of redo logs over a frozen base (ESX 3.5's snapshot delta disks; a QEMU backing chain
@@ -28,10 +28,10 @@ import { GranuleLock } from './granule-lock.js';
  *   larger than a granule (a sparse file: 4 KiB blocks): a crashed host that lost the bitmaps can
  *   replay a log from its extents alone.
  * - Reads take each granule from the newest log that holds it, else from the base.
- * - Mutations touching a common granule run one after another (`GranuleLock`), so two partial
- *   writes to different bytes of one granule both survive their read-modify-writes. Reads take no
- *   lock: a granule is marked present only once its log holds it whole, and until then the layer
- *   below holds the same bytes outside the range being written.
+ * - Mutations touching a common granule run one after another (`lock`, held over their whole
+ *   granules), so two partial writes to different bytes of one granule both survive their
+ *   read-modify-writes. Reads take no lock: a granule is marked present only once its log holds
+ *   it whole, and until then the layer below holds the same bytes outside the range being written.
  *
  * Callers change the chain only where the guest cannot race them: `pushLog` with guest I/O held
  * and drained (asserted: no mutation in flight), so no write straddles two logs; `dropOldestLog`
@@ -76,7 +76,7 @@ export class Overlay implements BlockDevice {
   private base: BlockDevice;
   /** Oldest first; never empty. */
   private readonly chain: RedoLog[] = [];
-  private readonly lock = new GranuleLock();
+  private readonly lock = new RangeLock();
   /** Logs (in the chain or dropped from it) that completed a write since their last flush. */
   private readonly unflushed = new Set<BlockDevice>();
   private readonly onFailure: (error: unknown) => void;
@@ -198,23 +198,16 @@ export class Overlay implements BlockDevice {
     this.checkOpen();
     const end = Math.min(this.size, offset + length);
     const out: Extent[] = [];
-    let at = offset;
-    while (at < end) {
-      const isHeld = this.isInAnyLog(at);
-      let runEnd = Math.min(end, this.granuleEnd(at));
-      while (runEnd < end && this.isInAnyLog(runEnd) === isHeld) {
-        runEnd = Math.min(end, this.granuleEnd(runEnd));
+    for (const run of this.granuleRuns(offset, end, (at) => this.isInAnyLog(at))) {
+      if (run.key) {
+        out.push({ offset: run.offset, length: run.length, kind: 'data' });
+        continue;
       }
-      if (isHeld) {
-        out.push({ offset: at, length: runEnd - at, kind: 'data' });
-      } else {
-        const below = await this.baseExtents(at, runEnd - at);
-        out.push(...below);
-        const last = below[below.length - 1];
-        assert(last !== undefined, 'base extents are never empty');
-        if (last.offset + last.length < runEnd) break;
-      }
-      at = runEnd;
+      const below = await this.baseExtents(run.offset, run.length);
+      out.push(...below);
+      const last = below[below.length - 1];
+      assert(last !== undefined, 'base extents are never empty');
+      if (last.offset + last.length < run.offset + run.length) break;
     }
     return out;
   }
@@ -259,12 +252,15 @@ export class Overlay implements BlockDevice {
     this.checkOpen();
     if (this.caps.isReadOnly) throw new BlockError(BlockErrorCode.EPERM, 'overlay is read-only');
     const log = this.newestLog;
-    const first = Math.floor(offset / this.granularityBytes);
-    const last = Math.floor((offset + length - 1) / this.granularityBytes);
     const end = offset + length;
+    const first = Math.floor(offset / this.granularityBytes);
+    const last = Math.floor((end - 1) / this.granularityBytes);
+    // The lock holds the whole granules the mutation touches, `first..last`.
+    const spanStart = first * this.granularityBytes;
+    const spanLength = this.granuleEnd(end - 1) - spanStart;
     this.mutationsInFlight += 1;
     try {
-      const release = await this.lock.acquire(first, last);
+      const release = await this.lock.acquire(spanStart, spanLength);
       try {
         const isHeadPartial = this.isPartial(first, offset, end);
         const isTailPartial = last !== first && this.isPartial(last, offset, end);
@@ -327,17 +323,23 @@ export class Overlay implements BlockDevice {
   };
 
   /** Maximal runs of `[offset, offset + length)` that one layer (log or base) serves, in order. */
-  private layerRuns(offset: number, length: number): Array<LayerRun> {
-    const runs: LayerRun[] = [];
-    const end = offset + length;
+  private layerRuns(offset: number, length: number): LayerRun[] {
+    return this.granuleRuns(offset, offset + length, (at) => this.layerAt(at)).map((run) => ({
+      device: run.key,
+      offset: run.offset,
+      length: run.length,
+    }));
+  }
+
+  /** Maximal runs of `[offset, end)`, granule by granule, over which `keyAt` stays the same. */
+  private granuleRuns<K>(offset: number, end: number, keyAt: (at: number) => K): KeyedRun<K>[] {
+    const runs: KeyedRun<K>[] = [];
     let at = offset;
     while (at < end) {
-      const device = this.layerAt(at);
+      const key = keyAt(at);
       let runEnd = Math.min(end, this.granuleEnd(at));
-      while (runEnd < end && this.layerAt(runEnd) === device) {
-        runEnd = Math.min(end, this.granuleEnd(runEnd));
-      }
-      runs.push({ device, offset: at, length: runEnd - at });
+      while (runEnd < end && keyAt(runEnd) === key) runEnd = Math.min(end, this.granuleEnd(runEnd));
+      runs.push({ key, offset: at, length: runEnd - at });
       at = runEnd;
     }
     return runs;
@@ -385,6 +387,12 @@ export class Overlay implements BlockDevice {
   private checkOpen(): void {
     if (this.isClosed) throw new BlockError(BlockErrorCode.ESHUTDOWN, 'overlay is closed');
   }
+}
+
+interface KeyedRun<K> {
+  readonly key: K;
+  readonly offset: number;
+  readonly length: number;
 }
 
 interface LayerRun {

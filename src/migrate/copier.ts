@@ -1,28 +1,32 @@
 import type { BlockDevice, Extent } from '../block/device.js';
 import type { DirtyBitmap } from '../block/dirty-bitmap.js';
 import { isBlockError } from '../block/errors.js';
+import type { RangeLock } from '../block/range-lock.js';
 import { Throttle } from '../block/throttle.js';
 import { assert } from '../util/assert.js';
 import { errorMessageOf } from '../util/errors.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
 import type { Progress } from './progress.js';
-import type { RangeLock } from './range-lock.js';
 
 /**
  * The bulk copier: moves the dirty runs of a bitmap from `source` to `target`, chunk by chunk,
  * several chunks in flight.
  *
- * - Bounded: at most `inFlightMax` chunks of at most `chunkBytes` each, so buffer memory is at
- *   most their product (8 MiB by default).
+ * - Bounded: at most `inFlightMax` chunks of at most `chunkBytes` each (one granule if that is
+ *   larger), so buffer memory is at most their product (8 MiB by default).
  * - Hole-aware: it asks the source for extents and never reads a hole or a known-zero run; a
  *   zero run, or a chunk that reads as all zeros, is not written where the target is still fresh
  *   (created empty and never written since, per `touched`), since it already reads as zeros
  *   there: a thin target stays thin, a thick one stays allocated from its creation. Where the
  *   target has been written, zeros go as one `writeZeroes` per run.
- * - Throttled: source reads pass a token bucket whose rate `setSpeed` changes while it runs.
+ * - Throttled: source reads pass a token bucket whose rate `setSpeed` changes while it runs, for
+ *   a pass reading another device (`PassOptions.from`) too.
  * - Dirty-tracking rules (STYLE.md): a run's bits are cleared before its extents are asked or its
  *   data read, so a guest write racing the copy re-marks it (the methods mark on completion); a
- *   failed chunk is marked again.
+ *   failed run is marked again.
+ * - Chunks are whole granules of the pass's bitmap (the chunk size rounded down to them, at least
+ *   one): clearing a chunk clears every granule it touches, so a chunk ending inside a granule
+ *   would leave that granule's tail clean and never copied.
  *
  * A pass stops issuing chunks at the first failure or cancellation, waits for the chunks in
  * flight, and rejects with `ERR_TARGET_FAILED`, `ERR_SOURCE_FAILED` or `ERR_CANCELLED`.
@@ -43,6 +47,15 @@ export interface CopierOptions {
 export interface PassOptions {
   /** Held over each chunk from before its bits are cleared until its data landed. */
   readonly lock?: RangeLock;
+  /**
+   * With `lock`: a chunk's runs are read from the bitmap again once its hold is taken, and only
+   * the runs still dirty then are cleared and copied. For a bitmap that others clear while they
+   * hold the lock (sxm's mirrored writes place granules on the target): the walk picks a chunk
+   * before its hold, and a granule placed while the chunk waited must not be copied over.
+   */
+  readonly recheckUnderLock?: boolean;
+  /** Read from this device instead of the copier's source (a redo log); same size, throttled. */
+  readonly from?: BlockDevice;
   /** Granules to leave dirty in this pass (dbt's hot blocks). */
   readonly skip?: DirtyBitmap;
   /** Count copied bytes as progress (default true). */
@@ -55,10 +68,12 @@ export const IN_FLIGHT_MAX_DEFAULT = 8;
 export class Copier {
   readonly chunkBytes: number;
   readonly inFlightMax: number;
-  /** Bytes of data read from the source and written to the target (not holes, not skipped zeros). */
+  /** Bytes of data read (source or `from`) and written to the target (not holes, not zeros). */
   copiedBytes = 0;
   private readonly source: BlockDevice;
   private readonly throttled: Throttle;
+  /** Every throttle reading now (the source's, a `from` pass's): `setSpeed` changes them all. */
+  private readonly throttles = new Set<Throttle>();
   private readonly target: BlockDevice;
   private readonly options: CopierOptions;
   private readonly zeros: Buffer;
@@ -73,6 +88,7 @@ export class Copier {
     assert(this.chunkBytes > 0 && this.inFlightMax > 0, 'copier chunk and window are positive');
     // Never closed: closing a Throttle closes the device below it, which is not the copier's.
     this.throttled = new Throttle(source, { bytesPerSecond: options.speedBytesPerSecond ?? 0 });
+    this.throttles.add(this.throttled);
     this.zeros = Buffer.alloc(this.chunkBytes);
   }
 
@@ -82,7 +98,24 @@ export class Copier {
 
   /** Changes the copy rate at once, for reads already waiting too; 0 is unlimited. */
   setSpeed(bytesPerSecond: number): void {
-    this.throttled.setRate(bytesPerSecond);
+    for (const throttled of this.throttles) throttled.setRate(bytesPerSecond);
+  }
+
+  /**
+   * True when the target still reads as zeros over the range: created empty and never written
+   * since (by the copier or anyone writing through its target).
+   */
+  isFresh(offset: number, length: number): boolean {
+    return !this.options.touched.isDirty(offset, length);
+  }
+
+  /** True when `data` is all zeros (compared a chunk at a time, not byte by byte in JS). */
+  isZero(data: Buffer): boolean {
+    for (let at = 0; at < data.length; at += this.zeros.length) {
+      const end = Math.min(data.length, at + this.zeros.length);
+      if (!data.subarray(at, end).equals(this.zeros.subarray(0, end - at))) return false;
+    }
+    return true;
   }
 
   /**
@@ -90,16 +123,48 @@ export class Copier {
    * stay dirty for the caller's next pass). Resolves when every chunk has landed.
    */
   async copyPass(bitmap: DirtyBitmap, pass: PassOptions = {}): Promise<void> {
+    if (pass.recheckUnderLock === true) {
+      assert(pass.lock !== undefined, 'a recheck under the lock needs the lock');
+      assert(pass.skip === undefined, 'a recheck copies every dirty granule: no skip with it');
+    }
+    const from = pass.from ?? this.source;
+    assert(from.size === this.target.size, 'a pass reads a device of the target size');
+    const reader = from === this.source ? this.throttled : this.throttle(from);
+    const granule = bitmap.granularityBytes;
+    const walk: Walk = {
+      bitmap,
+      pass,
+      from,
+      reader,
+      chunkBytes: Math.max(granule, Math.floor(this.chunkBytes / granule) * granule),
+    };
+    try {
+      await this.walkChunks(walk);
+    } finally {
+      if (reader !== this.throttled) this.throttles.delete(reader);
+    }
+  }
+
+  /** A throttle over `from` at the copier's speed, which `setSpeed` changes until the pass ends. */
+  private throttle(from: BlockDevice): Throttle {
+    // Never closed: closing a Throttle closes the device below it, which is not the copier's.
+    const throttled = new Throttle(from, { bytesPerSecond: this.speedBytesPerSecond });
+    this.throttles.add(throttled);
+    return throttled;
+  }
+
+  /** Issues the chunks, `inFlightMax` at a time, until the walk ends, fails or is cancelled. */
+  private async walkChunks(walk: Walk): Promise<void> {
     const window = new Set<Promise<void>>();
     let failure: unknown;
     let cursor = 0;
     for (;;) {
       if (failure === undefined && this.options.signal?.aborted) failure = cancelledError();
       if (failure !== undefined) break;
-      const run = this.nextRun(bitmap, cursor, pass.skip);
+      const run = this.nextRun(walk, cursor);
       if (run === null) break;
       cursor = run.offset + run.length;
-      const chunk = this.copyChunk(bitmap, run.offset, run.length, pass).catch((error: unknown) => {
+      const chunk = this.copyChunk(walk, run.offset, run.length).catch((error: unknown) => {
         failure ??= error;
       });
       window.add(chunk);
@@ -110,21 +175,18 @@ export class Copier {
     if (failure !== undefined) throw failure;
   }
 
-  /** The next dirty run at or after `from`, at most a chunk, not mixing skipped and copied granules. */
-  private nextRun(
-    bitmap: DirtyBitmap,
-    from: number,
-    skip: DirtyBitmap | undefined,
-  ): { offset: number; length: number } | null {
-    let cursor = from;
+  /** The next dirty run at or after `at`, at most a chunk, not mixing skipped and copied granules. */
+  private nextRun(walk: Walk, at: number): Span | null {
+    const { bitmap, pass } = walk;
+    let cursor = at;
     for (;;) {
-      const run = bitmap.nextDirty(cursor, this.chunkBytes);
-      if (run === null || skip === undefined) return run;
+      const run = bitmap.nextDirty(cursor, walk.chunkBytes);
+      if (run === null || pass.skip === undefined) return run;
       const granule = bitmap.granularityBytes;
       // Walk granule by granule: stop at the first skipped one, or step over skipped ones.
       let end = run.offset;
       const runEnd = run.offset + run.length;
-      while (end < runEnd && !skip.isDirty(end, 1))
+      while (end < runEnd && !pass.skip.isDirty(end, 1))
         end = Math.min(runEnd, (Math.floor(end / granule) + 1) * granule);
       if (end > run.offset) return { offset: run.offset, length: end - run.offset };
       cursor = Math.min(bitmap.sizeBytes, (Math.floor(run.offset / granule) + 1) * granule);
@@ -132,34 +194,46 @@ export class Copier {
     }
   }
 
-  private async copyChunk(
-    bitmap: DirtyBitmap,
-    offset: number,
-    length: number,
-    pass: PassOptions,
-  ): Promise<void> {
-    const release = pass.lock === undefined ? undefined : await pass.lock.acquire(offset, length);
-    bitmap.clear(offset, length);
+  /** Holds the chunk (with a lock), then copies its runs: all of it, or what is dirty still. */
+  private async copyChunk(walk: Walk, offset: number, length: number): Promise<void> {
+    const { lock, recheckUnderLock } = walk.pass;
+    const release = lock === undefined ? undefined : await lock.acquire(offset, length);
     try {
-      let at = offset;
+      if (recheckUnderLock !== true) {
+        await this.copyRun(walk, offset, length);
+        return;
+      }
+      // Under the hold nothing else changes these granules: each run found dirty now is ours.
       const end = offset + length;
-      while (at < end) {
-        const extents = await this.sourceExtents(at, end - at);
-        for (const extent of extents) await this.copyExtent(extent);
+      for (let run = dirtyWithin(walk.bitmap, offset, end); run !== null; ) {
+        await this.copyRun(walk, run.offset, run.length);
+        run = dirtyWithin(walk.bitmap, run.offset + run.length, end);
+      }
+    } finally {
+      release?.();
+    }
+  }
+
+  /** Clears the run, copies it extent by extent, marks it again on failure; counts progress. */
+  private async copyRun(walk: Walk, offset: number, length: number): Promise<void> {
+    walk.bitmap.clear(offset, length);
+    try {
+      const end = offset + length;
+      for (let at = offset; at < end; ) {
+        const extents = await this.sourceExtents(walk.from, at, end - at);
+        for (const extent of extents) await this.copyExtent(walk.reader, extent);
         const last = extents[extents.length - 1];
         assert(last !== undefined, 'extents returned nothing');
         at = last.offset + last.length;
       }
     } catch (error) {
-      bitmap.mark(offset, length);
+      walk.bitmap.mark(offset, length);
       throw error;
-    } finally {
-      release?.();
     }
-    if (pass.countsProgress !== false) this.options.progress.add(length);
+    if (walk.pass.countsProgress !== false) this.options.progress.add(length);
   }
 
-  private async copyExtent(extent: Extent): Promise<void> {
+  private async copyExtent(reader: BlockDevice, extent: Extent): Promise<void> {
     const { offset, length } = extent;
     if (extent.kind !== 'data') {
       await this.zeroTarget(offset, length);
@@ -167,11 +241,11 @@ export class Copier {
     }
     let data: Buffer;
     try {
-      data = await this.throttled.read(offset, length);
+      data = await reader.read(offset, length);
     } catch (error) {
       throw wrap(MigrateErrorCode.SourceFailed, `reading the source at ${offset}`, error);
     }
-    if (data.equals(this.zeros.subarray(0, length))) {
+    if (this.isZero(data)) {
       await this.zeroTarget(offset, length);
       return;
     }
@@ -186,7 +260,7 @@ export class Copier {
 
   /** Zeros a range of the target, unless it is still fresh there (then it reads as zeros). */
   private async zeroTarget(offset: number, length: number): Promise<void> {
-    if (!this.options.touched.isDirty(offset, length)) return;
+    if (this.isFresh(offset, length)) return;
     try {
       await this.target.writeZeroes(offset, length, { mayTrim: true });
     } catch (error) {
@@ -194,12 +268,16 @@ export class Copier {
     }
   }
 
-  /** The source's map for `[offset, offset+length)`, clipped to it, never empty. */
-  private async sourceExtents(offset: number, length: number): Promise<Extent[]> {
+  /** The map of `from` for `[offset, offset+length)`, clipped to it, never empty. */
+  private async sourceExtents(
+    from: BlockDevice,
+    offset: number,
+    length: number,
+  ): Promise<Extent[]> {
     let extents: Extent[];
     try {
-      extents = this.source.caps.canExtents
-        ? await this.source.extents(offset, length)
+      extents = from.caps.canExtents
+        ? await from.extents(offset, length)
         : [{ offset, length, kind: 'data' }];
     } catch (error) {
       throw wrap(MigrateErrorCode.SourceFailed, `mapping the source at ${offset}`, error);
@@ -214,6 +292,31 @@ export class Copier {
     assert(clipped.length > 0 && clipped[0]?.offset === offset, 'extents must start at offset');
     return clipped;
   }
+}
+
+interface Span {
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** One pass: its bitmap and options, the device it reads and through which throttle. */
+interface Walk {
+  readonly bitmap: DirtyBitmap;
+  readonly pass: PassOptions;
+  /** Asked for extents: the copier's source, or the pass's `from`. */
+  readonly from: BlockDevice;
+  /** `from`'s data is read through this. */
+  readonly reader: Throttle;
+  /** The copier's chunk in whole granules of `bitmap`. */
+  readonly chunkBytes: number;
+}
+
+/** The first dirty run of `bitmap` within `[from, end)`, clipped to `end`, or null. */
+function dirtyWithin(bitmap: DirtyBitmap, from: number, end: number): Span | null {
+  if (from >= end) return null;
+  const run = bitmap.nextDirty(from, end - from);
+  if (run === null || run.offset >= end) return null;
+  return { offset: run.offset, length: Math.min(end, run.offset + run.length) - run.offset };
 }
 
 function wrap(code: MigrateErrorCode, what: string, error: unknown): MigrateError {

@@ -88,3 +88,31 @@ test('merge restores the bits of a failed pass', () => {
   assert.equal(bitmap.isDirty(7 * GRANULE, 1), true);
   assert.equal(bitmap.isDirty(8 * GRANULE, GRANULE), false);
 });
+
+test('unionDirtyBytes equals the dirty bytes of the merged bitmaps', () => {
+  const rangeArb = fc.tuple(fc.nat(), fc.nat({ max: 3 * GRANULE }));
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 70 * GRANULE + 100 }),
+      fc.array(rangeArb, { maxLength: 10 }),
+      fc.array(rangeArb, { maxLength: 10 }),
+      (size, marksA, marksB) => {
+        const a = new DirtyBitmap(size, GRANULE);
+        const b = new DirtyBitmap(size, GRANULE);
+        for (const [bitmap, marks] of [
+          [a, marksA],
+          [b, marksB],
+        ] as const) {
+          for (const [at, length] of marks) {
+            const offset = at % size;
+            bitmap.mark(offset, Math.min(length, size - offset));
+          }
+        }
+        const merged = a.clone();
+        merged.merge(b);
+        assert.equal(a.unionDirtyBytes(b), merged.dirtyBytes);
+        assert.equal(b.unionDirtyBytes(a), merged.dirtyBytes);
+      },
+    ),
+  );
+});

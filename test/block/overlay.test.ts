@@ -9,33 +9,16 @@ import { FaultInjector } from '../../src/block/fault.js';
 import { PassThrough } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { Overlay } from '../../src/block/overlay.js';
+import { prng, randomBytes } from './random.js';
 
 const SIZE_BYTES = 1024 * 1024;
 /** The memory device's page: a log's allocated extents then equal its presence map exactly. */
 const GRANULE = 64 * 1024;
 
-/** A deterministic PRNG (mulberry32), so a failing seed replays. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function bytesOf(length: number, random: () => number): Buffer {
-  const out = Buffer.allocUnsafe(length);
-  for (let i = 0; i < length; i += 1) out[i] = Math.floor(random() * 256);
-  return out;
-}
-
 /** A base filled with random data, and the model of what it holds. */
 async function filledBase(random: () => number): Promise<{ base: MemoryDevice; model: Buffer }> {
   const base = new MemoryDevice(SIZE_BYTES);
-  const model = bytesOf(SIZE_BYTES, random);
+  const model = randomBytes(SIZE_BYTES, random);
   await base.write(0, model);
   return { base, model: Buffer.from(model) };
 }
@@ -80,11 +63,11 @@ describe('Overlay', () => {
     const log1 = new MemoryDevice(SIZE_BYTES);
     const log2 = new MemoryDevice(SIZE_BYTES);
     const overlay = new Overlay(base, log1, { granularityBytes: GRANULE });
-    const first = bytesOf(3 * GRANULE, random);
+    const first = randomBytes(3 * GRANULE, random);
     await overlay.write(GRANULE, first);
     first.copy(model, GRANULE);
     overlay.pushLog(log2);
-    const second = bytesOf(GRANULE, random);
+    const second = randomBytes(GRANULE, random);
     await overlay.write(2 * GRANULE, second);
     second.copy(model, 2 * GRANULE);
 
@@ -111,7 +94,7 @@ describe('Overlay', () => {
     const before = Buffer.from(model);
     const log = new MemoryDevice(SIZE_BYTES);
     const overlay = new Overlay(base, log, { granularityBytes: GRANULE });
-    const data = bytesOf(10, random);
+    const data = randomBytes(10, random);
     await overlay.write(GRANULE + 100, data);
     data.copy(model, GRANULE + 100);
 
@@ -121,7 +104,7 @@ describe('Overlay', () => {
     assert.deepEqual(await allocatedRanges(log), [[GRANULE, 2 * GRANULE]]);
     assert.deepEqual(await base.read(0, SIZE_BYTES), before);
     // A write across a granule boundary: both partial granules copied, nothing else.
-    const across = bytesOf(GRANULE, random);
+    const across = randomBytes(GRANULE, random);
     await overlay.write(4 * GRANULE + GRANULE / 2, across);
     across.copy(model, 4 * GRANULE + GRANULE / 2);
     assert.deepEqual(await overlay.read(0, SIZE_BYTES), model);
@@ -143,13 +126,13 @@ describe('Overlay', () => {
     // 64 writes of 1 KiB into granule 3, and 16 straddling granules 5 and 6, all at once.
     for (let i = 0; i < 64; i += 1) {
       const at = 3 * GRANULE + i * 1024;
-      const data = bytesOf(1024, random);
+      const data = randomBytes(1024, random);
       data.copy(model, at);
       writes.push(overlay.write(at, data));
     }
     for (let i = 0; i < 16; i += 1) {
       const at = 6 * GRANULE - 8 * 1024 + i * 1024;
-      const data = bytesOf(1024, random);
+      const data = randomBytes(1024, random);
       data.copy(model, at);
       writes.push(overlay.write(at, data));
     }
@@ -189,12 +172,12 @@ describe('Overlay', () => {
     const random = prng(4);
     const { base, model } = await filledBase(random);
     const overlay = new Overlay(base, new MemoryDevice(SIZE_BYTES), { granularityBytes: GRANULE });
-    const first = bytesOf(GRANULE + 7, random);
+    const first = randomBytes(GRANULE + 7, random);
     await overlay.write(3 * GRANULE - 3, first);
     first.copy(model, 3 * GRANULE - 3);
     const log2 = new MemoryDevice(SIZE_BYTES);
     overlay.pushLog(log2);
-    const second = bytesOf(300, random);
+    const second = randomBytes(300, random);
     await overlay.write(3 * GRANULE + 10, second);
     second.copy(model, 3 * GRANULE + 10);
     assert.equal(overlay.logs.length, 2);
@@ -212,7 +195,7 @@ describe('Overlay', () => {
     assert.throws(() => overlay.dropOldestLog(), /cannot be dropped/);
 
     // Writes after the drop copy-on-write from the new base.
-    const third = bytesOf(5, random);
+    const third = randomBytes(5, random);
     await overlay.write(2 * GRANULE + 1, third);
     third.copy(model, 2 * GRANULE + 1);
     assert.deepEqual(await overlay.read(0, SIZE_BYTES), model);
@@ -377,7 +360,7 @@ async function applyOp(overlay: Overlay, model: Buffer, op: Op, random: () => nu
     await new Promise((resolve) => setImmediate(resolve));
   }
   if (op.kind === 'write') {
-    const data = bytesOf(length, random);
+    const data = randomBytes(length, random);
     await overlay.write(offset, data);
     data.copy(model, offset);
   } else if (op.kind === 'zero') {

@@ -11,8 +11,11 @@
  * copier.
  */
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { Delay } from '../../src/block/delay.js';
 import type { BlockDevice } from '../../src/block/device.js';
+import { BlockErrorCode } from '../../src/block/errors.js';
+import { FaultInjector } from '../../src/block/fault.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { Switch } from '../../src/block/switch.js';
 import type { MethodName, MethodTuning, Scratch } from '../../src/migrate/method.js';
@@ -22,18 +25,9 @@ import {
   type MigrationEvent,
   type MigrationResult,
 } from '../../src/migrate/migration.js';
+import { prng, randomBytes } from '../block/random.js';
 
-/** A deterministic PRNG (mulberry32), so a failing fast-check seed replays exactly. */
-export function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng, randomBytes };
 
 export interface BenchDisk {
   readonly disk: MigrationDisk;
@@ -52,6 +46,26 @@ export interface BenchOptions {
   readonly filledFraction?: number;
   /** Wraps the target (e.g. a FaultInjector). */
   readonly wrapTarget?: (device: BlockDevice) => BlockDevice;
+}
+
+/** What every method's property test draws: a seed, a disk size, the copier's chunk and window. */
+export interface BenchShape {
+  readonly seed: number;
+  readonly sizeBytes: number;
+  readonly chunkBytes: number;
+  readonly inFlightMax: number;
+}
+
+/** Disk sizes from `sizesBytes` (default 256 KiB, and 1 MiB + 4 KiB: not a whole chunk). */
+export function benchShapeArb(
+  sizesBytes: readonly number[] = [256 * 1024, 1024 * 1024 + 4096],
+): fc.Arbitrary<BenchShape> {
+  return fc.record({
+    seed: fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+    sizeBytes: fc.constantFrom(...sizesBytes),
+    chunkBytes: fc.constantFrom(16 * 1024, 64 * 1024),
+    inFlightMax: fc.integer({ min: 1, max: 8 }),
+  });
 }
 
 /** A disk with random initial data, its Switch, an empty target, and the model. */
@@ -86,12 +100,6 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
     },
   };
   return { disk, sourceMemory, targetMemory, model, scratches };
-}
-
-export function randomBytes(length: number, random: () => number): Buffer {
-  const out = Buffer.allocUnsafe(length);
-  for (let i = 0; i < length; i += 1) out[i] = Math.floor(random() * 256);
-  return out;
 }
 
 /**
@@ -231,4 +239,143 @@ export async function migrateUnderLoad(
     await Promise.all(guests.map((guest) => guest.stop()));
   }
   return { result, guests, events };
+}
+
+const KIB = 1024;
+
+/** The destination failures every method is tested against: a media error and a full disk. */
+export const TARGET_FAULT_CODES = [BlockErrorCode.EIO, BlockErrorCode.ENOSPC] as const;
+
+export interface TargetFailureCase {
+  readonly code: BlockErrorCode;
+  /** Default 11. */
+  readonly seed?: number;
+  /** Paces the copy; default unlimited. */
+  readonly speedBytesPerSecond?: number;
+  /** The destination fails once it took this many bytes; without it, only once `fault.arm()`. */
+  readonly afterBytes?: number;
+  readonly tuning?: Partial<MethodTuning>;
+  /** Sees every event, with the destination's fault injector (to arm it at a chosen moment). */
+  readonly onEvent?: (event: MigrationEvent, fault: FaultInjector) => void;
+}
+
+/**
+ * A 2 MiB disk full of data whose destination fails with `code` while the guest writes: the job
+ * must fail with `ERR_TARGET_FAILED` naming the code, and leave the guest on a source that holds
+ * every write it was acknowledged (a guest write that failed would reject the guest's loop and
+ * replace the job's error). Resolves with the job's events and the destination's fault injector.
+ */
+export async function expectTargetFailure(
+  method: MethodName,
+  options: TargetFailureCase,
+): Promise<{ events: MigrationEvent[]; fault: FaultInjector }> {
+  const random = prng(options.seed ?? 11);
+  const { code, afterBytes } = options;
+  let fault: FaultInjector | undefined;
+  const bench = await makeBenchDisk('vm1', {
+    sizeBytes: 2 * 1024 * KIB,
+    random,
+    filledFraction: 1,
+    wrapTarget: (device) => {
+      fault = new FaultInjector(device, afterBytes === undefined ? { code } : { code, afterBytes });
+      return fault;
+    },
+  });
+  const events: MigrationEvent[] = [];
+  const running = migrateUnderLoad([bench], random, {
+    method,
+    ...(options.tuning === undefined ? {} : { tuning: options.tuning }),
+    ...(options.speedBytesPerSecond === undefined
+      ? {}
+      : { speedBytesPerSecond: options.speedBytesPerSecond }),
+    onEvent: (event) => {
+      events.push(event);
+      if (fault !== undefined) options.onEvent?.(event, fault);
+    },
+  });
+  await assert.rejects(running, (error: Error & { code?: string }) => {
+    assert.equal(error.code, 'ERR_TARGET_FAILED');
+    assert.match(error.message, new RegExp(code));
+    return true;
+  });
+  await checkOnSource(bench);
+  assert.ok(fault !== undefined, 'the destination was wrapped');
+  return { events, fault };
+}
+
+export interface CancelCase {
+  readonly seed: number;
+  readonly sizeBytes: number;
+  /** Paces the copy so the cancel lands while it runs. */
+  readonly speedBytesPerSecond: number;
+  readonly tuning?: Partial<MethodTuning>;
+  /** Sees every event with the migration, and cancels it when the case says. */
+  readonly cancelOn: (event: MigrationEvent, migration: Migration) => void;
+}
+
+/** Cancels `delayMs` after the copy phase starts. */
+export function cancelAfterCopyStarts(
+  delayMs: number,
+): (event: MigrationEvent, migration: Migration) => void {
+  return (event, migration) => {
+    if (event.type === 'phase' && event.phase === 'copy') {
+      setTimeout(() => migration.cancel(), delayMs);
+    }
+  };
+}
+
+/**
+ * A disk full of data, a guest writing, a cancel while the method works: the job must reject
+ * with `ERR_CANCELLED` and roll back to a source that holds every write, the guest released.
+ */
+export async function expectCancelRollsBack(
+  method: MethodName,
+  options: CancelCase,
+): Promise<void> {
+  const random = prng(options.seed);
+  const bench = await makeBenchDisk('vm1', {
+    sizeBytes: options.sizeBytes,
+    random,
+    filledFraction: 1,
+  });
+  let migration: Migration | undefined;
+  const running = migrateUnderLoad([bench], random, {
+    method,
+    speedBytesPerSecond: options.speedBytesPerSecond,
+    ...(options.tuning === undefined ? {} : { tuning: options.tuning }),
+    onStart: (started) => {
+      migration = started;
+    },
+    onEvent: (event) => {
+      if (migration !== undefined) options.cancelOn(event, migration);
+    },
+  });
+  await assert.rejects(running, { code: 'ERR_CANCELLED' });
+  await checkOnSource(bench);
+  assert.equal(bench.disk.switch.isPaused, false);
+}
+
+/**
+ * A thin source (a tenth of its 64 KiB pages data, one page allocated but zeros) migrated with
+ * no guest: only the data pages are copied and allocated on the destination.
+ */
+export async function expectThinStaysThin(method: MethodName): Promise<void> {
+  const page = 64 * KIB;
+  const random = prng(7);
+  const bench = await makeBenchDisk('vm1', {
+    sizeBytes: 4 * 1024 * KIB,
+    random,
+    filledFraction: 0.1,
+  });
+  await bench.sourceMemory.write(0, Buffer.alloc(page)); // allocated, but zeros
+  bench.model.fill(0, 0, page);
+  const result = await startMigration([bench], { method }).run();
+  await checkMoved(bench);
+  let dataBytes = 0;
+  for (let at = 0; at < bench.model.length; at += page) {
+    if (bench.model.subarray(at, at + page).some((byte) => byte !== 0)) dataBytes += page;
+  }
+  assert.ok(dataBytes > 0, 'the source holds some data');
+  assert.equal(result.bytesCopied, dataBytes);
+  assert.equal(bench.targetMemory.allocatedBytes, dataBytes);
 }

@@ -45,10 +45,9 @@ import { DirtyBitmap } from '../../block/dirty-bitmap.js';
 import { DirtyTracker } from '../../block/dirty-tracker.js';
 import { assert } from '../../util/assert.js';
 import { formatSize } from '../../util/size.js';
-import { checkNotCancelled, type MigrateError } from '../errors.js';
+import { checkNotCancelled } from '../errors.js';
 import type { Method, MethodContext, MethodRun } from '../method.js';
-import { RangeLock } from '../range-lock.js';
-import { MirrorFilter } from './mirror.js';
+import { MirrorCopy } from './mirror.js';
 
 export const dbt: Method = (context) => new DbtRun(context);
 
@@ -67,7 +66,8 @@ class DbtRun implements MethodRun {
   private isTracking = false;
   /** Sums over the completed passes, for the measured copy rate. */
   private readonly meter = { copiedBytes: 0, handledBytes: 0, elapsedMs: 0 };
-  private takeover: MirrorTakeover | undefined;
+  /** The mirror that finishes the job once dbt could not converge (mirror.ts). */
+  private takeover: MirrorCopy | undefined;
 
   constructor(context: MethodContext) {
     assert(context.tuning.passMax >= 1, 'dbt needs at least one pass');
@@ -227,74 +227,12 @@ class DbtRun implements MethodRun {
     const rate = formatSize(Math.round(this.rateBytesPerSecond));
     const target = this.context.tuning.downtimeTargetMs;
     const reason = `dbt did not converge: ${why}, more than ${target} ms at ${rate}/s`;
-    this.takeover = new MirrorTakeover(this.context, toCopy);
+    this.takeover = new MirrorCopy(this.context, toCopy, { isInTotal: false });
     this.context.emit({ type: 'method', method: 'mirror', reason });
     await this.takeover.start();
   }
 
   private newBitmap(): DirtyBitmap {
     return new DirtyBitmap(this.context.source.size, this.context.tuning.granularityBytes);
-  }
-}
-
-/**
- * The mirror that finishes a dbt job which could not converge: mirror.ts's run, started from
- * dbt's dirty set instead of the whole disk (the rest is on the target already), its passes all
- * counted as more work in the progress.
- */
-class MirrorTakeover {
-  passes = 0;
-  private readonly context: MethodContext;
-  private readonly toCopy: DirtyBitmap;
-  private readonly lock = new RangeLock();
-  private readonly filter: MirrorFilter;
-  private readonly failed: Promise<never>;
-
-  constructor(context: MethodContext, toCopy: DirtyBitmap) {
-    this.context = context;
-    this.toCopy = toCopy;
-    let fail!: (error: MigrateError) => void;
-    this.failed = new Promise<never>((_resolve, reject) => {
-      fail = reject;
-    });
-    this.failed.catch(() => undefined);
-    this.filter = new MirrorFilter(context.source, context.target, toCopy, this.lock, fail);
-  }
-
-  get dirtyBytes(): number {
-    return this.toCopy.dirtyBytes;
-  }
-
-  /** Puts the mirror in the guest's path in place of the tracker. */
-  async start(): Promise<void> {
-    await this.context.interpose(this.filter);
-    this.context.emit({ type: 'mode', mode: 'sync' });
-  }
-
-  async converge(): Promise<void> {
-    await Promise.race([this.copyUntilClean(), this.failed]);
-  }
-
-  async finalCopy(): Promise<void> {
-    await this.lock.waitIdle();
-    this.throwIfTargetFailed();
-    if (!this.toCopy.isClean) {
-      this.context.progress.grow(this.toCopy.dirtyBytes);
-      await this.context.copier.copyPass(this.toCopy, { lock: this.lock });
-    }
-    this.throwIfTargetFailed();
-  }
-
-  private async copyUntilClean(): Promise<void> {
-    while (!this.toCopy.isClean) {
-      this.context.progress.grow(this.toCopy.dirtyBytes);
-      this.passes += 1;
-      await this.context.copier.copyPass(this.toCopy, { lock: this.lock });
-      this.throwIfTargetFailed();
-    }
-  }
-
-  private throwIfTargetFailed(): void {
-    if (this.filter.targetFailure !== undefined) throw this.filter.targetFailure;
   }
 }

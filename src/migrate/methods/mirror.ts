@@ -20,109 +20,27 @@
  * its granules are marked, so nothing is lost), and later writes go to the source only: a
  * broken destination never fails or slows the guest.
  */
-import type {
-  BlockCaps,
-  BlockDevice,
-  BlockLimits,
-  Extent,
-  WriteOptions,
-  ZeroOptions,
-} from '../../block/device.js';
+import type { BlockDevice } from '../../block/device.js';
 import { DirtyBitmap } from '../../block/dirty-bitmap.js';
-import { errorMessageOf } from '../../util/errors.js';
-import { MigrateError, MigrateErrorCode } from '../errors.js';
+import { RangeLock } from '../../block/range-lock.js';
 import type { Method, MethodContext, MethodRun } from '../method.js';
-import { RangeLock } from '../range-lock.js';
-
-/** One guest mutation, applied to either side (write, zero or trim). */
-type Mutation = (device: BlockDevice) => Promise<void>;
+import { MirroredWriteFilter, type Mutation } from '../mirrored-writes.js';
 
 /**
- * The filter the guest's Switch points at while the mirror runs. Reads, flushes and extents go
- * to the source: it is the authority until the switchover commits.
+ * The filter the guest's Switch points at while the mirror runs (reads, flushes and extents go
+ * to the source, mirrored-writes.ts); its policy for each guest mutation is the one above.
  */
-export class MirrorFilter implements BlockDevice {
-  /** Set once a target write failed; then every write goes to the source only. */
-  targetFailure: MigrateError | undefined;
-  private readonly source: BlockDevice;
-  private readonly target: BlockDevice;
+export class MirrorFilter extends MirroredWriteFilter {
   private readonly toCopy: DirtyBitmap;
   private readonly lock: RangeLock;
-  private readonly onTargetFailure: (error: MigrateError) => void;
 
-  constructor(
-    source: BlockDevice,
-    target: BlockDevice,
-    toCopy: DirtyBitmap,
-    lock: RangeLock,
-    onTargetFailure: (error: MigrateError) => void,
-  ) {
-    this.source = source;
-    this.target = target;
+  constructor(source: BlockDevice, target: BlockDevice, toCopy: DirtyBitmap, lock: RangeLock) {
+    super(source, target);
     this.toCopy = toCopy;
     this.lock = lock;
-    this.onTargetFailure = onTargetFailure;
   }
 
-  get size(): number {
-    return this.source.size;
-  }
-
-  get caps(): BlockCaps {
-    return this.source.caps;
-  }
-
-  get limits(): BlockLimits {
-    return this.source.limits;
-  }
-
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.source.read(offset, length);
-  }
-
-  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
-    return this.mutate(offset, data.length, (device) =>
-      device === this.source ? device.write(offset, data, options) : device.write(offset, data),
-    );
-  }
-
-  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
-    return this.mutate(offset, length, (device) =>
-      device === this.source
-        ? device.writeZeroes(offset, length, options)
-        : device.writeZeroes(offset, length, { mayTrim: options?.mayTrim ?? false }),
-    );
-  }
-
-  trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
-    // The target's trim may leave anything there, so the mirrored form is a zero: the target
-    // must read as the source does, and a trimmed source range reads as zeros on our backends.
-    return this.mutate(offset, length, (device) =>
-      device === this.source
-        ? device.trim(offset, length, options)
-        : device.writeZeroes(offset, length, { mayTrim: true }),
-    );
-  }
-
-  /** Durability of the target is the switchover's flush; the guest's flush is the source's. */
-  flush(): Promise<void> {
-    return this.source.flush();
-  }
-
-  cache(offset: number, length: number): Promise<void> {
-    return this.source.cache(offset, length);
-  }
-
-  extents(offset: number, length: number): Promise<Extent[]> {
-    return this.source.extents(offset, length);
-  }
-
-  /** The filter owns the source below it, as every filter in a stack does; not the target. */
-  close(): Promise<void> {
-    return this.source.close();
-  }
-
-  private async mutate(offset: number, length: number, apply: Mutation): Promise<void> {
+  protected override async mutate(offset: number, length: number, apply: Mutation): Promise<void> {
     // Every guest mutation holds its range, so no copy chunk overlaps it in time: a chunk being
     // copied here is waited for (DESIGN.md), and a chunk cannot start under a write in flight and
     // carry the old data. Without the hold on source-only writes, a guest rewriting one block
@@ -156,41 +74,27 @@ export class MirrorFilter implements BlockDevice {
       release();
     }
   }
-
-  private failTarget(reason: unknown): void {
-    if (this.targetFailure !== undefined) return;
-    this.targetFailure = new MigrateError(
-      MigrateErrorCode.TargetFailed,
-      `a mirrored write to the destination failed: ${errorMessageOf(reason)}`,
-      { cause: reason },
-    );
-    this.onTargetFailure(this.targetFailure);
-  }
 }
 
 export const mirror: Method = (context) => new MirrorRun(context);
 
 class MirrorRun implements MethodRun {
-  passes = 0;
   private readonly context: MethodContext;
-  private readonly toCopy: DirtyBitmap;
-  private readonly lock = new RangeLock();
-  private readonly filter: MirrorFilter;
-  private readonly failed: Promise<never>;
+  private readonly copy: MirrorCopy;
+  private isMirroring = false;
 
   constructor(context: MethodContext) {
     this.context = context;
-    this.toCopy = new DirtyBitmap(context.source.size, context.tuning.granularityBytes);
-    let fail!: (error: MigrateError) => void;
-    this.failed = new Promise<never>((_resolve, reject) => {
-      fail = reject;
-    });
-    this.failed.catch(() => undefined);
-    this.filter = new MirrorFilter(context.source, context.target, this.toCopy, this.lock, fail);
+    const toCopy = new DirtyBitmap(context.source.size, context.tuning.granularityBytes);
+    this.copy = new MirrorCopy(context, toCopy, { isInTotal: true });
   }
 
   get dirtyBytes(): number {
-    return this.toCopy.dirtyBytes;
+    return this.copy.dirtyBytes;
+  }
+
+  get passes(): number {
+    return this.copy.passes;
   }
 
   /**
@@ -199,38 +103,80 @@ class MirrorRun implements MethodRun {
    * other disks converged since): it copies what is dirty now.
    */
   async converge(): Promise<void> {
-    if (this.passes === 0) {
-      this.toCopy.markAll();
-      await this.context.interpose(this.filter);
-      this.context.emit({ type: 'mode', mode: 'sync' });
+    if (!this.isMirroring) {
+      this.copy.toCopy.markAll();
+      await this.copy.start();
+      this.isMirroring = true;
       this.context.emit({ type: 'phase', phase: 'copy' });
     }
-    await Promise.race([this.copyUntilClean(), this.failed]);
+    await this.copy.converge();
   }
 
-  /** With guest I/O drained: what is still dirty (writes that raced the last chunks). */
-  async finalCopy(): Promise<void> {
-    await this.lock.waitIdle();
-    this.throwIfTargetFailed();
-    if (!this.toCopy.isClean) await this.context.copier.copyPass(this.toCopy, { lock: this.lock });
-    this.throwIfTargetFailed();
+  finalCopy(): Promise<void> {
+    return this.copy.finalCopy();
   }
 
   /** The source has every write (mirroring only ever adds the target): nothing to undo. */
   async rollback(): Promise<void> {}
 
   async dispose(): Promise<void> {}
+}
+
+/**
+ * The mirror's filter and its copy passes over `toCopy`: the mirror method's run, and the mirror
+ * that finishes a dbt job which could not converge (dbt.ts), started from dbt's dirty set.
+ */
+export class MirrorCopy {
+  passes = 0;
+  /** Granules not yet on the target (see the invariant at the top). */
+  readonly toCopy: DirtyBitmap;
+  private readonly context: MethodContext;
+  private readonly lock = new RangeLock();
+  private readonly filter: MirrorFilter;
+  /** `toCopy`'s bytes are in the progress total already; every later pass adds its own. */
+  private isInTotal: boolean;
+
+  constructor(context: MethodContext, toCopy: DirtyBitmap, options: { isInTotal: boolean }) {
+    this.context = context;
+    this.toCopy = toCopy;
+    this.isInTotal = options.isInTotal;
+    this.filter = new MirrorFilter(context.source, context.target, toCopy, this.lock);
+  }
+
+  get dirtyBytes(): number {
+    return this.toCopy.dirtyBytes;
+  }
+
+  /** Puts the mirror in the guest's path, in place of what was there. */
+  async start(): Promise<void> {
+    await this.context.interpose(this.filter);
+    this.context.emit({ type: 'mode', mode: 'sync' });
+  }
+
+  /** Copies until `toCopy` is clean; rejects at once when a mirrored write failed. */
+  async converge(): Promise<void> {
+    await Promise.race([this.copyUntilClean(), this.filter.failed]);
+  }
+
+  /** With guest I/O drained: what is still dirty (writes that raced the last chunks). */
+  async finalCopy(): Promise<void> {
+    await this.lock.waitIdle();
+    this.filter.throwIfTargetFailed();
+    if (!this.toCopy.isClean) await this.copyOnce();
+    this.filter.throwIfTargetFailed();
+  }
 
   private async copyUntilClean(): Promise<void> {
     while (!this.toCopy.isClean) {
-      if (this.passes > 0) this.context.progress.grow(this.toCopy.dirtyBytes);
       this.passes += 1;
-      await this.context.copier.copyPass(this.toCopy, { lock: this.lock });
-      this.throwIfTargetFailed();
+      await this.copyOnce();
+      this.filter.throwIfTargetFailed();
     }
   }
 
-  private throwIfTargetFailed(): void {
-    if (this.filter.targetFailure !== undefined) throw this.filter.targetFailure;
+  private async copyOnce(): Promise<void> {
+    if (!this.isInTotal) this.context.progress.grow(this.toCopy.dirtyBytes);
+    this.isInTotal = false;
+    await this.context.copier.copyPass(this.toCopy, { lock: this.lock });
   }
 }

@@ -31,7 +31,6 @@ import { DirtyBitmap } from '../../block/dirty-bitmap.js';
 import { Overlay, type RedoLog } from '../../block/overlay.js';
 import { assert } from '../../util/assert.js';
 import { errorMessageOf } from '../../util/errors.js';
-import { Copier } from '../copier.js';
 import { checkNotCancelled, MigrateError, MigrateErrorCode } from '../errors.js';
 import type { Method, MethodContext, MethodRun, Scratch } from '../method.js';
 
@@ -54,8 +53,6 @@ class SnapshotRun implements MethodRun {
   /** The converge in progress or last settled: rollback waits for it to stop. */
   private converging: Promise<void> = Promise.resolve();
   private logFailure: MigrateError | undefined;
-  /** "Written since creation" for the consolidation copier: all, so zero runs are really zeroed. */
-  private everTouched: DirtyBitmap | undefined;
 
   constructor(context: MethodContext) {
     this.context = context;
@@ -181,25 +178,20 @@ class SnapshotRun implements MethodRun {
     assert(overlay.dropOldestLog() === previous, 'the consolidated log is the oldest');
   }
 
-  /** Copies a frozen log's granules to the target, measuring the rate; counts as progress. */
+  /**
+   * Copies a frozen log's granules to the target with the job's copier (its speed, window and
+   * bytes count), measuring the rate; counts as progress. Zeros the guest wrote into the log are
+   * zeroed where the target was written (the copier's `touched`, which the base copy marked);
+   * elsewhere the target reads as zeros already.
+   */
   private async copyLog(log: RedoLog): Promise<void> {
-    const { copier, progress, signal, target } = this.context;
+    const { copier, progress } = this.context;
     const bytes = log.present.dirtyBytes;
     if (bytes === 0) return;
-    this.everTouched ??= allDirty(log.present);
-    // A Copier of its own, since the job's reads the source; same window and speed.
-    const fromLog = new Copier(log.device, target, {
-      touched: this.everTouched,
-      progress,
-      signal,
-      chunkBytes: copier.chunkBytes,
-      inFlightMax: copier.inFlightMax,
-      speedBytesPerSecond: copier.speedBytesPerSecond,
-    });
     progress.grow(bytes);
     const startedMs = performance.now();
     // A clone: the log's own map must keep saying what it holds (reads, rollback).
-    await fromLog.copyPass(log.present.clone());
+    await copier.copyPass(log.present.clone(), { from: log.device });
     this.measure(bytes, startedMs);
   }
 
@@ -225,12 +217,6 @@ class SnapshotRun implements MethodRun {
   private throwIfLogFailed(): void {
     if (this.logFailure !== undefined) throw this.logFailure;
   }
-}
-
-function allDirty(like: DirtyBitmap): DirtyBitmap {
-  const bitmap = new DirtyBitmap(like.sizeBytes, like.granularityBytes);
-  bitmap.markAll();
-  return bitmap;
 }
 
 /** One run to copy from a log: `data` is read and written, `zero` is zeroed. */

@@ -2,20 +2,20 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
-import { DirtyBitmap } from '../../../src/block/dirty-bitmap.js';
-import { BlockErrorCode } from '../../../src/block/errors.js';
-import { FaultInjector } from '../../../src/block/fault.js';
 import type { MethodTuning } from '../../../src/migrate/method.js';
 import type { Migration, MigrationEvent } from '../../../src/migrate/migration.js';
 import {
   type BenchDisk,
+  benchShapeArb,
   checkMoved,
-  checkOnSource,
+  expectCancelRollsBack,
+  expectTargetFailure,
   makeBenchDisk,
   migrateUnderLoad,
   prng,
   randomBytes,
   startMigration,
+  TARGET_FAULT_CODES,
 } from '../harness.js';
 
 const KiB = 1024;
@@ -23,18 +23,15 @@ const KiB = 1024;
 test('dbt: after switchover the destination equals the model, whatever the guest did', async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.integer({ min: 1, max: 2 ** 31 - 1 }),
       // A storm of writes dirties most of the disk in each pass: small disks keep passes short.
-      fc.constantFrom(256 * KiB, 512 * KiB + 4096),
-      fc.constantFrom(16 * KiB, 64 * KiB),
-      fc.integer({ min: 1, max: 8 }),
+      benchShapeArb([256 * KiB, 512 * KiB + 4096]),
       fc.record({
         downtimeTargetMs: fc.constantFrom(0, 2, 100),
         passMax: fc.integer({ min: 1, max: 3 }),
         isHotBlockAvoidance: fc.boolean(),
       }),
       fc.integer({ min: 1, max: 2 }),
-      async (seed, sizeBytes, chunkBytes, inFlightMax, tuning, diskCount) => {
+      async ({ seed, sizeBytes, chunkBytes, inFlightMax }, tuning, diskCount) => {
         const random = prng(seed);
         const benches: BenchDisk[] = [];
         for (let i = 0; i < diskCount; i += 1)
@@ -273,85 +270,28 @@ test('dbt: hot-block avoidance copies less before the hand-over than copying eve
 });
 
 test('dbt: cancel during the second pass rolls back to the source with every write', async () => {
-  const random = prng(5);
-  const bench = await makeBenchDisk('vm1', {
-    sizeBytes: 2 * 1024 * KiB,
-    random,
-    filledFraction: 1,
-  });
-  let migration: Migration | undefined;
   let isCancelledInPass2 = false;
-  const running = migrateUnderLoad([bench], random, {
-    method: 'dbt',
+  await expectCancelRollsBack('dbt', {
+    seed: 5,
+    sizeBytes: 2 * 1024 * KiB,
     speedBytesPerSecond: 4 * 1024 * KiB,
     tuning: { downtimeTargetMs: 0, passMax: 8 },
-    onStart: (started) => {
-      migration = started;
-    },
-    onEvent: (event) => {
-      if (event.type === 'pass' && event.pass === 2) {
-        setTimeout(() => {
-          isCancelledInPass2 = migration?.passes === 2 && migration.cancel();
-        }, 5);
-      }
+    cancelOn: (event, migration) => {
+      if (event.type !== 'pass' || event.pass !== 2) return;
+      setTimeout(() => {
+        isCancelledInPass2 = migration.passes === 2 && migration.cancel();
+      }, 5);
     },
   });
-  await assert.rejects(running, { code: 'ERR_CANCELLED' });
   assert.ok(isCancelledInPass2, 'cancelled while the second pass ran');
-  await checkOnSource(bench);
-  assert.equal(bench.disk.switch.isPaused, false);
 });
 
 test('dbt: a destination failing with EIO or ENOSPC fails the job and leaves the guest on the source', async () => {
   const sizeBytes = 2 * 1024 * KiB;
   // In the first pass, and in a later one (the first pass writes the whole disk).
   for (const afterBytes of [512 * KiB, sizeBytes + 4 * KiB]) {
-    for (const code of [BlockErrorCode.EIO, BlockErrorCode.ENOSPC]) {
-      const random = prng(11);
-      const bench = await makeBenchDisk('vm1', {
-        sizeBytes,
-        random,
-        filledFraction: 1,
-        wrapTarget: (device) => new FaultInjector(device, { code, afterBytes }),
-      });
-      await assert.rejects(
-        migrateUnderLoad([bench], random, { method: 'dbt', tuning: { downtimeTargetMs: 0 } }),
-        (error: Error & { code?: string }) => {
-          assert.equal(error.code, 'ERR_TARGET_FAILED');
-          assert.match(error.message, new RegExp(code));
-          return true;
-        },
-      );
-      await checkOnSource(bench);
+    for (const code of TARGET_FAULT_CODES) {
+      await expectTargetFailure('dbt', { code, afterBytes, tuning: { downtimeTargetMs: 0 } });
     }
   }
-});
-
-test('dirty bitmap: unionDirtyBytes equals the dirty bytes of the merged bitmaps', () => {
-  const granule = 4096;
-  const rangeArb = fc.tuple(fc.nat(), fc.nat({ max: 3 * granule }));
-  fc.assert(
-    fc.property(
-      fc.integer({ min: 1, max: 70 * granule + 100 }),
-      fc.array(rangeArb, { maxLength: 10 }),
-      fc.array(rangeArb, { maxLength: 10 }),
-      (size, marksA, marksB) => {
-        const a = new DirtyBitmap(size, granule);
-        const b = new DirtyBitmap(size, granule);
-        for (const [bitmap, marks] of [
-          [a, marksA],
-          [b, marksB],
-        ] as const) {
-          for (const [at, length] of marks) {
-            const offset = at % size;
-            bitmap.mark(offset, Math.min(length, size - offset));
-          }
-        }
-        const merged = a.clone();
-        merged.merge(b);
-        assert.equal(a.unionDirtyBytes(b), merged.dirtyBytes);
-        assert.equal(b.unionDirtyBytes(a), merged.dirtyBytes);
-      },
-    ),
-  );
 });

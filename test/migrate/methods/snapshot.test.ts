@@ -8,18 +8,23 @@ import { MemoryDevice } from '../../../src/block/memory.js';
 import { Overlay } from '../../../src/block/overlay.js';
 import { createRawImage, openRawFile, type RawFileDevice } from '../../../src/block/raw-file.js';
 import { applyRedoLog } from '../../../src/migrate/methods/snapshot.js';
-import type { Migration, MigrationEvent } from '../../../src/migrate/migration.js';
+import type { MigrationEvent } from '../../../src/migrate/migration.js';
 import { makeTempDir } from '../../host/temp-dir.js';
 import {
   assertSameBytes,
   type BenchDisk,
+  benchShapeArb,
+  cancelAfterCopyStarts,
   checkMoved,
   checkOnSource,
+  expectCancelRollsBack,
+  expectTargetFailure,
   makeBenchDisk,
   migrateUnderLoad,
   prng,
   randomBytes,
   startMigration,
+  TARGET_FAULT_CODES,
 } from '../harness.js';
 
 function sourceImage(bench: BenchDisk): Promise<Buffer> {
@@ -59,13 +64,10 @@ test('snapshot: the destination equals the model after switchover, and the sourc
   let roundsSeen = 0;
   await fc.assert(
     fc.asyncProperty(
-      fc.integer({ min: 1, max: 2 ** 31 - 1 }),
-      fc.constantFrom(256 * 1024, 1024 * 1024 + 4096),
-      fc.constantFrom(16 * 1024, 64 * 1024),
-      fc.integer({ min: 1, max: 8 }),
+      benchShapeArb(),
       fc.constantFrom(0, 100),
       fc.integer({ min: 1, max: 4 }),
-      async (seed, sizeBytes, chunkBytes, inFlightMax, downtimeTargetMs, passMax) => {
+      async ({ seed, sizeBytes, chunkBytes, inFlightMax }, downtimeTargetMs, passMax) => {
         const random = prng(seed);
         const bench = await makeBenchDisk('vm1', { sizeBytes, random });
         const frozen = freezeWatcher([bench]);
@@ -190,71 +192,34 @@ test('snapshot: applyRedoLog on thin raw-file logs: their allocation is what the
 
 for (const phase of ['copy', 'consolidate'] as const) {
   test(`snapshot: cancel in the ${phase} phase rolls back to the source with every write`, async () => {
-    const random = prng(phase === 'copy' ? 5 : 6);
-    const bench = await makeBenchDisk('vm1', {
+    await expectCancelRollsBack('snapshot', {
+      seed: phase === 'copy' ? 5 : 6,
       sizeBytes: 4 * 1024 * 1024,
-      random,
-      filledFraction: 1,
-    });
-    let migration: Migration | undefined;
-    const running = migrateUnderLoad([bench], random, {
-      method: 'snapshot',
       speedBytesPerSecond: 32 * 1024 * 1024,
       tuning: { downtimeTargetMs: 0, passMax: 1000 },
-      onStart: (started) => {
-        migration = started;
-      },
-      onEvent: (event) => {
-        if (phase === 'copy' && event.type === 'phase' && event.phase === 'copy') {
-          setTimeout(() => migration?.cancel(), 30);
-        }
-        // Round 3 starts once log 1 and 2 were consolidated and dropped: on the target only.
-        if (phase === 'consolidate' && event.type === 'pass' && event.pass === 3) {
-          migration?.cancel();
-        }
-      },
+      cancelOn:
+        phase === 'copy'
+          ? cancelAfterCopyStarts(30)
+          : (event, migration) => {
+              // Round 3 starts once log 1 and 2 were consolidated and dropped: on the target only.
+              if (event.type === 'pass' && event.pass === 3) migration.cancel();
+            },
     });
-    await assert.rejects(running, { code: 'ERR_CANCELLED' });
-    await checkOnSource(bench);
-    assert.equal(bench.disk.switch.isPaused, false);
   });
 }
 
-for (const code of [BlockErrorCode.EIO, BlockErrorCode.ENOSPC]) {
+for (const code of TARGET_FAULT_CODES) {
   for (const phase of ['copy', 'consolidate'] as const) {
     test(`snapshot: a destination failing with ${code} in the ${phase} phase fails the job, guest untouched`, async () => {
-      const random = prng(11);
-      const events: MigrationEvent[] = [];
-      let fault: FaultInjector | undefined;
-      const bench = await makeBenchDisk('vm1', {
-        sizeBytes: 2 * 1024 * 1024,
-        random,
-        filledFraction: 1,
-        wrapTarget: (device) => {
-          fault = new FaultInjector(
-            device,
-            phase === 'copy' ? { code, afterBytes: 512 * 1024 } : { code },
-          );
-          return fault;
+      const { events } = await expectTargetFailure('snapshot', {
+        code,
+        ...(phase === 'copy' ? { afterBytes: 512 * 1024 } : {}),
+        tuning: { downtimeTargetMs: 0, passMax: 1000 },
+        onEvent: (event, fault) => {
+          // Round 3: logs 1 and 2 are on the target only; the rollback must replay them too.
+          if (event.type === 'pass' && event.pass === 3 && phase === 'consolidate') fault.arm();
         },
       });
-      await assert.rejects(
-        migrateUnderLoad([bench], random, {
-          method: 'snapshot',
-          tuning: { downtimeTargetMs: 0, passMax: 1000 },
-          onEvent: (event) => {
-            events.push(event);
-            // Round 3: logs 1 and 2 are on the target only; the rollback must replay them too.
-            if (event.type === 'pass' && event.pass === 3 && phase === 'consolidate') fault?.arm();
-          },
-        }),
-        (error: Error & { code?: string }) => {
-          assert.equal(error.code, 'ERR_TARGET_FAILED');
-          assert.match(error.message, new RegExp(code));
-          return true;
-        },
-      );
-      await checkOnSource(bench);
       const rounds = events.filter((event) => event.type === 'pass').length;
       assert.equal(rounds, phase === 'copy' ? 0 : 3);
     });

@@ -7,16 +7,21 @@ import { FaultInjector } from '../../../src/block/fault.js';
 import { PassThrough } from '../../../src/block/filter.js';
 import { MemoryDevice } from '../../../src/block/memory.js';
 import { Switch } from '../../../src/block/switch.js';
-import type { Migration, MigrationEvent } from '../../../src/migrate/migration.js';
+import type { MigrationEvent } from '../../../src/migrate/migration.js';
 import {
   type BenchDisk,
+  benchShapeArb,
+  cancelAfterCopyStarts,
   checkMoved,
-  checkOnSource,
+  expectCancelRollsBack,
+  expectTargetFailure,
+  expectThinStaysThin,
   makeBenchDisk,
   migrateUnderLoad,
   prng,
   randomBytes,
   startMigration,
+  TARGET_FAULT_CODES,
 } from '../harness.js';
 
 const KIB = 1024;
@@ -24,13 +29,10 @@ const KIB = 1024;
 test('sxm: after switchover the destination equals the model, whatever the guest did', async () => {
   await fc.assert(
     fc.asyncProperty(
-      fc.integer({ min: 1, max: 2 ** 31 - 1 }),
-      fc.constantFrom(256 * KIB, 1024 * KIB + 4096),
-      fc.constantFrom(16 * KIB, 64 * KIB),
-      fc.integer({ min: 1, max: 8 }),
+      benchShapeArb(),
       fc.constantFrom(4 * KIB, 16 * KIB),
       fc.integer({ min: 1, max: 2 }),
-      async (seed, sizeBytes, chunkBytes, inFlightMax, granularityBytes, diskCount) => {
+      async ({ seed, sizeBytes, chunkBytes, inFlightMax }, granularityBytes, diskCount) => {
         const random = prng(seed);
         const benches: BenchDisk[] = [];
         for (let i = 0; i < diskCount; i += 1) {
@@ -171,70 +173,25 @@ test('sxm: the copy never overwrites a granule a mirrored write placed while the
 });
 
 test('sxm: a thin source stays thin on the destination', async () => {
-  const random = prng(7);
-  const bench = await makeBenchDisk('vm1', {
-    sizeBytes: 4 * 1024 * KIB,
-    random,
-    filledFraction: 0.1,
-  });
-  await bench.sourceMemory.write(0, Buffer.alloc(64 * KIB)); // allocated, but zeros
-  bench.model.fill(0, 0, 64 * KIB);
-  const migration = startMigration([bench], { method: 'sxm' });
-  const result = await migration.run();
-  await checkMoved(bench);
-  let dataBytes = 0;
-  for (let at = 0; at < bench.model.length; at += 64 * KIB) {
-    if (bench.model.subarray(at, at + 64 * KIB).some((byte) => byte !== 0)) dataBytes += 64 * KIB;
-  }
-  assert.ok(dataBytes > 0);
-  assert.equal(result.bytesCopied, dataBytes);
-  assert.equal(bench.targetMemory.allocatedBytes, dataBytes);
+  await expectThinStaysThin('sxm');
 });
 
 test('sxm: a destination that fails with EIO or ENOSPC fails the job and leaves the guest on the source', async () => {
-  for (const code of [BlockErrorCode.EIO, BlockErrorCode.ENOSPC]) {
-    const random = prng(11);
-    const bench = await makeBenchDisk('vm1', {
-      sizeBytes: 2 * 1024 * KIB,
-      random,
-      filledFraction: 1,
-      wrapTarget: (device) => new FaultInjector(device, { code, afterBytes: 512 * KIB }),
-    });
-    // A guest write that failed would reject the guest's loop and replace the job's error here.
-    await assert.rejects(
-      migrateUnderLoad([bench], random, { method: 'sxm' }),
-      (error: Error & { code?: string }) => {
-        assert.equal(error.code, 'ERR_TARGET_FAILED');
-        assert.match(error.message, new RegExp(code));
-        return true;
-      },
-    );
-    await checkOnSource(bench);
+  for (const code of TARGET_FAULT_CODES) {
+    await expectTargetFailure('sxm', { code, afterBytes: 512 * KIB });
   }
 });
 
 test('sxm: a destination that fails under mirrored writes never fails the guest', async () => {
-  const random = prng(13);
-  let fault: FaultInjector | undefined;
-  const bench = await makeBenchDisk('vm1', {
-    sizeBytes: 2 * 1024 * KIB,
-    random,
-    filledFraction: 1,
-    wrapTarget: (device) => {
-      fault = new FaultInjector(device, { code: BlockErrorCode.EIO });
-      return fault;
-    },
-  });
-  const running = migrateUnderLoad([bench], random, {
-    method: 'sxm',
+  const { fault } = await expectTargetFailure('sxm', {
+    code: BlockErrorCode.EIO,
+    seed: 13,
     speedBytesPerSecond: 4 * 1024 * KIB,
-    onEvent: (event) => {
-      if (event.type === 'phase' && event.phase === 'copy') setTimeout(() => fault?.arm(), 30);
+    onEvent: (event, armable) => {
+      if (event.type === 'phase' && event.phase === 'copy') setTimeout(() => armable.arm(), 30);
     },
   });
-  await assert.rejects(running, { code: 'ERR_TARGET_FAILED' });
-  assert.ok((fault?.failures ?? 0) > 0);
-  await checkOnSource(bench);
+  assert.ok(fault.failures > 0);
 });
 
 test('sxm: a write the source refused is copied again from the source when the disk re-converges', async () => {
@@ -282,25 +239,10 @@ test('sxm: a write the source refused is copied again from the source when the d
 });
 
 test('sxm: cancel mid-copy rolls back to the source with every write', async () => {
-  const random = prng(5);
-  const bench = await makeBenchDisk('vm1', {
+  await expectCancelRollsBack('sxm', {
+    seed: 5,
     sizeBytes: 4 * 1024 * KIB,
-    random,
-    filledFraction: 1,
-  });
-  let migration: Migration | undefined;
-  const running = migrateUnderLoad([bench], random, {
-    method: 'sxm',
     speedBytesPerSecond: 8 * 1024 * KIB,
-    onStart: (started) => {
-      migration = started;
-    },
-    onEvent: (event) => {
-      if (event.type === 'phase' && event.phase === 'copy')
-        setTimeout(() => migration?.cancel(), 50);
-    },
+    cancelOn: cancelAfterCopyStarts(50),
   });
-  await assert.rejects(running, { code: 'ERR_CANCELLED' });
-  await checkOnSource(bench);
-  assert.equal(bench.disk.switch.isPaused, false);
 });

@@ -1,0 +1,136 @@
+/**
+ * What the filters share that put the guest's writes on both sides while a copy runs (the
+ * `mirror` and `sxm` methods, and dbt's hand-over to the mirror). The guest's Switch points at
+ * such a filter until the switchover; the source is the authority until the commit, so reads,
+ * flushes, cache hints, extents, size, caps and limits are the source's.
+ *
+ * Every write, zero and trim becomes one call of the method's `mutate(offset, length, apply)`,
+ * which decides the policy alone: which side or sides get the mutation, under which hold, and
+ * what that does to the method's bitmap. `apply(device)` performs the mutation on one side: the
+ * guest's own request on `source`, its mirrored form on `target`:
+ *   - write: the same bytes, without FUA (the target's durability is the switchover's flush);
+ *   - writeZeroes: zeros, keeping only `mayTrim` (same reason; `fastOnly` is the guest's
+ *     question about the source, already answered by the source side);
+ *   - trim: zeros that may be trimmed (see `trim`).
+ *
+ * A failed target side fails the job, once, with `ERR_TARGET_FAILED` (`failTarget`): `failed`
+ * rejects and `targetFailure` is set, and from then on each method sends writes to the source
+ * only, so a broken destination never fails or slows the guest.
+ */
+import type {
+  BlockCaps,
+  BlockDevice,
+  BlockLimits,
+  Extent,
+  WriteOptions,
+  ZeroOptions,
+} from '../block/device.js';
+import { errorMessageOf } from '../util/errors.js';
+import { MigrateError, MigrateErrorCode } from './errors.js';
+
+/** One guest mutation, applied to either side: the source form or the mirrored target form. */
+export type Mutation = (device: BlockDevice) => Promise<void>;
+
+export abstract class MirroredWriteFilter implements BlockDevice {
+  /** Rejects with the first target failure and never resolves: race it with the copy. */
+  readonly failed: Promise<never>;
+  protected readonly source: BlockDevice;
+  protected readonly target: BlockDevice;
+  private failure: MigrateError | undefined;
+  private rejectFailed!: (error: MigrateError) => void;
+
+  constructor(source: BlockDevice, target: BlockDevice) {
+    this.source = source;
+    this.target = target;
+    this.failed = new Promise<never>((_resolve, reject) => {
+      this.rejectFailed = reject;
+    });
+    // Nobody may be racing it when the target fails; the run asks `throwIfTargetFailed` then.
+    this.failed.catch(() => undefined);
+  }
+
+  /** Set once a target write failed; then every write goes to the source only. */
+  get targetFailure(): MigrateError | undefined {
+    return this.failure;
+  }
+
+  get size(): number {
+    return this.source.size;
+  }
+
+  get caps(): BlockCaps {
+    return this.source.caps;
+  }
+
+  get limits(): BlockLimits {
+    return this.source.limits;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.source.read(offset, length);
+  }
+
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    return this.mutate(offset, data.length, (device) =>
+      device === this.source ? device.write(offset, data, options) : device.write(offset, data),
+    );
+  }
+
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    return this.mutate(offset, length, (device) =>
+      device === this.source
+        ? device.writeZeroes(offset, length, options)
+        : device.writeZeroes(offset, length, { mayTrim: options?.mayTrim ?? false }),
+    );
+  }
+
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    // The target's trim may leave anything there, so the mirrored form is a zero: the target
+    // must read as the source does, and a trimmed source range reads as zeros on our backends.
+    return this.mutate(offset, length, (device) =>
+      device === this.source
+        ? device.trim(offset, length, options)
+        : device.writeZeroes(offset, length, { mayTrim: true }),
+    );
+  }
+
+  /** Durability of the target is the switchover's flush; the guest's flush is the source's. */
+  flush(): Promise<void> {
+    return this.source.flush();
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    return this.source.cache(offset, length);
+  }
+
+  extents(offset: number, length: number): Promise<Extent[]> {
+    return this.source.extents(offset, length);
+  }
+
+  /** The filter owns the source below it, as every filter in a stack does; not the target. */
+  close(): Promise<void> {
+    return this.source.close();
+  }
+
+  /** Throws the target failure, if there was one. */
+  throwIfTargetFailed(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  /**
+   * Applies one guest mutation by the method's policy; settles once every side it applied to
+   * has settled, and rejects with the source's error if the source refused it.
+   */
+  protected abstract mutate(offset: number, length: number, apply: Mutation): Promise<void>;
+
+  /** Records the first failed target side as the job's failure; later ones add nothing. */
+  protected failTarget(reason: unknown): void {
+    if (this.failure !== undefined) return;
+    this.failure = new MigrateError(
+      MigrateErrorCode.TargetFailed,
+      `a mirrored write to the destination failed: ${errorMessageOf(reason)}`,
+      { cause: reason },
+    );
+    this.rejectFailed(this.failure);
+  }
+}

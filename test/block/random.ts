@@ -1,0 +1,20 @@
+/** Seeded randomness for tests, so a failing fast-check seed or a fixed seed replays exactly. */
+
+/** A deterministic PRNG (mulberry32): numbers in [0, 1). */
+export function prng(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `length` bytes drawn from `random`. */
+export function randomBytes(length: number, random: () => number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  for (let i = 0; i < length; i += 1) out[i] = Math.floor(random() * 256);
+  return out;
+}

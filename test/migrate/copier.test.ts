@@ -1,0 +1,102 @@
+import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
+import { test } from 'node:test';
+import { DirtyBitmap } from '../../src/block/dirty-bitmap.js';
+import { MemoryDevice } from '../../src/block/memory.js';
+import { RangeLock } from '../../src/block/range-lock.js';
+import { Copier, type CopierOptions } from '../../src/migrate/copier.js';
+import { Progress } from '../../src/migrate/progress.js';
+import { prng, randomBytes } from '../block/random.js';
+import { assertSameBytes } from './harness.js';
+
+const KIB = 1024;
+
+interface Rig {
+  readonly source: MemoryDevice;
+  readonly target: MemoryDevice;
+  readonly progress: Progress;
+  readonly copier: Copier;
+  readonly data: Buffer;
+}
+
+/** A source full of random data, an empty target, and a copier between them. */
+async function rig(
+  sizeBytes: number,
+  granularityBytes: number,
+  options: Partial<CopierOptions> = {},
+): Promise<Rig> {
+  const source = new MemoryDevice(sizeBytes);
+  const data = randomBytes(sizeBytes, prng(sizeBytes));
+  await source.write(0, data);
+  const target = new MemoryDevice(sizeBytes);
+  const progress = new Progress(sizeBytes);
+  const touched = new DirtyBitmap(sizeBytes, granularityBytes);
+  const copier = new Copier(source, target, { touched, progress, ...options });
+  return { source, target, progress, copier, data };
+}
+
+function allDirty(sizeBytes: number, granularityBytes: number): DirtyBitmap {
+  const bitmap = new DirtyBitmap(sizeBytes, granularityBytes);
+  bitmap.markAll();
+  return bitmap;
+}
+
+test('copier: a chunk size that is no multiple of the granule still copies every byte', async () => {
+  const sizeBytes = 1024 * KIB;
+  const { target, copier, data } = await rig(sizeBytes, 64 * KIB, { chunkBytes: 100 * KIB });
+  const bitmap = allDirty(sizeBytes, 64 * KIB);
+  await copier.copyPass(bitmap);
+  assert.ok(bitmap.isClean);
+  assertSameBytes(await target.read(0, sizeBytes), data, 'target');
+});
+
+test('copier: under recheckUnderLock a chunk copies only what is still dirty once it holds the lock', async () => {
+  const sizeBytes = 256 * KIB;
+  const granule = 16 * KIB;
+  const { target, progress, copier, data } = await rig(sizeBytes, granule, {
+    chunkBytes: 64 * KIB,
+    inFlightMax: 1,
+  });
+  const bitmap = allDirty(sizeBytes, granule);
+  const lock = new RangeLock();
+  // Someone holds a granule of the second chunk, places it on the target and clears it meanwhile.
+  const placedAt = 64 * KIB + granule;
+  const placed = Buffer.alloc(granule, 0x5a);
+  const release = await lock.acquire(placedAt, granule);
+  const pass = copier.copyPass(bitmap, { lock, recheckUnderLock: true });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  await target.write(placedAt, placed);
+  bitmap.clear(placedAt, granule);
+  release();
+  await pass;
+  assert.ok(bitmap.isClean);
+  const expected = Buffer.from(data);
+  placed.copy(expected, placedAt);
+  assertSameBytes(await target.read(0, sizeBytes), expected, 'target');
+  assert.equal(progress.doneBytes, sizeBytes - granule, 'only what it copied counts');
+});
+
+test('copier: a pass `from` another device copies its runs, counts them, and follows setSpeed at once', async () => {
+  const sizeBytes = 512 * KIB;
+  const granule = 64 * KIB;
+  // 16 KiB/s: after the first read, each of the other two would wait 4 s at that speed.
+  const { target, copier } = await rig(sizeBytes, granule, {
+    chunkBytes: 64 * KIB,
+    speedBytesPerSecond: 16 * KIB,
+  });
+  const log = new MemoryDevice(sizeBytes);
+  const logged = randomBytes(3 * granule, prng(5));
+  await log.write(granule, logged);
+  const present = new DirtyBitmap(sizeBytes, granule);
+  present.mark(granule, 3 * granule);
+  const pass = copier.copyPass(present, { from: log });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.ok(copier.copiedBytes < 3 * granule, 'the pass is held by the speed limit');
+  copier.setSpeed(0);
+  const releasedMs = performance.now();
+  await pass;
+  assert.ok(performance.now() - releasedMs < 1000, 'the new speed applied to waiting reads');
+  assert.equal(copier.copiedBytes, 3 * granule);
+  assertSameBytes(await target.read(granule, 3 * granule), logged, 'target');
+  assert.equal(target.allocatedBytes, 3 * granule, 'nothing else was written');
+});
