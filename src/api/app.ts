@@ -9,6 +9,7 @@ import { registerDiskRoutes } from './routes/disks.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
 import { registerJobRoutes } from './routes/jobs.js';
+import { registerVmRoutes } from './routes/vms.js';
 
 export interface ApiOptions {
   readonly agent: Agent;
@@ -53,6 +54,7 @@ export function createApi(options: ApiOptions): FastifyInstance {
   registerHealthRoutes(app, options.agent, nbd);
   registerDatastoreRoutes(app, options.agent);
   registerDiskRoutes(app, options.agent, nbd);
+  registerVmRoutes(app, options.agent);
   if (options.jobs) {
     registerJobRoutes(app, options.jobs);
     registerJobEventRoutes(

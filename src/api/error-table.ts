@@ -36,6 +36,7 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [HostErrorCode.BadSize]: BAD_USAGE,
   [HostErrorCode.BadPath]: BAD_USAGE,
   [HostErrorCode.DatastoreAmbiguous]: BAD_USAGE,
+  [HostErrorCode.BadVmDisks]: BAD_USAGE,
   [HostErrorCode.CrossDevice]: BAD_INPUT,
   [HostErrorCode.NotFound]: NOT_FOUND,
   [HostErrorCode.Exists]: CONFLICT,

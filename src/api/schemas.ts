@@ -93,10 +93,13 @@ const speedSchema = {
 
 export const startMigrationBodySchema = {
   type: 'object',
-  required: ['disk', 'datastore'],
+  required: ['datastore'],
+  // A disk, or a VM (its home directory and every disk, switched together); never both.
+  oneOf: [{ required: ['disk'] }, { required: ['vm'] }],
   additionalProperties: false,
   properties: {
     disk: nameSchema,
+    vm: nameSchema,
     datastore: { ...nameSchema, description: 'the destination datastore' },
     method: { type: 'string', enum: [...METHOD_NAMES] },
     speed: speedSchema,
@@ -104,11 +107,28 @@ export const startMigrationBodySchema = {
   },
 } as const;
 export interface StartMigrationBody {
-  disk: string;
+  disk?: string;
+  vm?: string;
   datastore: string;
   method?: MethodName;
   speed?: string | number;
   provisioning?: 'thin' | 'thick';
+}
+
+export const createVmBodySchema = {
+  type: 'object',
+  required: ['name', 'disks'],
+  additionalProperties: false,
+  properties: {
+    name: nameSchema,
+    disks: { type: 'array', minItems: 1, maxItems: 64, items: nameSchema },
+    datastore: { ...nameSchema, description: "where the home goes; default: the first disk's" },
+  },
+} as const;
+export interface CreateVmBody {
+  name: string;
+  disks: string[];
+  datastore?: string;
 }
 
 export const jobParamsSchema = {

@@ -6,6 +6,7 @@ import { formatSize } from '../util/size.js';
 import { type CliContext, printJson } from './context.js';
 import { followJob, reportOutcome } from './job-follow.js';
 import {
+  describeSubject,
   formatActivity,
   formatAmount,
   formatClock,
@@ -122,7 +123,7 @@ function addCancel(job: Command, context: CliContext): void {
       const record = await context.api.post<JobRecord>(jobPath(id, '/cancel'), {});
       if (options.json) return printJson(context, record);
       context.print(
-        `Cancelling job ${record.id}: disk ${record.disk} stays on datastore ${record.from} ` +
+        `Cancelling job ${record.id}: ${describeSubject(record)} stays on datastore ${record.from} ` +
           `once the copy has stopped. Follow it: ferry job watch ${record.id}`,
       );
     });
@@ -157,7 +158,9 @@ function jobFields(record: JobRecord): [string, string][] {
       : `${record.method} (asked for ${record.requestedMethod})`;
   return [
     ['id', record.id],
-    ['disk', `${record.disk} (${formatSize(record.sizeBytes)})`],
+    record.vm === null
+      ? ['disk', `${record.disk} (${formatSize(record.sizeBytes)})`]
+      : ['vm', `${record.vm}: disks ${record.disks.join(', ')} (${formatSize(record.sizeBytes)})`],
     ['move', `${record.from} -> ${record.to}`],
     ['method', method],
     ['state', record.state],

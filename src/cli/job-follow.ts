@@ -4,7 +4,7 @@ import { FerryError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { CliErrorCode } from './api-client.js';
 import { type CliContext, printJson } from './context.js';
-import { formatDuration } from './job-format.js';
+import { describeSubject, formatDuration } from './job-format.js';
 import { createJobRenderer } from './progress-bar.js';
 import { ExitCode } from './run.js';
 
@@ -49,7 +49,7 @@ export async function followJob(context: CliContext, job: JobStatus): Promise<Fo
     throw new FerryError(
       CliErrorCode.StreamEnded,
       `the server ended the event stream while job ${job.id} was ${last.state}; a server that ` +
-        `stops cancels its jobs, leaving disk ${job.disk} on datastore ${job.from}`,
+        `stops cancels its jobs, leaving ${describeSubject(job)} on datastore ${job.from}`,
     );
   }
   // The whole record, with its history, for --json.
@@ -88,7 +88,7 @@ export function reportOutcome(
       ? `job ${record.id} was cancelled`
       : `job ${record.id} failed: ${failure.message} (${failure.code})`;
   context.printError(
-    `ferry: ${why}. Disk ${record.disk} was not moved: its guest runs on datastore ` +
+    `ferry: ${why}. ${capitalise(describeSubject(record))} was not moved: its guest runs on datastore ` +
       `${record.from} as before.\n`,
   );
   return ExitCode.Failed;
@@ -103,10 +103,14 @@ export function describeSuccess(record: JobRecord): string {
   const passes = record.passes === 1 ? '1 pass' : `${record.passes} passes`;
   const downtime = record.downtimeMs === null ? 'unknown' : formatDuration(record.downtimeMs);
   return (
-    `Moved disk ${record.disk} from ${record.from} to ${record.to} with ${method}: copied ` +
+    `Moved ${describeSubject(record)} from ${record.from} to ${record.to} with ${method}: copied ` +
     `${formatSize(record.bytesCopied)} in ${passes} in ${formatDuration(record.durationMs)}; ` +
     `downtime ${downtime}.`
   );
+}
+
+function capitalise(text: string): string {
+  return `${text.charAt(0).toUpperCase()}${text.slice(1)}`;
 }
 
 function parseData<T>(data: string): T {

@@ -8,6 +8,11 @@ import { formatSize } from '../util/size.js';
  * never hidden: the percentage is of the total as it is now (STYLE.md, "Long-running work").
  */
 
+/** What a job moves, as a sentence names it: `disk vm1`, or `VM web (disks web-os, web-data)`. */
+export function describeSubject(job: Pick<JobStatus, 'disk' | 'vm' | 'disks'>): string {
+  return job.vm === null ? `disk ${job.disk}` : `VM ${job.vm} (disks ${job.disks.join(', ')})`;
+}
+
 /** `1.75 ms`, `850 ms`, `3.2 s`, `4m05s`, `2h07m`: downtimes are judged in single milliseconds. */
 export function formatDuration(ms: number): string {
   if (ms < 10) return `${Number(ms.toFixed(2))} ms`;

@@ -5,11 +5,15 @@ import { METHOD_DEFAULT, METHOD_NAMES } from '../migrate/method.js';
 import { errorMessageOf } from '../util/errors.js';
 import { type CliContext, printJson } from './context.js';
 import { followJob, reportOutcome } from './job-follow.js';
+import { describeSubject } from './job-format.js';
 
 const HELP = `
 Examples:
   Move disk vm1 to datastore fast while its guest keeps running, with a progress bar:
     $ ferry migrate vm1 --to fast
+
+  Move VM web — its home directory and every disk, switched over together:
+    $ ferry migrate web --vm --to fast
 
   Copy at most 200 MiB/s, make the new image thick, and return at once:
     $ ferry migrate vm1 --to fast --speed 200M --thick --detach
@@ -36,9 +40,13 @@ interface MigrateOptions {
   thick?: boolean;
   detach?: boolean;
   json?: boolean;
+  vm?: boolean;
 }
 
-/** `ferry migrate DISK --to DATASTORE`: starts a move (POST /v1/migrations) and follows it. */
+/**
+ * `ferry migrate NAME --to DATASTORE [--vm]`: starts a move (POST /v1/migrations) and follows it.
+ * NAME is a disk, or with `--vm` a VM: said explicitly, because a VM and a disk may share a name.
+ */
 export function addMigrateCommand(
   program: Command,
   context: CliContext,
@@ -46,8 +54,9 @@ export function addMigrateCommand(
 ): void {
   program
     .command('migrate')
-    .description('move a disk to another datastore while its guest keeps using it')
-    .argument('<disk>', 'the disk to move')
+    .description('move a disk, or a VM with --vm, to another datastore while its guest runs')
+    .argument('<name>', 'the disk to move (the VM with --vm)')
+    .option('--vm', 'NAME is a VM: move its home directory and all its disks together')
     .requiredOption('--to <datastore>', 'the datastore to move it to')
     .addOption(
       new Option(
@@ -63,9 +72,9 @@ export function addMigrateCommand(
     .option('--detach', 'start the job and return; do not follow it')
     .option('--json', 'print the job (the final one unless --detach) as JSON on stdout')
     .addHelpText('after', HELP)
-    .action(async (disk: string, options: MigrateOptions) => {
+    .action(async (name: string, options: MigrateOptions) => {
       const job = await context.api.post<JobRecord>('/v1/migrations', {
-        disk,
+        ...(options.vm ? { vm: name } : { disk: name }),
         datastore: options.to,
         ...(options.method === undefined ? {} : { method: options.method }),
         ...(options.speed === undefined ? {} : { speed: options.speed }),
@@ -74,7 +83,7 @@ export function addMigrateCommand(
       if (options.detach) {
         if (options.json) return printJson(context, job);
         context.print(
-          `Started job ${job.id}: moving disk ${job.disk} from ${job.from} to ${job.to} with ` +
+          `Started job ${job.id}: moving ${describeSubject(job)} from ${job.from} to ${job.to} with ` +
             `${job.requestedMethod} (speed ${formatSpeed(job.speedBytesPerSecond)}).`,
         );
         context.print(`  follow it:  ferry job watch ${job.id}`);

@@ -7,6 +7,7 @@ import { addDiskCommands } from './disk-commands.js';
 import { addJobCommands } from './job-commands.js';
 import { addMigrateCommand } from './migrate-command.js';
 import { addServeCommand, type ServeFunction } from './serve-command.js';
+import { addVmCommands } from './vm-commands.js';
 
 const EXAMPLES = `
 Examples:
@@ -58,6 +59,7 @@ export function buildProgram(
   addDemoCommand(program, context, demo, setExitCode);
   addDatastoreCommands(program, context);
   addDiskCommands(program, context);
+  addVmCommands(program, context);
   addMigrateCommand(program, context, setExitCode);
   addJobCommands(program, context, setExitCode);
   return program;

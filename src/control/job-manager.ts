@@ -1,4 +1,13 @@
-import type { DiskInfo, DiskMove, MoveDiskRequest } from '../host/agent.js';
+import type {
+  DiskInfo,
+  DiskMove,
+  Move,
+  MoveDiskRequest,
+  MoveOutcome,
+  MoveVmRequest,
+  VmInfo,
+  VmMove,
+} from '../host/agent.js';
 import { HostError, HostErrorCode } from '../host/errors.js';
 import type { MethodName } from '../migrate/method.js';
 import type { MigrationEvent } from '../migrate/migration.js';
@@ -6,12 +15,14 @@ import { errorCodeOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import type { JobEvent, JobRecord, JobStatus } from './job-record.js';
 import { JobError, JobErrorCode } from './job-states.js';
-import { MigrationJob } from './migration-job.js';
+import { MigrationJob, type MigrationJobInit } from './migration-job.js';
 
 /** What the job manager needs of the agent (src/host/agent.ts); tests pass a small fake. */
 export interface JobAgent {
   moveDisk(request: MoveDiskRequest, onEvent: (event: MigrationEvent) => void): Promise<DiskMove>;
   getDisk(name: string): Promise<Pick<DiskInfo, 'datastore' | 'sizeBytes'>>;
+  moveVm(request: MoveVmRequest, onEvent: (event: MigrationEvent) => void): Promise<VmMove>;
+  getVm(name: string): Promise<Pick<VmInfo, 'datastore' | 'sizeBytes' | 'disks'>>;
 }
 
 export interface JobManagerOptions {
@@ -22,9 +33,12 @@ export interface JobManagerOptions {
   readonly log?: Logger;
 }
 
-/** `ferry migrate` / `POST /v1/migrations`. */
-export interface MigrationRequest {
-  readonly disk: string;
+/** `ferry migrate` / `POST /v1/migrations`: moves one disk, or one VM (its home and disks). */
+export type MigrationRequest =
+  | (MigrationOptions & { readonly disk: string; readonly vm?: undefined })
+  | (MigrationOptions & { readonly vm: string; readonly disk?: undefined });
+
+interface MigrationOptions {
   readonly datastore: string;
   readonly method?: MethodName;
   /** Copy rate, bytes per second; 0 or absent: unlimited. */
@@ -71,24 +85,25 @@ export class JobManager {
   async startMigration(request: MigrationRequest): Promise<JobRecord> {
     if (this.isClosed) throw new HostError(HostErrorCode.Closed, 'the server is shutting down');
     const createdAt = new Date();
-    const disk = await this.agent.getDisk(request.disk);
-    // Events may come before moveDisk resolves (the copy starts inside it): held until the job
+    // Events may come before the move resolves (the copy starts inside it): held until the job
     // exists, then replayed in order.
     let job: MigrationJob | undefined;
     const early: MigrationEvent[] = [];
-    const move = await this.agent.moveDisk(toMoveDiskRequest(request), (event) => {
+    const onEvent = (event: MigrationEvent): void => {
       if (job === undefined) early.push(event);
       else job.apply(event);
-    });
+    };
+    const begun =
+      request.vm === undefined
+        ? await this.beginDiskMove(request.disk, request, onEvent)
+        : await this.beginVmMove(request.vm, request, onEvent);
     const created = new MigrationJob({
-      id: move.id,
-      disk: request.disk,
-      from: disk.datastore,
+      ...begun.subject,
+      id: begun.move.id,
       to: request.datastore,
-      sizeBytes: disk.sizeBytes,
       speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
       createdAt,
-      migration: move.migration,
+      migration: begun.move.migration,
       progressIntervalMs: this.progressIntervalMs,
       emit: (event) => this.publish(event),
     });
@@ -96,8 +111,30 @@ export class JobManager {
     created.announce();
     for (const event of early) created.apply(event);
     job = created;
-    this.follow(created, move);
+    this.follow(created, begun.move);
     return created.record();
+  }
+
+  private async beginDiskMove(
+    name: string,
+    request: MigrationOptions,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<Begun> {
+    const disk = await this.agent.getDisk(name);
+    const move: DiskMove = await this.agent.moveDisk(toMoveRequest(name, request), onEvent);
+    const subject = { disk: name, vm: null, disks: [name], from: disk.datastore };
+    return { move, subject: { ...subject, sizeBytes: disk.sizeBytes } };
+  }
+
+  private async beginVmMove(
+    name: string,
+    request: MigrationOptions,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<Begun> {
+    const vm = await this.agent.getVm(name);
+    const move: VmMove = await this.agent.moveVm(toMoveRequest(name, request), onEvent);
+    const subject = { disk: name, vm: name, disks: vm.disks, from: vm.datastore };
+    return { move, subject: { ...subject, sizeBytes: vm.sizeBytes } };
   }
 
   /** Every job kept, oldest first, without their event histories. */
@@ -162,7 +199,7 @@ export class JobManager {
     await Promise.all(this.running);
   }
 
-  private follow(job: MigrationJob, move: DiskMove): void {
+  private follow(job: MigrationJob, move: Move<MoveOutcome>): void {
     const settled = move.done.then(
       (result) => job.succeed(result),
       (error: unknown) => job.fail(error),
@@ -207,9 +244,15 @@ export class JobManager {
   }
 }
 
-function toMoveDiskRequest(request: MigrationRequest): MoveDiskRequest {
+/** A move started on the agent, and what the job says it moves. */
+interface Begun {
+  readonly move: Move<MoveOutcome>;
+  readonly subject: Pick<MigrationJobInit, 'disk' | 'vm' | 'disks' | 'from' | 'sizeBytes'>;
+}
+
+function toMoveRequest(name: string, request: MigrationOptions): MoveDiskRequest {
   return {
-    name: request.disk,
+    name,
     datastore: request.datastore,
     ...(request.method === undefined ? {} : { method: request.method }),
     ...(request.speedBytesPerSecond === undefined

@@ -11,11 +11,16 @@ import type { JobState, JobVerb } from './job-states.js';
 export interface JobStatus {
   readonly id: string;
   readonly kind: 'migrate';
+  /** The disk moved; for a VM move, the VM's name (see `vm` and `disks`). */
   readonly disk: string;
-  /** Datastore the disk is moved from, and to. */
+  /** The VM moved (its home directory and disks), or null for a disk move. */
+  readonly vm: string | null;
+  /** Every disk the job moves, switched over together. */
+  readonly disks: readonly string[];
+  /** Datastore the disk (a VM's home) is moved from, and to. */
   readonly from: string;
   readonly to: string;
-  /** Size of the disk; `progress.totalBytes` passes it when blocks must be copied again. */
+  /** Size of the disk (a VM's disks together); `progress.totalBytes` passes it when blocks must be copied again. */
   readonly sizeBytes: number;
   /** The method running now (dbt that cannot converge continues as mirror). */
   readonly method: MethodName;

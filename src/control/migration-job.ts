@@ -1,4 +1,4 @@
-import type { MoveResult } from '../host/agent.js';
+import type { MoveOutcome } from '../host/agent.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName } from '../migrate/method.js';
 import type { Migration, MigrationEvent } from '../migrate/migration.js';
@@ -19,7 +19,12 @@ import { formatSpeed } from './speed.js';
 
 export interface MigrationJobInit {
   readonly id: string;
+  /** The disk moved, or for a VM move the VM's name. */
   readonly disk: string;
+  /** The VM moved, or null for a disk move. */
+  readonly vm: string | null;
+  /** Every disk the job moves. */
+  readonly disks: readonly string[];
   readonly from: string;
   readonly to: string;
   readonly sizeBytes: number;
@@ -51,6 +56,10 @@ interface FinalCounters {
 export class MigrationJob {
   readonly id: string;
   private readonly disk: string;
+  private readonly vm: string | null;
+  private readonly disks: readonly string[];
+  /** What the job's messages call what it moves: `disk d1`, or `VM web (disks d1, d2)`. */
+  private readonly subject: string;
   private readonly sizeBytes: number;
   private readonly requestedMethod: MethodName;
   private readonly createdAt: Date;
@@ -74,6 +83,10 @@ export class MigrationJob {
   constructor(init: MigrationJobInit) {
     this.id = init.id;
     this.disk = init.disk;
+    this.vm = init.vm;
+    this.disks = init.disks;
+    this.subject =
+      init.vm === null ? `disk ${init.disk}` : `VM ${init.vm} (disks ${init.disks.join(', ')})`;
     this.sizeBytes = init.sizeBytes;
     this.requestedMethod = init.migration.requestedMethod;
     this.createdAt = init.createdAt;
@@ -99,7 +112,7 @@ export class MigrationJob {
   announce(): void {
     this.emit(
       'created',
-      `moving disk ${this.disk} from datastore ${this.from} to ${this.to} with method ` +
+      `moving ${this.subject} from datastore ${this.from} to ${this.to} with method ` +
         `${this.requestedMethod}`,
     );
   }
@@ -154,15 +167,15 @@ export class MigrationJob {
     this.emit('speed', `speed set to ${formatSpeed(bytesPerSecond)}`);
   }
 
-  /** The move finished: the disk is served from the destination. */
-  succeed(result: MoveResult): void {
+  /** The move finished: the disks are served from the destination. */
+  succeed(result: MoveOutcome): void {
     this.from = result.from;
     this.to = result.to;
     this.downtimeMs = result.downtimeMs;
     this.finish({ ...this.counters(), method: result.method, durationMs: result.durationMs });
     this.moveTo(
       'succeeded',
-      `moved disk ${result.disk} to datastore ${result.to} with ${result.method} in ` +
+      `moved ${this.subject} to datastore ${result.to} with ${result.method} in ` +
         `${result.durationMs} ms (downtime ${result.downtimeMs} ms)`,
     );
   }
@@ -174,7 +187,7 @@ export class MigrationJob {
     this.finish(this.counters());
     const isCancel =
       code === MigrateErrorCode.Cancelled && canTransition(this.stateNow, 'cancelled');
-    const where = `disk ${this.disk} stays on datastore ${this.from}`;
+    const where = `${this.subject} stays on datastore ${this.from}`;
     if (isCancel) this.moveTo('cancelled', `cancelled: ${where}`);
     else this.moveTo('failed', `failed: ${this.error.message} (${code}); ${where}`);
   }
@@ -185,6 +198,8 @@ export class MigrationJob {
       id: this.id,
       kind: 'migrate',
       disk: this.disk,
+      vm: this.vm,
+      disks: this.disks,
       from: this.from,
       to: this.to,
       sizeBytes: this.sizeBytes,

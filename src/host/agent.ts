@@ -11,19 +11,31 @@ import type { Datastore } from './datastore.js';
 import { checkDiskSize, ORPHAN_IMAGE } from './datastore.js';
 import { DatastoreRegistry, DEFAULT_DATASTORE } from './datastore-registry.js';
 import type { DiskDescriptor } from './descriptor.js';
-import { type CrashPoint, prepareMove } from './disk-mover.js';
+import { type CrashPoint, type MoveSpec, type PreparedMove, prepareMove } from './disk-mover.js';
 import { closeDiskStack, openDiskStack } from './disk-stack.js';
 import { HostError, HostErrorCode } from './errors.js';
 import { type DiskEntry, ExportTable } from './export-table.js';
 import { MoveJournal } from './move-journal.js';
 import { recoverMoves } from './move-recovery.js';
 import { checkName } from './names.js';
+import {
+  createHome,
+  homePath,
+  removeHome,
+  scanHomes,
+  VM_CONFIG_VERSION,
+  type VmConfig,
+} from './vm-home.js';
+import { type VmEntry, VmTable } from './vm-table.js';
 
 /**
  * The agent's storage side: its datastores, the disks in them, and the table of exports the NBD
  * server serves. Every disk of every registered datastore is opened at start; a disk that cannot
  * be (bad descriptor, missing image, duplicate name, datastore down) is skipped with a logged
  * warning, so one broken file never keeps the others offline.
+ *
+ * VMs are found the same way: every directory of a datastore holding a `vm.json` (vm-home.ts).
+ * A VM names its disks; a disk belongs to at most one VM and cannot be removed while it does.
  *
  * Changes (create, import, remove, datastore add/remove, close) run one at a time, in call
  * order: each checks names and then acts, and two interleaved would both pass the check.
@@ -72,19 +84,58 @@ export interface MoveDiskRequest {
   readonly chunkBytes?: number;
 }
 
+/** A request to move a VM — its home directory and every disk — to another datastore, live. */
+export interface MoveVmRequest extends Omit<MoveDiskRequest, 'provisioning'> {
+  /** Provisioning of the destination images; default: each source's. */
+  readonly provisioning?: Provisioning;
+}
+
 /** A move under way: its live migration (progress, speed, cancel) and its outcome. */
-export interface DiskMove {
+export interface Move<R extends MoveOutcome> {
   /** The journal id of the move; the job id. */
   readonly id: string;
   readonly migration: Migration;
-  /** Resolves once the disk serves from the destination and the source is cleaned. */
-  readonly done: Promise<MoveResult>;
+  /** Resolves once the disks serve from the destination and the sources are cleaned. */
+  readonly done: Promise<R>;
 }
 
-export interface MoveResult extends MigrationResult {
-  readonly disk: string;
+export interface MoveOutcome extends MigrationResult {
+  /** Datastore moved from (a VM's: its home's) and to. */
   readonly from: string;
   readonly to: string;
+}
+
+export interface MoveResult extends MoveOutcome {
+  readonly disk: string;
+}
+
+export interface VmMoveResult extends MoveOutcome {
+  readonly vm: string;
+  /** The disks that moved (those already in the destination stay where they are). */
+  readonly disks: readonly string[];
+}
+
+export type DiskMove = Move<MoveResult>;
+export type VmMove = Move<VmMoveResult>;
+
+export interface CreateVmRequest {
+  readonly name: string;
+  /** Where the home directory goes; default: the first disk's datastore. */
+  readonly datastore?: string;
+  /** Existing disks, none another VM's. */
+  readonly disks: readonly string[];
+}
+
+export interface VmInfo {
+  readonly name: string;
+  /** The datastore of the VM's home directory. */
+  readonly datastore: string;
+  /** Absolute path of the home directory. */
+  readonly home: string;
+  readonly disks: readonly string[];
+  /** Sum of the sizes of the VM's disks that are served. */
+  readonly sizeBytes: number;
+  readonly createdAt: string;
 }
 
 export interface DiskInfo {
@@ -118,8 +169,11 @@ export class Agent {
   readonly warnings: string[] = [];
   private readonly registry: DatastoreRegistry;
   private readonly journal: MoveJournal;
-  /** Moves in progress, by disk name. */
-  private readonly moves = new Map<string, DiskMove>();
+  private readonly vms = new VmTable();
+  /** Moves in progress, by disk name (a VM's move under each of its disks). */
+  private readonly moves = new Map<string, Move<MoveOutcome>>();
+  /** VM moves in progress, by VM name. */
+  private readonly vmMoves = new Map<string, VmMove>();
   private readonly lock: DataDirLock;
   private readonly log: Logger;
   private readonly dropExport: (name: string) => Promise<void>;
@@ -224,6 +278,13 @@ export class Agent {
           `disk ${name} is being moved (job ${move.id}); cancel the job first`,
         );
       }
+      const owner = this.vms.ownerOf(name);
+      if (owner) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `disk ${name} belongs to VM ${owner.config.name}; remove the VM first`,
+        );
+      }
       const entry = this.exports.delete(name);
       if (!entry) throw notFound('disk', name);
       await this.dropExport(name).catch((error: unknown) => {
@@ -274,39 +335,105 @@ export class Agent {
           `disk ${request.name} is already being moved (job ${busy.id}); wait for it or cancel it`,
         );
       }
-      const method = request.method ?? METHOD_DEFAULT;
-      const prepared = await prepareMove(
-        {
-          exports: this.exports,
-          journal: this.journal,
-          log: this.log,
-          ...(this.crashAt === undefined ? {} : { crashAt: this.crashAt }),
-        },
-        {
-          entry,
-          to,
-          method,
-          speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
-          provisioning: request.provisioning ?? entry.descriptor.provisioning,
-          ...(request.tuning === undefined ? {} : { tuning: request.tuning }),
-          ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
-        },
-        onEvent,
-      );
       const from = entry.datastore.name;
+      const prepared = await this.prepare(request, { entries: [entry], to }, onEvent);
       this.log.info(
-        { disk: request.name, from, to: to.name, move: prepared.id, method },
+        { disk: request.name, from, to: to.name, move: prepared.id, method: request.method },
         'disk move started',
       );
       const done = prepared
         .run()
-        .then((result): MoveResult => ({ ...result, disk: request.name, from, to: to.name }))
-        .finally(() => this.moves.delete(request.name));
-      // The caller owns `done`; this only keeps a failure from counting as unhandled meanwhile.
-      done.catch(() => undefined);
-      const move: DiskMove = { id: prepared.id, migration: prepared.migration, done };
-      this.moves.set(request.name, move);
+        .then((result): MoveResult => ({ ...result, disk: request.name, from, to: to.name }));
+      return this.track(prepared, done, [request.name]);
+    });
+  }
+
+  /**
+   * Starts moving VM `name` — its home directory first, then every disk not yet in `datastore`,
+   * all switched together — to `datastore` while it keeps running (disk-mover.ts has the
+   * steps). Resolves and rejects as `moveDisk` does; `ERR_SAME_DATASTORE` also when the home is
+   * there already or every disk is (then nothing would be copied live: a home alone is not a
+   * migration).
+   */
+  async moveVm(request: MoveVmRequest, onEvent: (event: MigrationEvent) => void): Promise<VmMove> {
+    return this.serialize(async () => {
+      const vm = this.vmOf(request.name);
+      const to = this.registry.get(request.datastore);
+      if (!to) throw notFound('datastore', request.datastore);
+      this.checkVmMovable(vm, to);
+      const entries = vm.config.disks
+        .map((disk) => this.entryOf(disk))
+        .filter((entry) => entry.datastore.name !== to.name);
+      const from = vm.datastore;
+      const home = { vm: request.name, from };
+      const prepared = await this.prepare(request, { entries, to, home }, onEvent);
+      const disks = entries.map((entry) => entry.descriptor.name);
+      this.log.info(
+        { vm: request.name, disks, from: from.name, to: to.name, move: prepared.id },
+        'VM move started',
+      );
+      const done = prepared.run().then((result): VmMoveResult => {
+        this.vms.set({ config: vm.config, datastore: to });
+        return { ...result, vm: request.name, disks, from: from.name, to: to.name };
+      });
+      const move = this.track(prepared, done, disks);
+      this.vmMoves.set(request.name, move);
+      void done.catch(() => undefined).finally(() => this.vmMoves.delete(request.name));
       return move;
+    });
+  }
+
+  /** Registers VM `name`: a home directory naming existing disks, none another VM's. */
+  async createVm(request: CreateVmRequest): Promise<VmInfo> {
+    checkName(request.name, 'vm');
+    return this.serialize(async () => {
+      const existing = this.vms.get(request.name);
+      if (existing) {
+        throw new HostError(
+          HostErrorCode.Exists,
+          `VM ${request.name} already exists in datastore ${existing.datastore.name}`,
+        );
+      }
+      const disks = this.checkVmDisks(request.disks);
+      const first = this.entryOf(disks[0] ?? '');
+      const datastore =
+        request.datastore === undefined ? first.datastore : this.pickDatastore(request.datastore);
+      const config: VmConfig = {
+        version: VM_CONFIG_VERSION,
+        name: request.name,
+        disks,
+        createdAt: new Date().toISOString(),
+      };
+      await createHome(datastore, config);
+      const entry = { config, datastore };
+      this.vms.add(entry);
+      this.log.info({ vm: request.name, datastore: datastore.name, disks }, 'VM created');
+      return this.describeVm(entry);
+    });
+  }
+
+  async listVms(): Promise<VmInfo[]> {
+    return this.vms.all().map((entry) => this.describeVm(entry));
+  }
+
+  async getVm(name: string): Promise<VmInfo> {
+    return this.describeVm(this.vmOf(name));
+  }
+
+  /** Unregisters VM `name`: deletes its home directory; its disks stay and are served. */
+  async removeVm(name: string): Promise<void> {
+    await this.serialize(async () => {
+      const vm = this.vmOf(name);
+      const move = this.vmMoves.get(name);
+      if (move) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `VM ${name} is being moved (job ${move.id}); cancel the job first`,
+        );
+      }
+      await removeHome(homePath(vm.datastore, name));
+      this.vms.delete(name);
+      this.log.info({ vm: name, datastore: vm.datastore.name }, 'VM removed');
     });
   }
 
@@ -369,8 +496,9 @@ export class Agent {
     await this.queue.catch(() => undefined);
     // A move still copying is cancelled (the guest stays on the source); one past its commit
     // finishes. Either way, wait for it before closing the devices under it.
-    for (const move of this.moves.values()) move.migration.cancel();
-    await Promise.all([...this.moves.values()].map((move) => move.done.catch(() => undefined)));
+    const moves = new Set(this.moves.values());
+    for (const move of moves) move.migration.cancel();
+    await Promise.all([...moves].map((move) => move.done.catch(() => undefined)));
     const failures: unknown[] = [];
     for (const entry of this.exports.all()) {
       this.exports.delete(entry.descriptor.name);
@@ -385,6 +513,146 @@ export class Agent {
     await this.lock.release();
     this.log.info({ dataDir: this.dataDir }, 'agent closed');
     if (failures.length > 0) throw failures[0];
+  }
+
+  /** Journals and prepares a move of `spec.entries` (and a VM's home) with the request's options. */
+  private prepare(
+    request: MoveDiskRequest | MoveVmRequest,
+    spec: Pick<MoveSpec, 'entries' | 'to' | 'home'>,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<PreparedMove> {
+    return prepareMove(
+      {
+        exports: this.exports,
+        journal: this.journal,
+        log: this.log,
+        ...(this.crashAt === undefined ? {} : { crashAt: this.crashAt }),
+      },
+      {
+        ...spec,
+        method: request.method ?? METHOD_DEFAULT,
+        speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
+        ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+        ...(request.tuning === undefined ? {} : { tuning: request.tuning }),
+        ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
+      },
+      onEvent,
+    );
+  }
+
+  /** Marks `disks` busy until `done` settles. */
+  private track<R extends MoveOutcome>(
+    prepared: PreparedMove,
+    outcome: Promise<R>,
+    disks: readonly string[],
+  ): Move<R> {
+    const done = outcome.finally(() => {
+      for (const disk of disks) this.moves.delete(disk);
+    });
+    // The caller owns `done`; this only keeps a failure from counting as unhandled meanwhile.
+    done.catch(() => undefined);
+    const move: Move<R> = { id: prepared.id, migration: prepared.migration, done };
+    for (const disk of disks) this.moves.set(disk, move);
+    return move;
+  }
+
+  private checkVmMovable(vm: VmEntry, to: Datastore): void {
+    const name = vm.config.name;
+    if (vm.datastore.name === to.name) {
+      throw new HostError(
+        HostErrorCode.SameDatastore,
+        `VM ${name} is already in datastore ${to.name}; name another datastore`,
+      );
+    }
+    const busy = this.vmMoves.get(name);
+    if (busy) {
+      throw new HostError(
+        HostErrorCode.DiskBusy,
+        `VM ${name} is already being moved (job ${busy.id}); wait for it or cancel it`,
+      );
+    }
+    const entries = vm.config.disks.map((disk) => this.entryOf(disk));
+    for (const entry of entries) {
+      const move = this.moves.get(entry.descriptor.name);
+      if (move) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `disk ${entry.descriptor.name} of VM ${name} is being moved (job ${move.id}); wait for it or cancel it`,
+        );
+      }
+    }
+    if (entries.every((entry) => entry.datastore.name === to.name)) {
+      throw new HostError(
+        HostErrorCode.SameDatastore,
+        `every disk of VM ${name} is already in datastore ${to.name}, so there is nothing to move live`,
+      );
+    }
+  }
+
+  /** The disk names of a new VM, checked: at least one, no repeats, served, none another VM's. */
+  private checkVmDisks(disks: readonly string[]): string[] {
+    if (disks.length === 0 || new Set(disks).size !== disks.length) {
+      throw new HostError(
+        HostErrorCode.BadVmDisks,
+        `a VM needs one or more disks, each named once; got ${JSON.stringify(disks)}`,
+      );
+    }
+    for (const disk of disks) {
+      this.entryOf(disk);
+      const owner = this.vms.ownerOf(disk);
+      if (owner) {
+        throw new HostError(
+          HostErrorCode.Exists,
+          `disk ${disk} already belongs to VM ${owner.config.name}`,
+        );
+      }
+    }
+    return [...disks];
+  }
+
+  private vmOf(name: string): VmEntry {
+    const vm = this.vms.get(name);
+    if (!vm) throw notFound('VM', name);
+    return vm;
+  }
+
+  private describeVm(entry: VmEntry): VmInfo {
+    const { config, datastore } = entry;
+    const sizeBytes = config.disks.reduce(
+      (sum, disk) => sum + (this.exports.get(disk)?.descriptor.sizeBytes ?? 0),
+      0,
+    );
+    return {
+      name: config.name,
+      datastore: datastore.name,
+      home: homePath(datastore, config.name),
+      disks: config.disks,
+      sizeBytes,
+      createdAt: config.createdAt,
+    };
+  }
+
+  /** Registers the VM homes of `datastore`, skipping with a warning a bad one or a duplicate. */
+  private async openVms(datastore: Datastore): Promise<void> {
+    const scan = await scanHomes(datastore);
+    for (const problem of scan.problems) {
+      this.warn({ datastore: datastore.name, file: problem.file }, problem.message);
+    }
+    for (const config of scan.configs) {
+      const twin = this.vms.get(config.name);
+      const owned = config.disks.find((disk) => this.vms.ownerOf(disk) !== undefined);
+      if (twin || owned !== undefined) {
+        const why = twin
+          ? `a VM of that name is in datastore ${twin.datastore.name}`
+          : `its disk ${owned} belongs to another VM`;
+        this.warn(
+          { datastore: datastore.name, vm: config.name },
+          `VM ${config.name} in datastore ${datastore.name} is skipped: ${why}`,
+        );
+        continue;
+      }
+      this.vms.add({ config, datastore });
+    }
   }
 
   /** Opens every disk of `datastore`, skipping with a warning whatever cannot be served. */
@@ -417,6 +685,9 @@ export class Agent {
         );
       });
     }
+    await this.openVms(datastore).catch((error: unknown) => {
+      this.warn({ datastore: datastore.name }, `VMs are skipped: ${errorMessageOf(error)}`);
+    });
   }
 
   private async publish(descriptor: DiskDescriptor, datastore: Datastore): Promise<DiskEntry> {
@@ -539,6 +810,6 @@ export class Agent {
   }
 }
 
-function notFound(kind: 'disk' | 'datastore', name: string): HostError {
+function notFound(kind: 'disk' | 'datastore' | 'VM', name: string): HostError {
   return new HostError(HostErrorCode.NotFound, `no ${kind} named ${name}`);
 }

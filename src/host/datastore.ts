@@ -24,7 +24,8 @@ import { checkName } from './names.js';
  *   .<file>.tmp-*      a temporary of an atomic write; ignored, never cleaned here, because a
  *                      datastore on a shared file system may be another host's and its
  *                      temporaries may be in flight
- *   <dir>/             directories are reserved for VM home directories (later)
+ *   <vm>/              a VM's home directory: vm.json and the VM's small files (vm-home.ts)
+ *   .<vm>.home-move/   a VM home being moved here, before its commit (journaled)
  *
  * The descriptor is the commit point. Create writes the image first and the descriptor last;
  * remove deletes the descriptor first and the image last. A crash in between leaves at most an
@@ -256,6 +257,11 @@ export class Datastore {
   /** Writes `descriptor` here atomically and durably: the commit point of a move. */
   async commitDescriptor(descriptor: DiskDescriptor): Promise<void> {
     await writeDescriptor(this.descriptorPath(descriptor.name), descriptor);
+  }
+
+  /** Deletes disk `name`'s descriptor here if there is one: undoes a commit the move abandoned. */
+  async removeDescriptor(name: string): Promise<void> {
+    await this.removeFile(`${name}${DESCRIPTOR_SUFFIX}`);
   }
 
   /** Reads disk `name`'s descriptor here, or undefined if there is none (any other failure throws). */

@@ -3,34 +3,54 @@ import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-fi
 import { Stats } from '../block/stats.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
+import { assert } from '../util/assert.js';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Datastore } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import type { DiskStack } from './disk-stack.js';
+import { HostError, HostErrorCode } from './errors.js';
 import type { DiskEntry, ExportTable } from './export-table.js';
 import { JOURNAL_VERSION, type MoveJournal, type MoveRecord } from './move-journal.js';
+import {
+  copyHome,
+  homeMovePath,
+  homePath,
+  pathIsDirectory,
+  placeHome,
+  removeHome,
+} from './vm-home.js';
 
 /**
- * Moves one served disk to another datastore of this agent, live (issue 3). The order of durable
- * steps is what makes a crash at any point recoverable (recovery in move-recovery.ts):
+ * Moves served disks — one disk, or every disk of a VM with its home directory — to another
+ * datastore of this agent, live (issue 3). The order of durable steps is what makes a crash at
+ * any point recoverable (recovery in move-recovery.ts):
  *
- *   1. journal record (names the destination image; later also each redo log, before creating it)
- *   2. destination image created empty, no descriptor: not a disk yet
- *   3. migration: copy while the guest writes through the source (migrate/)
- *   4. COMMIT, guest held: destination descriptor written with generation + 1
- *   5. guest released on the destination; tombstone at the source naming the destination
- *   6. source descriptor, then source image, then tombstone deleted; journal record deleted
+ *   1. journal record, `committed: false` (names every destination image; later also each redo
+ *      log, before creating it)
+ *   2. a VM's home directory copied, every file fsynced, under a temporary name at the destination
+ *   3. destination images created empty, no descriptors: not disks yet
+ *   4. one migration over all the disks: copy while the guest writes through the sources
+ *   5. COMMIT, guest held on every disk: every destination descriptor written with generation + 1,
+ *      the home renamed into place, then ONE atomic journal rewrite `committed: true` — that
+ *      write is the commit point, so the disks switch together or not at all
+ *   6. guest released on the destinations; tombstones at the sources naming the destination
+ *   7. source descriptors, images and tombstones deleted, then the old home; journal deleted
  *
- * Before 4 the source is the authority and a failure (or cancel) deletes what 1–3 made; after 4
- * the destination is, whatever fails later.
+ * Before the flag the sources are the authority and a failure (or cancel) deletes what 1–5 made,
+ * descriptors already written included; after it the destinations are, whatever fails later.
+ * The source home is deleted only after the destination is committed and serving.
  */
 export interface MoveSpec {
-  readonly entry: DiskEntry;
+  /** The disks to move, in the order their methods converge. */
+  readonly entries: readonly DiskEntry[];
   readonly to: Datastore;
+  /** For a VM move: the VM's name and the datastore its home directory is in now. */
+  readonly home?: { readonly vm: string; readonly from: Datastore };
   readonly method: MethodName;
   readonly speedBytesPerSecond: number;
-  readonly provisioning: DiskDescriptor['provisioning'];
+  /** Provisioning of the destination images; default: each source's. */
+  readonly provisioning?: DiskDescriptor['provisioning'];
   readonly tuning?: Partial<MethodTuning>;
   readonly chunkBytes?: number;
 }
@@ -58,71 +78,103 @@ export interface PreparedMove {
   run(): Promise<MigrationResult>;
 }
 
-/** Steps 1–2, and the migration ready to run. On failure nothing is left behind. */
+/** One disk's destination, created at step 3. */
+interface MoveTarget {
+  readonly entry: DiskEntry;
+  /** The descriptor to commit (generation still the source's). */
+  readonly descriptor: DiskDescriptor;
+  readonly device: RawFileDevice;
+  readonly stats: Stats;
+}
+
+/** Steps 1–3, and the migration ready to run. On failure nothing is left behind. */
 export async function prepareMove(
   host: MoverHost,
   spec: MoveSpec,
   onEvent: (event: MigrationEvent) => void,
 ): Promise<PreparedMove> {
-  const { entry, to } = spec;
-  const source = entry.descriptor;
-  const record: MoveRecord = {
-    version: JOURNAL_VERSION,
-    id: randomUUID().slice(0, 8),
-    disk: source.name,
-    from: entry.datastore.name,
-    to: to.name,
-    generation: source.generation,
-    sourceImage: source.image,
-    image: `${source.name}.raw`,
-    redoLogs: [],
-    method: spec.method,
-    startedAt: new Date().toISOString(),
-  };
+  const { to, home } = spec;
+  const record = newRecord(spec);
   await to.checkAvailable();
+  if (home !== undefined && (await pathIsDirectory(homePath(to, home.vm)))) {
+    throw new HostError(
+      HostErrorCode.Exists,
+      `datastore ${to.name} already holds a directory ${home.vm}; a VM home cannot move there`,
+    );
+  }
   await host.journal.write(record);
-  let target: RawFileDevice | undefined;
-  let descriptor: DiskDescriptor;
+  const targets: MoveTarget[] = [];
+  const created: DiskDescriptor[] = [];
   try {
-    descriptor = await to.createMoveTarget(source, spec.provisioning);
-    target = await openRawFile(to.imagePath(descriptor), { provisioning: spec.provisioning });
+    if (home !== undefined) {
+      await copyHome(homePath(home.from, home.vm), homeMovePath(to, home.vm));
+    }
+    for (const entry of spec.entries) {
+      const provisioning = spec.provisioning ?? entry.descriptor.provisioning;
+      const descriptor = await to.createMoveTarget(entry.descriptor, provisioning);
+      created.push(descriptor);
+      const device = await openRawFile(to.imagePath(descriptor), { provisioning });
+      targets.push({ entry, descriptor, device, stats: new Stats(device) });
+    }
   } catch (error) {
-    await target?.close().catch(() => undefined);
+    for (const target of targets) await target.device.close().catch(() => undefined);
+    for (const descriptor of created) await to.removeFile(descriptor.image).catch(() => undefined);
+    if (home !== undefined) await removeHome(homeMovePath(to, home.vm)).catch(() => undefined);
     await host.journal.remove(record.id);
     throw error;
   }
-  const move = new DiskMoveRun(host, spec, record, descriptor, target, onEvent);
+  const move = new MoveRun(host, spec, record, targets, onEvent);
   return { id: record.id, migration: move.migration, run: () => move.run() };
 }
 
-class DiskMoveRun {
+function newRecord(spec: MoveSpec): MoveRecord {
+  return {
+    version: JOURNAL_VERSION,
+    id: randomUUID().slice(0, 8),
+    vm: spec.home?.vm ?? null,
+    homeFrom: spec.home?.from.name ?? null,
+    to: spec.to.name,
+    disks: spec.entries.map(({ descriptor, datastore }) => ({
+      disk: descriptor.name,
+      from: datastore.name,
+      generation: descriptor.generation,
+      sourceImage: descriptor.image,
+      image: `${descriptor.name}.raw`,
+      redoLogs: [],
+    })),
+    committed: false,
+    method: spec.method,
+    startedAt: new Date().toISOString(),
+  };
+}
+
+class MoveRun {
   readonly migration: Migration;
   private record: MoveRecord;
-  private readonly targetStats: Stats;
-  private committed: DiskDescriptor | undefined;
+  private readonly label: string;
+  private isCommitted = false;
+  /** Destination descriptors written so far in a commit that may yet fail. */
+  private readonly written: string[] = [];
+  private isHomePlaced = false;
 
   constructor(
     private readonly host: MoverHost,
     private readonly spec: MoveSpec,
     record: MoveRecord,
-    private readonly descriptor: DiskDescriptor,
-    private readonly target: RawFileDevice,
+    private readonly targets: readonly MoveTarget[],
     onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
-    this.targetStats = new Stats(target);
-    const stack = spec.entry.stack;
+    this.label = spec.home ? `VM ${spec.home.vm}` : `disk ${record.disks[0]?.disk}`;
     this.migration = new Migration(
-      [
-        {
-          name: record.disk,
-          switch: stack.top,
-          source: stack.stats,
-          target,
-          targetTop: this.targetStats,
-          createScratch: (label) => this.createRedoLog(label),
-        },
-      ],
+      targets.map((target, index) => ({
+        name: target.descriptor.name,
+        switch: target.entry.stack.top,
+        source: target.entry.stack.stats,
+        target: target.device,
+        targetTop: target.stats,
+        createScratch: (label: string) => this.createRedoLog(index, label),
+      })),
       {
         method: spec.method,
         speedBytesPerSecond: spec.speedBytesPerSecond,
@@ -150,12 +202,12 @@ class DiskMoveRun {
     try {
       result = await this.migration.run();
     } catch (error) {
-      if (this.committed === undefined) {
-        await this.discardTarget();
+      if (!this.isCommitted) {
+        await this.discardTargets();
         throw error;
       }
       // Committed, then something failed (only the release can): the destination is the disk.
-      this.host.log.error({ disk: this.record.disk, err: error }, 'failure after the commit');
+      this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
       throw error;
     } finally {
       clearInterval(halfway);
@@ -166,81 +218,107 @@ class DiskMoveRun {
 
   private crashIf(point: CrashPoint): void {
     if (this.host.crashAt !== point) return;
-    this.host.log.error(
-      { disk: this.record.disk, point },
-      `crash point ${point}: killing the agent`,
-    );
+    this.host.log.error({ move: this.record.id, point }, `crash point ${point}: killing the agent`);
     process.kill(process.pid, 'SIGKILL');
   }
 
-  /** Step 4: the destination's descriptor, one generation up, written atomically and durably. */
+  /**
+   * Step 5: every destination descriptor one generation up, the home in place, then the journal's
+   * commit flag — the one atomic write that makes all of them the authority at once.
+   */
   private async commit(): Promise<void> {
-    const committed: DiskDescriptor = {
-      ...this.descriptor,
-      generation: this.record.generation + 1,
-    };
+    const { to, home } = this.spec;
     this.crashIf('before-commit');
-    await this.spec.to.commitDescriptor(committed);
-    this.committed = committed;
+    for (const target of this.targets) {
+      const { descriptor } = target;
+      this.written.push(descriptor.name);
+      await to.commitDescriptor({ ...descriptor, generation: descriptor.generation + 1 });
+    }
+    if (home !== undefined) {
+      await placeHome(homeMovePath(to, home.vm), homePath(to, home.vm));
+      this.isHomePlaced = true;
+    }
+    const committed: MoveRecord = { ...this.record, committed: true };
+    await this.host.journal.write(committed);
+    this.record = committed;
+    this.isCommitted = true;
     this.crashIf('after-commit');
   }
 
-  /** Steps 5–6: serve the destination in the table, bury and delete the source. */
+  /** Steps 6–7: serve the destinations in the table, bury and delete the sources. */
   private async finish(): Promise<void> {
-    const committed = this.committed;
-    if (committed === undefined) throw new Error('a move finished without a commit');
-    const { entry, to } = this.spec;
+    const { to, home } = this.spec;
     const { exports, log, journal } = this.host;
-    exports.delete(entry.descriptor.name);
-    const stack: DiskStack = { raw: this.target, stats: this.targetStats, top: entry.stack.top };
-    exports.add(committed, to, stack);
-    const from = entry.datastore;
-    await from.writeTombstone({
-      name: committed.name,
-      datastore: to.name,
-      generation: committed.generation,
+    const moved = this.targets.map(({ entry, descriptor, device, stats }) => {
+      const committed = { ...descriptor, generation: descriptor.generation + 1 };
+      exports.delete(entry.descriptor.name);
+      const stack: DiskStack = { raw: device, stats, top: entry.stack.top };
+      exports.add(committed, to, stack);
+      return { entry, committed };
     });
-    await entry.stack.raw.close().catch((error: unknown) => {
-      log.warn({ disk: committed.name, err: error }, 'closing the old source image failed');
-    });
-    const leftover = await from.removeDisk(entry.descriptor);
-    if (leftover) log.warn({ disk: committed.name, file: leftover.file }, leftover.message);
-    await from.removeTombstone(committed.name);
-    for (const redoLog of this.record.redoLogs) await to.removeFile(redoLog);
+    for (const { entry, committed } of moved) {
+      const from = entry.datastore;
+      const { name, generation } = committed;
+      await from.writeTombstone({ name, datastore: to.name, generation });
+      await entry.stack.raw.close().catch((error: unknown) => {
+        log.warn({ disk: name, err: error }, 'closing the old source image failed');
+      });
+      const leftover = await from.removeDisk(entry.descriptor);
+      if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
+      await from.removeTombstone(name);
+      log.info({ disk: name, from: from.name, to: to.name, generation }, 'disk moved');
+    }
+    for (const disk of this.record.disks) {
+      for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
+    }
+    if (home !== undefined) await removeHome(homePath(home.from, home.vm));
     await journal.remove(this.record.id);
-    log.info(
-      { disk: committed.name, from: from.name, to: to.name, generation: committed.generation },
-      'disk moved',
-    );
+    log.info({ move: this.record.id, to: to.name }, `${this.label} moved`);
   }
 
-  /** Before the commit, on failure or cancel: the guest is back on the source; drop the copy. */
-  private async discardTarget(): Promise<void> {
-    const { to } = this.spec;
+  /**
+   * Before the commit flag, on failure or cancel: the guest is back on the sources; drop every
+   * copy, including descriptors and the home a failed commit already put in place.
+   */
+  private async discardTargets(): Promise<void> {
+    const { to, home } = this.spec;
     try {
-      await this.target.close().catch(() => undefined);
-      await to.removeFile(this.record.image);
-      for (const redoLog of this.record.redoLogs) await to.removeFile(redoLog);
+      for (const target of this.targets) await target.device.close().catch(() => undefined);
+      for (const name of this.written) await to.removeDescriptor(name);
+      for (const disk of this.record.disks) {
+        await to.removeFile(disk.image);
+        for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
+      }
+      if (home !== undefined) {
+        await removeHome(homeMovePath(to, home.vm));
+        if (this.isHomePlaced) await removeHome(homePath(to, home.vm));
+      }
       await this.host.journal.remove(this.record.id);
     } catch (error) {
       // The journal stays: the next start finishes the cleanup.
       this.host.log.warn(
-        { disk: this.record.disk, err: error },
+        { move: this.record.id, err: error },
         `the cancelled move's destination could not be removed yet: ${errorMessageOf(error)}`,
       );
     }
   }
 
   /** A redo log for the snapshot method: journaled before it exists, so recovery finds it. */
-  private async createRedoLog(label: string): Promise<Scratch> {
+  private async createRedoLog(index: number, label: string): Promise<Scratch> {
     const { to } = this.spec;
-    const fileName = to.redoLogName(this.record.disk, this.record.redoLogs.length + 1);
-    this.record = { ...this.record, redoLogs: [...this.record.redoLogs, fileName] };
+    const disk = this.record.disks[index];
+    const target = this.targets[index];
+    assert(disk !== undefined && target !== undefined, `no disk ${index} in this move`);
+    const fileName = to.redoLogName(disk.disk, disk.redoLogs.length + 1);
+    const disks = this.record.disks.map((each, at) =>
+      at === index ? { ...each, redoLogs: [...each.redoLogs, fileName] } : each,
+    );
+    this.record = { ...this.record, disks };
     await this.host.journal.write(this.record);
     const path = `${to.path}/${fileName}`;
-    await createRawImage(path, this.target.size, 'thin');
+    await createRawImage(path, target.device.size, 'thin');
     const device = await openRawFile(path, { provisioning: 'thin' });
-    this.host.log.debug({ disk: this.record.disk, file: fileName, label }, 'redo log created');
+    this.host.log.debug({ disk: disk.disk, file: fileName, label }, 'redo log created');
     return {
       device,
       // The file itself stays until the move is finished or discarded: recovery after a crash

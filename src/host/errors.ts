@@ -32,6 +32,8 @@ export const HostErrorCode = {
   SameDatastore: 'ERR_SAME_DATASTORE',
   /** The disk is being moved by another job. */
   DiskBusy: 'ERR_DISK_BUSY',
+  /** A VM's disk list that is empty or names a disk twice. */
+  BadVmDisks: 'ERR_BAD_VM_DISKS',
   /** The agent has been closed. */
   Closed: 'ERR_AGENT_CLOSED',
 } as const;

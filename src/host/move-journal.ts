@@ -4,22 +4,26 @@ import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
 
 /**
- * The journal of disk moves in progress: one small JSON file per move under `<data>/journal/`,
+ * The journal of moves in progress: one small JSON file per move under `<data>/journal/`,
  * written (atomically, durably) before the move creates anything, updated when it creates a redo
- * log, and deleted only after the move's cleanup is complete. An agent that starts after a crash
- * reads what is left and finishes each move one way or the other (DESIGN.md, "Authority and crash
- * safety"): the destination's descriptor, written at the commit with a higher generation, says
- * which way.
+ * log and at its commit, and deleted only after the move's cleanup is complete. An agent that
+ * starts after a crash reads what is left and finishes each move one way or the other
+ * (DESIGN.md, "Authority and crash safety").
+ *
+ * A move carries one or more disks and, for a VM, its home directory. What decides is the record's
+ * `committed` flag, set by one atomic rewrite of the record once every destination descriptor and
+ * the new home are written: that write is the commit point, for one disk as for a VM's several,
+ * so the disks go over together or not at all. Records of version 1 (one disk, no flag) are still
+ * read; for them the destination descriptor's generation decides, as it did when they were written.
  */
-export const JOURNAL_VERSION = 1;
+export const JOURNAL_VERSION = 2;
+const JOURNAL_VERSION_SINGLE_DISK = 1;
 
-export interface MoveRecord {
-  readonly version: typeof JOURNAL_VERSION;
-  readonly id: string;
+/** One disk of a move. */
+export interface MoveDiskRecord {
   readonly disk: string;
-  /** Source and destination datastore names. */
+  /** The datastore the disk is moved from (a VM's disks may live in several). */
   readonly from: string;
-  readonly to: string;
   /** The source descriptor's generation; the commit writes `generation + 1` at the destination. */
   readonly generation: number;
   /** The source image's file name (in the source datastore). */
@@ -27,6 +31,23 @@ export interface MoveRecord {
   /** File names in the destination datastore: the new image, then redo logs in creation order. */
   readonly image: string;
   readonly redoLogs: readonly string[];
+}
+
+export interface MoveRecord {
+  readonly version: typeof JOURNAL_VERSION;
+  readonly id: string;
+  /** The VM whose home moves with the disks, or null for a disk move. */
+  readonly vm: string | null;
+  /** The datastore the VM's home is moved from; null for a disk move. */
+  readonly homeFrom: string | null;
+  /** The destination datastore. */
+  readonly to: string;
+  readonly disks: readonly MoveDiskRecord[];
+  /**
+   * True once the move committed (every destination is the authority); false before. Null only
+   * for a version 1 record: the destination descriptor's generation decides.
+   */
+  readonly committed: boolean | null;
   readonly method: string;
   readonly startedAt: string;
 }
@@ -84,23 +105,77 @@ export class MoveJournal {
 }
 
 function parseRecord(value: unknown, path: string): MoveRecord {
+  const loose = value as Record<string, unknown> | null;
+  if (
+    loose !== null &&
+    typeof loose === 'object' &&
+    loose.version === JOURNAL_VERSION_SINGLE_DISK
+  ) {
+    return fromSingleDisk(loose, path);
+  }
   const record = value as Partial<MoveRecord> | null;
-  const isText = (field: unknown): field is string => typeof field === 'string' && field.length > 0;
+  const disks = record?.disks;
+  const isDisks = Array.isArray(disks) && disks.length > 0 && disks.every(isDiskRecord);
   if (
     record === null ||
     typeof record !== 'object' ||
     record.version !== JOURNAL_VERSION ||
     !isText(record.id) ||
-    !isText(record.disk) ||
-    !isText(record.from) ||
     !isText(record.to) ||
-    !isText(record.image) ||
-    !isText(record.sourceImage) ||
-    !Number.isSafeInteger(record.generation) ||
-    !Array.isArray(record.redoLogs) ||
-    !record.redoLogs.every(isText)
+    !(record.vm === null || isText(record.vm)) ||
+    !(record.homeFrom === null || isText(record.homeFrom)) ||
+    (record.vm === null) !== (record.homeFrom === null) ||
+    typeof record.committed !== 'boolean' ||
+    !isDisks
   ) {
     throw new Error(`${path} is not a version ${JOURNAL_VERSION} move record`);
   }
   return record as MoveRecord;
+}
+
+/** A version 1 record (one disk, written before the commit flag existed) in today's shape. */
+function fromSingleDisk(record: Record<string, unknown>, path: string): MoveRecord {
+  const disk = { ...record, disk: record.disk, from: record.from };
+  if (!isText(record.id) || !isText(record.to) || !isDiskRecord(disk)) {
+    throw new Error(`${path} is not a version ${JOURNAL_VERSION_SINGLE_DISK} move record`);
+  }
+  return {
+    version: JOURNAL_VERSION,
+    id: record.id,
+    vm: null,
+    homeFrom: null,
+    to: record.to,
+    disks: [
+      {
+        disk: disk.disk,
+        from: disk.from,
+        generation: disk.generation,
+        sourceImage: disk.sourceImage,
+        image: disk.image,
+        redoLogs: disk.redoLogs,
+      },
+    ],
+    committed: null,
+    method: typeof record.method === 'string' ? record.method : 'unknown',
+    startedAt: typeof record.startedAt === 'string' ? record.startedAt : '',
+  };
+}
+
+function isDiskRecord(value: unknown): value is MoveDiskRecord {
+  const disk = value as Partial<MoveDiskRecord> | null;
+  return (
+    disk !== null &&
+    typeof disk === 'object' &&
+    isText(disk.disk) &&
+    isText(disk.from) &&
+    isText(disk.image) &&
+    isText(disk.sourceImage) &&
+    Number.isSafeInteger(disk.generation) &&
+    Array.isArray(disk.redoLogs) &&
+    disk.redoLogs.every(isText)
+  );
+}
+
+function isText(field: unknown): field is string {
+  return typeof field === 'string' && field.length > 0;
 }

@@ -4,25 +4,31 @@ import { applyRedoLog } from '../migrate/methods/snapshot.js';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Datastore } from './datastore.js';
-import type { MoveJournal, MoveRecord } from './move-journal.js';
+import type { MoveDiskRecord, MoveJournal, MoveRecord } from './move-journal.js';
+import { homeMovePath, homePath, pathIsDirectory, placeHome, removeHome } from './vm-home.js';
 
 /**
  * Finishes the moves an agent left in its journal when it died (DESIGN.md, "Authority and crash
- * safety"), before any disk is opened. The destination's descriptor decides:
+ * safety"), before any disk or VM is opened. The record's commit flag decides (move-journal.ts;
+ * for a version 1 record, the destination descriptor's generation):
  *
- * - committed (its generation is above the journaled source generation): the destination is the
- *   disk. Finish the cleanup: tombstone at the source, delete the source's descriptor and image
- *   (only if still at the old generation), the redo logs, the tombstone, the record.
- * - not committed: the source is the disk. If the snapshot method had redirected guest writes to
- *   redo logs, those writes were acknowledged and live only there: apply every log, oldest
- *   first, onto the source image and flush it. Then delete the destination image, the logs, the
- *   record.
+ * - committed: every destination is the disk. Finish the cleanup disk by disk: tombstone at the
+ *   source, delete the source's descriptor and image (only if still at the old generation), the
+ *   redo logs, the tombstone. A VM's home is put in place at the destination if the crash came
+ *   before that (it cannot: the flag follows it, but a home is cheap to check) and the old one
+ *   deleted. Then the record.
+ * - not committed: every source is the disk, even where a destination descriptor was already
+ *   written (a commit cut short). If the snapshot method had redirected guest writes to redo logs,
+ *   those writes were acknowledged and live only there: apply every log, oldest first, onto the
+ *   source image and flush it. Then delete every destination descriptor, image and log, the
+ *   home's copy, the record.
  *
- * A record whose datastores are not both available is left for a later start, with a warning:
- * the disk is then not served (the scan skips a source with a tombstone, and an uncommitted
+ * A record whose datastores are not all available is left for a later start, with a warning:
+ * its disks are then not served (the scan skips a source with a tombstone, and an uncommitted
  * destination has no descriptor), which is safer than serving a copy that may be stale.
  */
 export interface RecoveryOutcome {
+  /** The disk, or the VM for a VM move. */
   readonly disk: string;
   readonly outcome: 'finished' | 'rolled-back' | 'left';
   readonly message: string;
@@ -37,81 +43,141 @@ export async function recoverMoves(
   for (const problem of problems) log.warn({}, problem);
   const outcomes: RecoveryOutcome[] = [];
   for (const record of records) {
-    const from = datastoreNamed(record.from);
-    const to = datastoreNamed(record.to);
+    const subject = subjectOf(record);
     try {
-      if (!from || !to)
-        throw new Error(`datastore ${!from ? record.from : record.to} is not registered`);
-      await from.checkAvailable();
-      await to.checkAvailable();
-      const target = await to.readDescriptorOf(record.disk);
-      const isCommitted = target !== undefined && target.generation > record.generation;
+      const to = await availableDatastore(datastoreNamed, record.to);
+      const sources = new Map<string, Datastore>();
+      for (const name of fromNames(record)) {
+        sources.set(name, await availableDatastore(datastoreNamed, name));
+      }
+      const isCommitted = await decide(record, to);
       const outcome = isCommitted
-        ? await finishCommitted(record, from, to)
-        : await rollBack(record, from, to);
+        ? await finishCommitted(record, sources, to)
+        : await rollBack(record, sources, to);
       await journal.remove(record.id);
-      log.warn({ disk: record.disk, move: record.id }, outcome.message);
+      log.warn({ subject, move: record.id }, outcome.message);
       outcomes.push(outcome);
     } catch (error) {
-      const message = `interrupted move ${record.id} of disk ${record.disk} (${record.from} → ${record.to}) cannot be finished now and is left in the journal: ${errorMessageOf(error)}`;
-      log.error({ disk: record.disk, move: record.id, err: error }, message);
-      outcomes.push({ disk: record.disk, outcome: 'left', message });
+      const message = `interrupted move ${record.id} of ${subject} (→ ${record.to}) cannot be finished now and is left in the journal: ${errorMessageOf(error)}`;
+      log.error({ subject, move: record.id, err: error }, message);
+      outcomes.push({ disk: record.vm ?? record.disks[0]?.disk ?? '', outcome: 'left', message });
     }
   }
   return outcomes;
 }
 
+function subjectOf(record: MoveRecord): string {
+  return record.vm === null
+    ? `disk ${record.disks.map((disk) => disk.disk).join(', ')}`
+    : `VM ${record.vm}`;
+}
+
+function fromNames(record: MoveRecord): Set<string> {
+  const names = new Set(record.disks.map((disk) => disk.from));
+  if (record.homeFrom !== null) names.add(record.homeFrom);
+  return names;
+}
+
+async function availableDatastore(
+  datastoreNamed: (name: string) => Datastore | undefined,
+  name: string,
+): Promise<Datastore> {
+  const datastore = datastoreNamed(name);
+  if (!datastore) throw new Error(`datastore ${name} is not registered`);
+  await datastore.checkAvailable();
+  return datastore;
+}
+
+/** The commit flag; for a version 1 record (one disk), the destination's generation. */
+async function decide(record: MoveRecord, to: Datastore): Promise<boolean> {
+  if (record.committed !== null) return record.committed;
+  const [disk] = record.disks;
+  if (disk === undefined) return false;
+  const target = await to.readDescriptorOf(disk.disk);
+  return target !== undefined && target.generation > disk.generation;
+}
+
+function sourceOf(sources: Map<string, Datastore>, name: string): Datastore {
+  const datastore = sources.get(name);
+  if (!datastore) throw new Error(`datastore ${name} was not checked`);
+  return datastore;
+}
+
 async function finishCommitted(
   record: MoveRecord,
-  from: Datastore,
+  sources: Map<string, Datastore>,
   to: Datastore,
 ): Promise<RecoveryOutcome> {
-  const stale = await from.readDescriptorOf(record.disk);
-  if (stale !== undefined && stale.generation <= record.generation) {
+  for (const disk of record.disks) await finishDisk(disk, sourceOf(sources, disk.from), to);
+  if (record.vm !== null && record.homeFrom !== null) {
+    const copy = homeMovePath(to, record.vm);
+    if (!(await pathIsDirectory(homePath(to, record.vm))) && (await pathIsDirectory(copy))) {
+      await placeHome(copy, homePath(to, record.vm));
+    }
+    await removeHome(homePath(sourceOf(sources, record.homeFrom), record.vm));
+  }
+  const subject = subjectOf(record);
+  return {
+    disk: record.vm ?? record.disks[0]?.disk ?? '',
+    outcome: 'finished',
+    message: `interrupted move of ${subject} had committed: it is served from ${to.name}, and the old copy is deleted`,
+  };
+}
+
+async function finishDisk(disk: MoveDiskRecord, from: Datastore, to: Datastore): Promise<void> {
+  const stale = await from.readDescriptorOf(disk.disk);
+  if (stale !== undefined && stale.generation <= disk.generation) {
     await from.writeTombstone({
-      name: record.disk,
+      name: disk.disk,
       datastore: to.name,
-      generation: record.generation + 1,
+      generation: disk.generation + 1,
     });
     await from.removeDisk(stale);
   } else if (stale === undefined) {
-    await from.removeFile(record.sourceImage);
+    await from.removeFile(disk.sourceImage);
   }
-  await from.removeTombstone(record.disk);
-  for (const redoLog of record.redoLogs) await to.removeFile(redoLog);
-  return {
-    disk: record.disk,
-    outcome: 'finished',
-    message: `interrupted move of disk ${record.disk} had committed: it is served from ${to.name}, and ${from.name}'s old copy is deleted`,
-  };
+  await from.removeTombstone(disk.disk);
+  for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
 }
 
 async function rollBack(
   record: MoveRecord,
-  from: Datastore,
+  sources: Map<string, Datastore>,
   to: Datastore,
 ): Promise<RecoveryOutcome> {
   let appliedBytes = 0;
-  if (record.redoLogs.length > 0) appliedBytes = await applyRedoLogs(record, from, to);
-  await to.removeFile(record.image);
-  for (const redoLog of record.redoLogs) await to.removeFile(redoLog);
-  const merged =
-    record.redoLogs.length > 0
-      ? `, after merging ${appliedBytes} bytes of redo log back into it`
-      : '';
+  for (const disk of record.disks) {
+    const from = sourceOf(sources, disk.from);
+    if (disk.redoLogs.length > 0) appliedBytes += await applyRedoLogs(disk, from, to);
+    await to.removeDescriptor(disk.disk);
+    await to.removeFile(disk.image);
+    for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
+  }
+  if (record.vm !== null && record.homeFrom !== null) {
+    await removeHome(homeMovePath(to, record.vm));
+    // A commit cut short may have put the home in place; the source's is still there to keep.
+    const source = homePath(sourceOf(sources, record.homeFrom), record.vm);
+    if (await pathIsDirectory(source)) await removeHome(homePath(to, record.vm));
+  }
+  const merged = appliedBytes > 0 ? `, after merging ${appliedBytes} bytes of redo log back` : '';
+  const where = record.vm === null ? sources.keys().next().value : record.homeFrom;
   return {
-    disk: record.disk,
+    disk: record.vm ?? record.disks[0]?.disk ?? '',
     outcome: 'rolled-back',
-    message: `interrupted move of disk ${record.disk} had not committed: it is served from ${from.name}${merged}, and the partial copy in ${to.name} is deleted`,
+    message: `interrupted move of ${subjectOf(record)} had not committed: it is served from ${where}${merged}, and the partial copy in ${to.name} is deleted`,
   };
 }
 
-/** Applies the move's redo logs, oldest first, onto the source image, then flushes it. */
-async function applyRedoLogs(record: MoveRecord, from: Datastore, to: Datastore): Promise<number> {
-  const source = await openRawFile(join(from.path, record.sourceImage), { provisioning: 'thin' });
+/** Applies a disk's redo logs, oldest first, onto its source image, then flushes it. */
+async function applyRedoLogs(
+  disk: MoveDiskRecord,
+  from: Datastore,
+  to: Datastore,
+): Promise<number> {
+  const source = await openRawFile(join(from.path, disk.sourceImage), { provisioning: 'thin' });
   let applied = 0;
   try {
-    for (const redoLog of record.redoLogs) {
+    for (const redoLog of disk.redoLogs) {
       let log: RawFileDevice;
       try {
         log = await openRawFile(join(to.path, redoLog), { provisioning: 'thin' });

@@ -18,6 +18,8 @@ function status(patch: Partial<JobStatus> & { done?: number; total?: number }): 
     id: 'move-1',
     kind: 'migrate',
     disk: 'vm1',
+    vm: null,
+    disks: ['vm1'],
     from: 'local',
     to: 'fast',
     sizeBytes: 1024 * MIB,

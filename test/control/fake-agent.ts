@@ -10,7 +10,13 @@ import type { BlockErrorCode } from '../../src/block/errors.js';
 import { FaultInjector } from '../../src/block/fault.js';
 import { PassThrough } from '../../src/block/filter.js';
 import type { JobAgent } from '../../src/control/job-manager.js';
-import type { DiskMove, MoveDiskRequest, MoveResult } from '../../src/host/agent.js';
+import type {
+  DiskMove,
+  MoveDiskRequest,
+  MoveResult,
+  VmInfo,
+  VmMove,
+} from '../../src/host/agent.js';
 import { HostError, HostErrorCode } from '../../src/host/errors.js';
 import { Migration, type MigrationEvent } from '../../src/migrate/migration.js';
 import { type BenchDisk, makeBenchDisk, prng } from '../migrate/harness.js';
@@ -98,6 +104,15 @@ export class FakeAgent implements JobAgent {
     const disk = this.disks.get(name);
     if (!disk) throw new HostError(HostErrorCode.NotFound, `no disk named ${name}`);
     return { ...disk };
+  }
+
+  /** The fake knows no VMs (test/host/vm-move.test.ts moves VMs on a real agent). */
+  async getVm(name: string): Promise<VmInfo> {
+    throw new HostError(HostErrorCode.NotFound, `no VM named ${name}`);
+  }
+
+  async moveVm(request: { name: string }): Promise<VmMove> {
+    throw new HostError(HostErrorCode.NotFound, `no VM named ${request.name}`);
   }
 
   async moveDisk(

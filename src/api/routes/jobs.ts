@@ -11,7 +11,7 @@ import {
 } from '../schemas.js';
 
 /**
- * `POST /v1/migrations` starts a disk move; `/v1/jobs` lists, shows, cancels and re-speeds jobs.
+ * `POST /v1/migrations` starts a disk move (`disk`) or a VM move (`vm`: home and disks); `/v1/jobs` lists, shows, cancels and re-speeds jobs.
  * A verb the job's state does not allow is 409 `ERR_JOB_STATE` (control/job-states.ts), whose
  * message says what the state allows. The live view is in job-events.ts.
  */
@@ -20,9 +20,11 @@ export function registerJobRoutes(app: FastifyInstance, jobs: JobManager): void 
     '/v1/migrations',
     { schema: { body: startMigrationBodySchema } },
     async (request, reply) => {
-      const { disk, datastore, method, speed, provisioning } = request.body;
+      const { disk, vm, datastore, method, speed, provisioning } = request.body;
+      // The schema let exactly one of `disk` and `vm` through.
+      const subject = vm === undefined ? { disk: disk ?? '' } : { vm };
       const job = await jobs.startMigration({
-        disk,
+        ...subject,
         datastore,
         ...(method === undefined ? {} : { method }),
         ...(speed === undefined ? {} : { speedBytesPerSecond: speedOf(speed) }),
