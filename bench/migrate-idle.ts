@@ -18,7 +18,8 @@ import { fixed, markdownTable, medianOf, ratioAgainst } from './migrate-table.js
  * 10% allocated in scattered 1 MiB extents, moved by Ferry's `mirror` from datastore `a` to `b`
  * on the same file system with no guest I/O, against `qemu-img convert` (with and without -W,
  * out-of-order parallel writes) and `cp --sparse=never` copying the same image. Every copy ends
- * durable: qemu-img flushes at close, cp is followed by a `sync` of its file, Ferry flushes the
+ * durable: qemu-img runs with `-t writeback` so it flushes at close (its default, `unsafe`, never
+ * does), cp is followed by a `sync` of its file, Ferry flushes the
  * destination before its commit. Time is wall time from asking to the end (Ferry: job asked →
  * job over, the destination's creation and the source's removal included).
  */
@@ -160,7 +161,20 @@ async function measure(
     await runCommand('sync', 'sync', [output], { timeoutMs });
   } else {
     const parallel = copy === 'qemu-img-W-thick' ? ['-W'] : [];
-    const args = ['convert', '-f', 'raw', '-O', 'raw', ...parallel, source, output];
+    // `-t writeback`: qemu-img convert's default target cache mode is `unsafe`, which never
+    // flushes; Ferry's copy ends durable (its commit needs it), so the reference must too.
+    const args = [
+      'convert',
+      '-f',
+      'raw',
+      '-O',
+      'raw',
+      '-t',
+      'writeback',
+      ...parallel,
+      source,
+      output,
+    ];
     await runCommand('qemu-img convert', 'qemu-img', args, { timeoutMs });
   }
   const wallMs = performance.now() - startedMs;
