@@ -89,6 +89,10 @@ export class Copier {
     // Never closed: closing a Throttle closes the device below it, which is not the copier's.
     this.throttled = new Throttle(source, { bytesPerSecond: options.speedBytesPerSecond ?? 0 });
     this.throttles.add(this.throttled);
+    // A cancelled job must not wait for tokens: at a low speed a read queued behind the bucket
+    // would hold the rollback for seconds. Unlimited releases every waiter now; no new chunk
+    // starts once the signal has fired.
+    options.signal?.addEventListener('abort', () => this.setSpeed(0), { once: true });
     this.zeros = Buffer.alloc(this.chunkBytes);
   }
 

@@ -100,3 +100,22 @@ test('copier: a pass `from` another device copies its runs, counts them, and fol
   assertSameBytes(await target.read(granule, 3 * granule), logged, 'target');
   assert.equal(target.allocatedBytes, 3 * granule, 'nothing else was written');
 });
+
+test('copier: a cancel does not wait for the throttle: reads queued for tokens go at once', async () => {
+  const sizeBytes = 4096 * KIB;
+  const abort = new AbortController();
+  // 256 KiB/s: the whole disk would take 16 s, and a queued 64 KiB read a quarter second.
+  const { copier } = await rig(sizeBytes, 64 * KIB, {
+    chunkBytes: 64 * KIB,
+    inFlightMax: 8,
+    speedBytesPerSecond: 256 * KIB,
+    signal: abort.signal,
+  });
+  const pass = copier.copyPass(allDirty(sizeBytes, 64 * KIB));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const cancelledAtMs = performance.now();
+  abort.abort();
+  await assert.rejects(pass, { code: 'ERR_CANCELLED' });
+  const tookMs = performance.now() - cancelledAtMs;
+  assert.ok(tookMs < 100, `the pass stopped ${tookMs.toFixed(0)} ms after the cancel`);
+});

@@ -143,10 +143,10 @@ class SnapshotRun implements MethodRun {
     const baseToCopy = new DirtyBitmap(overlay.size, this.context.tuning.granularityBytes);
     baseToCopy.markAll();
     this.baseToCopy = baseToCopy;
-    const startedMs = performance.now();
-    const copiedBefore = copier.copiedBytes;
+    // Not measured for the rounds: the base copy walks the disk in order, several times faster
+    // than a round copies a log's scattered grains, and its rate would promise a final copy that
+    // the switchover cannot keep.
     await copier.copyPass(baseToCopy);
-    this.measure(copier.copiedBytes - copiedBefore, startedMs);
     this.throwIfLogFailed();
     // The target now reads as the frozen source: logs dropped after consolidation fall to it.
     overlay.rebase(this.context.target);
@@ -162,7 +162,13 @@ class SnapshotRun implements MethodRun {
       checkNotCancelled(this.context.signal);
       this.throwIfLogFailed();
       const pendingBytes = this.dirtyBytes;
-      if (pendingBytes <= (this.rateBytesPerMs ?? 0) * downtimeTargetMs) return;
+      // Half the target for the copy: the flush of what it wrote takes about as long.
+      const rate = this.rateBytesPerMs;
+      if (
+        pendingBytes === 0 ||
+        (rate !== undefined && pendingBytes <= rate * downtimeTargetMs * 0.5)
+      )
+        return;
       if (round >= passMax) {
         this.context.emit({
           type: 'message',
