@@ -64,6 +64,8 @@ export interface PassOptions {
 
 export const CHUNK_BYTES_DEFAULT = 1024 * 1024;
 export const IN_FLIGHT_MAX_DEFAULT = 8;
+/** How far past a chunk the copier asks for the source's map (see `sourceExtents`). */
+const EXTENT_LOOKAHEAD_BYTES = 256 * 1024 * 1024;
 
 export class Copier {
   readonly chunkBytes: number;
@@ -71,6 +73,12 @@ export class Copier {
   /** Bytes of data read (source or `from`) and written to the target (not holes, not zeros). */
   copiedBytes = 0;
   private readonly source: BlockDevice;
+  /** A data run of a source seen ahead of the walk (see `sourceExtents`). */
+  private knownData: { device: BlockDevice | undefined; offset: number; end: number } = {
+    device: undefined,
+    offset: 0,
+    end: 0,
+  };
   private readonly throttled: Throttle;
   /** Every throttle reading now (the source's, a `from` pass's): `setSpeed` changes them all. */
   private readonly throttles = new Set<Throttle>();
@@ -278,15 +286,29 @@ export class Copier {
     offset: number,
     length: number,
   ): Promise<Extent[]> {
+    const end = offset + length;
+    const known = this.knownData;
+    if (known.device === from && offset >= known.offset && end <= known.end) {
+      return [{ offset, length, kind: 'data' }];
+    }
     let extents: Extent[];
     try {
+      // Asked past the chunk: a long data run ahead (a thick or full disk) is then known, and
+      // the next chunks need no lseek of their own; SEEK_HOLE walks every extent up to the next
+      // hole, so asking it again for each chunk of a large allocated file costs quadratic time.
+      const lookahead = Math.min(from.size - offset, Math.max(length, EXTENT_LOOKAHEAD_BYTES));
       extents = from.caps.canExtents
-        ? await from.extents(offset, length)
+        ? await from.extents(offset, lookahead)
         : [{ offset, length, kind: 'data' }];
     } catch (error) {
       throw wrap(MigrateErrorCode.SourceFailed, `mapping the source at ${offset}`, error);
     }
-    const end = offset + length;
+    const first = extents[0];
+    if (first !== undefined && first.kind === 'data' && first.offset + first.length > end) {
+      // Safe to remember only "data": a range that turns to holes later still reads right (as
+      // zeros); a hole remembered could hide data a guest wrote since.
+      this.knownData = { device: from, offset: first.offset, end: first.offset + first.length };
+    }
     const clipped: Extent[] = [];
     for (const extent of extents) {
       if (extent.offset >= end) break;
