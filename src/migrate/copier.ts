@@ -64,7 +64,7 @@ export interface PassOptions {
 
 export const CHUNK_BYTES_DEFAULT = 1024 * 1024;
 export const IN_FLIGHT_MAX_DEFAULT = 8;
-/** How far past a chunk the copier asks for the source's map (see `sourceExtents`). */
+/** The furthest past a chunk the copier asks for the source's map (see `sourceExtents`). */
 const EXTENT_LOOKAHEAD_BYTES = 256 * 1024 * 1024;
 
 export class Copier {
@@ -74,6 +74,8 @@ export class Copier {
   copiedBytes = 0;
   private readonly source: BlockDevice;
   /** A data run of a source seen ahead of the walk (see `sourceExtents`). */
+  /** How far past a chunk to ask for the source's map; grows while data runs are long. */
+  private lookaheadBytes = 0;
   private knownData: { device: BlockDevice | undefined; offset: number; end: number } = {
     device: undefined,
     offset: 0,
@@ -292,18 +294,25 @@ export class Copier {
       return [{ offset, length, kind: 'data' }];
     }
     let extents: Extent[];
+    let window = length;
     try {
-      // Asked past the chunk: a long data run ahead (a thick or full disk) is then known, and
-      // the next chunks need no lseek of their own; SEEK_HOLE walks every extent up to the next
-      // hole, so asking it again for each chunk of a large allocated file costs quadratic time.
-      const lookahead = Math.min(from.size - offset, Math.max(length, EXTENT_LOOKAHEAD_BYTES));
+      // While the source shows long data runs (a thick or full disk), ask further past the
+      // chunk each time, doubling: the run ahead is then known and the next chunks need no
+      // lseek of their own. A sparse source keeps chunk-sized windows, since a large window
+      // would walk every small extent in it.
+      window = Math.min(from.size - offset, Math.max(length, this.lookaheadBytes));
       extents = from.caps.canExtents
-        ? await from.extents(offset, lookahead)
+        ? await from.extents(offset, window)
         : [{ offset, length, kind: 'data' }];
     } catch (error) {
       throw wrap(MigrateErrorCode.SourceFailed, `mapping the source at ${offset}`, error);
     }
     const first = extents[0];
+    const isLongData =
+      first !== undefined &&
+      first.kind === 'data' &&
+      first.offset + first.length >= offset + window;
+    this.lookaheadBytes = isLongData ? Math.min(2 * window, EXTENT_LOOKAHEAD_BYTES) : 0;
     if (first !== undefined && first.kind === 'data' && first.offset + first.length > end) {
       // Safe to remember only "data": a range that turns to holes later still reads right (as
       // zeros); a hole remembered could hide data a guest wrote since.
