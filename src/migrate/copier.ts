@@ -56,6 +56,11 @@ export interface PassOptions {
   readonly recheckUnderLock?: boolean;
   /** Read from this device instead of the copier's source (a redo log); same size, throttled. */
   readonly from?: BlockDevice;
+  /**
+   * Every dirty run is data where it is read (a redo log's presence map): no extents are asked.
+   * A log's runs are small and scattered, and two lseeks per run would double their cost.
+   */
+  readonly isDirtyAllData?: boolean;
   /** Granules to leave dirty in this pass (dbt's hot blocks). */
   readonly skip?: DirtyBitmap;
   /** Count copied bytes as progress (default true). */
@@ -234,7 +239,9 @@ export class Copier {
     try {
       const end = offset + length;
       for (let at = offset; at < end; ) {
-        const extents = await this.sourceExtents(walk.from, at, end - at);
+        const extents: Extent[] = walk.pass.isDirtyAllData
+          ? [{ offset: at, length: end - at, kind: 'data' }]
+          : await this.sourceExtents(walk.from, at, end - at);
         for (const extent of extents) await this.copyExtent(walk.reader, extent);
         const last = extents[extents.length - 1];
         assert(last !== undefined, 'extents returned nothing');

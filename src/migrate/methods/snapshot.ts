@@ -206,7 +206,7 @@ class SnapshotRun implements MethodRun {
     progress.grow(bytes);
     const startedMs = performance.now();
     // A clone: the log's own map must keep saying what it holds (reads, rollback).
-    await copier.copyPass(log.present.clone(), { from: log.device });
+    await copier.copyPass(log.present.clone(), { from: log.device, isDirtyAllData: true });
     this.measure(bytes, startedMs);
   }
 
