@@ -41,6 +41,9 @@ import type { Method, MethodContext, MethodRun, Scratch } from '../method.js';
  * is the page and file-system block (VMware's redo logs are sector-grained); it must stay at
  * least the file system's block so the log's allocation map is its presence map (recovery).
  */
+/** Rounds run before a log that does not shrink ends them: fewer would judge on noise. */
+const ROUNDS_BEFORE_TREND = 3;
+
 const REDO_GRAIN_BYTES = 4096;
 
 export const snapshot: Method = (context) => new SnapshotRun(context);
@@ -158,10 +161,21 @@ class SnapshotRun implements MethodRun {
     const overlay = this.overlay;
     assert(overlay !== undefined, 'consolidation after the base copy');
     const { downtimeTargetMs, passMax } = this.context.tuning;
+    let previousBytes = Number.POSITIVE_INFINITY;
     for (let round = 0; ; round += 1) {
       checkNotCancelled(this.context.signal);
       this.throwIfLogFailed();
       const pendingBytes = this.dirtyBytes;
+      if (round >= ROUNDS_BEFORE_TREND && pendingBytes >= previousBytes) {
+        // The guest fills each new log faster than a round empties the last: more rounds make
+        // the job longer and the final log larger, never smaller.
+        this.context.emit({
+          type: 'message',
+          message: `redo log does not shrink (${pendingBytes} bytes after round ${round}); the switchover copies it`,
+        });
+        return;
+      }
+      previousBytes = pendingBytes;
       // Half the target for the copy: the flush of what it wrote takes about as long.
       const rate = this.rateBytesPerMs;
       if (
