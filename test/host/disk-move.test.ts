@@ -7,40 +7,10 @@ import { createRawImage, openRawFile } from '../../src/block/raw-file.js';
 import { Agent } from '../../src/host/agent.js';
 import { METHOD_NAMES } from '../../src/migrate/method.js';
 import type { MigrationEvent } from '../../src/migrate/migration.js';
-import { assertSameBytes, prng, randomBytes } from '../migrate/harness.js';
+import { assertSameBytes, prng, randomBytes, startWriter } from '../migrate/harness.js';
 import { makeTempDir } from './temp-dir.js';
 
 const MIB = 1024 * 1024;
-
-/** A guest writing random blocks through the export's device; the model holds what was acked. */
-function startWriter(
-  device: BlockDevice,
-  model: Buffer,
-  seed: number,
-): { stop: () => Promise<number> } {
-  const random = prng(seed);
-  let isStopped = false;
-  let writes = 0;
-  const loop = async (): Promise<void> => {
-    while (!isStopped) {
-      const length = 4096 * (1 + Math.floor(random() * 16));
-      const offset = 4096 * Math.floor(random() * ((model.length - length) / 4096));
-      const data = randomBytes(length, random);
-      await device.write(offset, data);
-      data.copy(model, offset);
-      writes += 1;
-    }
-  };
-  // One write in flight at a time: two overlapping writes in flight have no defined result.
-  const running = loop();
-  return {
-    stop: async () => {
-      isStopped = true;
-      await running;
-      return writes;
-    },
-  };
-}
 
 async function openWithFast(): Promise<{ agent: Agent; fast: string; dataDir: string }> {
   const dataDir = await makeTempDir();

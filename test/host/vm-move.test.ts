@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import type { BlockDevice } from '../../src/block/device.js';
 import { Agent } from '../../src/host/agent.js';
 import { METHOD_NAMES } from '../../src/migrate/method.js';
-import { assertSameBytes, prng, randomBytes } from '../migrate/harness.js';
+import { assertSameBytes, prng, randomBytes, startWriter } from '../migrate/harness.js';
 import { makeTempDir } from './temp-dir.js';
 
 const MIB = 1024 * 1024;
@@ -14,31 +14,6 @@ const HOME_FILES: Record<string, string> = {
   'qemu.conf': '-m 512 -smp 2\n',
   'serial.log': 'boot ok\n'.repeat(100),
 };
-
-/** A guest writing random blocks through one export's device; the model holds what was acked. */
-function startWriter(device: BlockDevice, model: Buffer, seed: number) {
-  const random = prng(seed);
-  let isStopped = false;
-  let writes = 0;
-  const loop = async (): Promise<void> => {
-    while (!isStopped) {
-      const length = 4096 * (1 + Math.floor(random() * 16));
-      const offset = 4096 * Math.floor(random() * ((model.length - length) / 4096));
-      const data = randomBytes(length, random);
-      await device.write(offset, data);
-      data.copy(model, offset);
-      writes += 1;
-    }
-  };
-  const running = loop();
-  return {
-    stop: async (): Promise<number> => {
-      isStopped = true;
-      await running;
-      return writes;
-    },
-  };
-}
 
 interface VmSetup {
   agent: Agent;

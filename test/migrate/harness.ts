@@ -379,3 +379,36 @@ export async function expectThinStaysThin(method: MethodName): Promise<void> {
   assert.equal(result.bytesCopied, dataBytes);
   assert.equal(bench.targetMemory.allocatedBytes, dataBytes);
 }
+
+/**
+ * A guest writing random 4 KiB-aligned blocks (4–64 KiB) through `device` until `stop()`, which
+ * resolves with the number of writes; `model` holds what each acknowledged write put there. One
+ * write in flight at a time: two overlapping writes in flight have no defined result.
+ */
+export function startWriter(
+  device: BlockDevice,
+  model: Buffer,
+  seed: number,
+): { stop: () => Promise<number> } {
+  const random = prng(seed);
+  let isStopped = false;
+  let writes = 0;
+  const loop = async (): Promise<void> => {
+    while (!isStopped) {
+      const length = 4096 * (1 + Math.floor(random() * 16));
+      const offset = 4096 * Math.floor(random() * ((model.length - length) / 4096));
+      const data = randomBytes(length, random);
+      await device.write(offset, data);
+      data.copy(model, offset);
+      writes += 1;
+    }
+  };
+  const running = loop();
+  return {
+    stop: async () => {
+      isStopped = true;
+      await running;
+      return writes;
+    },
+  };
+}
