@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -188,4 +189,38 @@ export async function runCommand(
     throw new Error(`${name} (${file} ${args.join(' ')}) ended with ${status}:\n${stderr}`);
   }
   return stdout;
+}
+
+/**
+ * Runs a bench's body with its scratch directory `dir`. After a signal (`stop` fired) the
+ * children's deaths are its consequence, not the news: exit code 130 and the signal's reason.
+ * Whatever happens, every child is stopped and `dir` removed unless `isKeep`.
+ */
+export async function inBenchDir(
+  dir: string,
+  isKeep: boolean,
+  stop: AbortSignal,
+  body: () => Promise<void>,
+): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    if (!stop.aborted) throw error;
+    process.exitCode = 130;
+    throw stop.reason;
+  } finally {
+    await stopAll();
+    if (isKeep) process.stderr.write(`bench: kept ${dir}\n`);
+    else await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Runs a bench's `main`; a failure is printed with its stack and exits 1 (unless set already). */
+export function runBenchMain(main: () => Promise<void>): void {
+  main().catch((error: unknown) => {
+    process.stderr.write(
+      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    process.exitCode ??= 1;
+  });
 }

@@ -1,9 +1,9 @@
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/util/size.js';
-import { hasTool, killChildrenOnExit, runCommand, stopAll } from './children.js';
+import { hasTool, inBenchDir, killChildrenOnExit, runBenchMain, runCommand } from './children.js';
 import { writeImage } from './image-file.js';
 import type { BenchContext } from './migrate-context.js';
 import { runDbtSection } from './migrate-dbt.js';
@@ -177,7 +177,7 @@ async function main(): Promise<void> {
     isDropCaches: options.isDropCaches,
     stop,
   };
-  try {
+  await inBenchDir(dir, options.isKeep, stop, async () => {
     log(
       `${options.sections.join(', ')}; ${options.runs} run(s); idle ${formatSize(options.idleSizeBytes)}, ` +
         `load ${formatSize(options.loadSizeBytes)}; in ${dir} (${fsType})`,
@@ -186,21 +186,7 @@ async function main(): Promise<void> {
       `# Ferry migration benchmark\n\n${await describeMachine(options, fsType)}\n\n`,
     );
     await runSections(options, context);
-  } catch (error) {
-    // After a signal, the children's deaths are its consequence, not the news.
-    if (!stop.aborted) throw error;
-    process.exitCode = 130;
-    throw stop.reason;
-  } finally {
-    await stopAll();
-    if (options.isKeep) log(`kept ${dir}`);
-    else await rm(dir, { recursive: true, force: true });
-  }
+  });
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(
-    `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exitCode ??= 1;
-});
+runBenchMain(main);

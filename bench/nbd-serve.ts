@@ -1,9 +1,9 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/util/size.js';
-import { hasTool, killChildrenOnExit, stopAll } from './children.js';
+import { hasTool, inBenchDir, killChildrenOnExit, runBenchMain } from './children.js';
 import { FIO_JOBS, type FioResult, runFio } from './fio-job.js';
 import { writeImage } from './image-file.js';
 import {
@@ -264,7 +264,7 @@ async function main(): Promise<void> {
   const stop = killChildrenOnExit();
   await mkdir(options.parentDir, { recursive: true });
   const dir = await mkdtemp(join(options.parentDir, 'ferry-bench-'));
-  try {
+  await inBenchDir(dir, options.isKeep, stop, async () => {
     log(
       `${formatSize(options.sizeBytes)} image, ${options.runs} run(s), ${options.seconds} s per job, in ${dir}`,
     );
@@ -287,21 +287,7 @@ async function main(): Promise<void> {
       );
       log(`wrote ${options.jsonPath}`);
     }
-  } catch (error) {
-    // After a signal, the children's deaths are its consequence, not the news.
-    if (!stop.aborted) throw error;
-    process.exitCode = 130;
-    throw stop.reason;
-  } finally {
-    await stopAll();
-    if (options.isKeep) log(`kept ${dir}`);
-    else await rm(dir, { recursive: true, force: true });
-  }
+  });
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(
-    `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-  );
-  process.exitCode ??= 1;
-});
+runBenchMain(main);
