@@ -1,52 +1,26 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import type { FastifyInstance } from 'fastify';
 import { createApi } from '../../src/api/app.js';
 import { mappingOf } from '../../src/api/error-table.js';
-import { JobManager } from '../../src/control/job-manager.js';
+import type { JobManager } from '../../src/control/job-manager.js';
 import type { JobEvent, JobRecord, JobStatus } from '../../src/control/job-record.js';
-import { Agent } from '../../src/host/agent.js';
-import { FakeAgent } from '../control/fake-agent.js';
+import type { FakeAgent } from '../control/fake-agent.js';
 import { finished } from '../control/job-waits.js';
+import { type JobsApi, startJobsApi } from '../control/jobs-api.js';
 
 const MIB = 1024 * 1024;
-let agent: Agent;
+let api: JobsApi;
 let fake: FakeAgent;
 let jobs: JobManager;
-let app: FastifyInstance;
 let baseUrl: string;
-let dataDir: string;
 
 before(async () => {
-  dataDir = await mkdtemp(join(tmpdir(), 'ferry-jobs-api-test-'));
-  agent = await Agent.open({ dataDir });
-  fake = new FakeAgent(['local', 'fast'], {
-    vm1: { datastore: 'local', sizeBytes: MIB },
-    vm2: { datastore: 'local', sizeBytes: MIB },
-    vm3: { datastore: 'local', sizeBytes: MIB },
-    vm4: { datastore: 'local', sizeBytes: MIB },
-    vm5: { datastore: 'local', sizeBytes: MIB },
-    vm6: { datastore: 'local', sizeBytes: MIB },
-  });
-  jobs = new JobManager(fake, { progressIntervalMs: 10 });
-  app = createApi({ agent, nbdUrl: 'nbd://127.0.0.1:10809', jobs, eventHeartbeatMs: 30 });
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  api = await startJobsApi(6, { eventHeartbeatMs: 30 });
+  ({ fake, jobs, url: baseUrl } = api);
 });
 
-after(async () => {
-  await jobs.shutdown();
-  // fetch (undici) replaces a connection whose body the client cancelled with a fresh idle one
-  // it keeps for 4 s, and a server waits for connections that never sent a request.
-  app.server.closeAllConnections();
-  await app.close();
-  await agent.close();
-  await rm(dataDir, { recursive: true, force: true });
-});
+after(() => api.close());
 
 interface Reply {
   status: number;
@@ -276,7 +250,7 @@ test('GET /v1/events: every job, heartbeats, and unsubscribes when the client le
 });
 
 test('closing the API ends open event streams instead of waiting for their clients', async () => {
-  const own = createApi({ agent, nbdUrl: 'nbd://127.0.0.1:10809', jobs });
+  const own = createApi({ agent: api.agent, nbdUrl: 'nbd://127.0.0.1:10809', jobs });
   await own.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(own.server.address() as AddressInfo).port}/v1/events`;
   const response = await fetch(url);

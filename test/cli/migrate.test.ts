@@ -4,51 +4,29 @@
  * (test/control/fake-agent.ts). Waits on output and job events, never on sleeps.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, test } from 'node:test';
-import type { FastifyInstance } from 'fastify';
-import { createApi } from '../../src/api/app.js';
 import { BlockErrorCode } from '../../src/block/errors.js';
 import type { TerminalStream } from '../../src/cli/context.js';
 import { type CliEnvironment, runCli } from '../../src/cli/run.js';
-import { JobManager } from '../../src/control/job-manager.js';
+import type { JobManager } from '../../src/control/job-manager.js';
 import type { JobRecord, JobStatus } from '../../src/control/job-record.js';
-import { Agent } from '../../src/host/agent.js';
-import { FakeAgent } from '../control/fake-agent.js';
+import type { FakeAgent } from '../control/fake-agent.js';
 import { finished, nextEvent } from '../control/job-waits.js';
+import { type JobsApi, startJobsApi } from '../control/jobs-api.js';
 
 const MIB = 1024 * 1024;
-let agent: Agent;
+let api: JobsApi;
 let fake: FakeAgent;
 let jobs: JobManager;
-let app: FastifyInstance;
 let apiUrl: string;
-let dataDir: string;
 
 before(async () => {
-  dataDir = await mkdtemp(join(tmpdir(), 'ferry-cli-migrate-test-'));
-  agent = await Agent.open({ dataDir });
-  const disks: Record<string, { datastore: string; sizeBytes: number }> = {};
-  for (let i = 1; i <= 9; i += 1) disks[`vm${i}`] = { datastore: 'local', sizeBytes: MIB };
-  fake = new FakeAgent(['local', 'fast'], disks);
-  jobs = new JobManager(fake, { progressIntervalMs: 10 });
-  app = createApi({ agent, nbdUrl: 'nbd://127.0.0.1:10809', jobs });
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  apiUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  api = await startJobsApi(9);
+  ({ fake, jobs, url: apiUrl } = api);
 });
 
-after(async () => {
-  await jobs.shutdown();
-  // fetch keeps a spare idle connection after a stream it aborted; the server would wait for it.
-  app.server.closeAllConnections();
-  await app.close();
-  await agent.close();
-  await rm(dataDir, { recursive: true, force: true });
-});
+after(() => api.close());
 
 interface Run {
   readonly code: number;
@@ -68,7 +46,7 @@ async function ferry(
     argv,
     version: '0.0.0-test',
     env: { FERRY_API: apiUrl },
-    cwd: dataDir,
+    cwd: api.dataDir,
     stdout: (text) => {
       stdout += text;
     },
