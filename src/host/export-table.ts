@@ -1,4 +1,4 @@
-import type { ExportProvider, NbdExport } from '../nbd/exports.js';
+import { type ExportAccess, type ExportProvider, type NbdExport, PLAIN_ACCESS } from '../nbd/exports.js';
 import { assert } from '../util/assert.js';
 import { formatSize } from '../util/size.js';
 import type { Datastore } from './datastore.js';
@@ -21,11 +21,11 @@ export interface DiskEntry {
 export class ExportTable implements ExportProvider {
   private readonly entries = new Map<string, DiskEntry>();
 
-  lookup(name: string): NbdExport | undefined {
+  lookup(name: string, _access: ExportAccess = PLAIN_ACCESS): NbdExport | undefined {
     return this.entries.get(name)?.export;
   }
 
-  list(): readonly NbdExport[] {
+  list(_access: ExportAccess = PLAIN_ACCESS): readonly NbdExport[] {
     return [...this.entries.values()].map((entry) => entry.export);
   }
 
