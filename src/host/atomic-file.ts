@@ -21,16 +21,21 @@ export function isTemporaryName(fileName: string): boolean {
 
 /**
  * Replaces `path` with `data`. On failure the target is untouched and the temporary file is
- * removed (best effort: a leftover is harmless, see above).
+ * removed (best effort: a leftover is harmless, see above). `modeBits` applies from the first
+ * byte written (0o600 for a secret: it is never readable by others, not even while temporary).
  */
-export async function writeFileAtomic(path: string, data: string | Buffer): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  data: string | Buffer,
+  modeBits = 0o644,
+): Promise<void> {
   const dir = dirname(path);
   const tempPath = join(
     dir,
     `.${basename(path)}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`,
   );
   try {
-    const handle = await open(tempPath, 'wx', 0o644);
+    const handle = await open(tempPath, 'wx', modeBits);
     try {
       await handle.writeFile(data);
       await handle.sync();

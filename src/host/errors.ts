@@ -36,6 +36,16 @@ export const HostErrorCode = {
   BadVmDisks: 'ERR_BAD_VM_DISKS',
   /** The agent has been closed. */
   Closed: 'ERR_AGENT_CLOSED',
+  /** A peer host's URL that is not `http(s)://HOST:PORT`. */
+  BadUrl: 'ERR_BAD_URL',
+  /** A pre-shared key (or its identity) that cannot be used between agents. */
+  BadKey: 'ERR_BAD_KEY',
+  /** A peer host's agent did not answer: network failure, nothing listening, or timeout. */
+  PeerUnreachable: 'ERR_PEER_UNREACHABLE',
+  /** A peer host's agent answered with an error of its own (its code is the error's remoteCode). */
+  PeerRefused: 'ERR_PEER_REFUSED',
+  /** A peer host's agent refused our credential: the two hosts' key files differ. */
+  PeerUnauthorized: 'ERR_PEER_UNAUTHORIZED',
 } as const;
 export type HostErrorCode = (typeof HostErrorCode)[keyof typeof HostErrorCode];
 
