@@ -1,12 +1,17 @@
+import { hostname } from 'node:os';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { JobManager } from '../control/job-manager.js';
 import type { Agent } from '../host/agent.js';
+import type { PeerRegistry } from '../host/peers.js';
+import { readPackageVersion } from '../util/package-version.js';
+import { registerPeerAuth } from './auth.js';
 import type { NbdAddress } from './disk-view.js';
 import { replyError } from './error-reply.js';
 import { ApiErrorCode } from './error-table.js';
 import { registerDatastoreRoutes } from './routes/datastores.js';
 import { registerDiskRoutes } from './routes/disks.js';
 import { registerHealthRoutes } from './routes/health.js';
+import { registerHostRoutes } from './routes/hosts.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
 import { registerJobRoutes } from './routes/jobs.js';
 import { registerVmRoutes } from './routes/vms.js';
@@ -20,6 +25,15 @@ export interface ApiOptions {
   readonly jobs?: JobManager;
   /** Interval of the event streams' heartbeat comments; default 15 s. */
   readonly eventHeartbeatMs?: number;
+  /**
+   * The other hosts this agent knows: their keys admit their calls (api/auth.ts), and the host
+   * routes are served. Without it, only loopback callers get in and there are no host routes.
+   */
+  readonly peers?: PeerRegistry;
+  /** The name this host gives itself (`ferry serve --name`); default `os.hostname()`. */
+  readonly hostName?: string;
+  /** Reported by `/v1/health`; default package.json's. */
+  readonly version?: string;
   /** Request errors with status 500 are logged here; requests themselves are not. */
   readonly log?: FastifyBaseLogger;
 }
@@ -51,7 +65,14 @@ export function createApi(options: ApiOptions): FastifyInstance {
       error: { code: ApiErrorCode.NoRoute, message: `no route ${request.method} ${request.url}` },
     }),
   );
-  registerHealthRoutes(app, options.agent, nbd);
+  const peers = options.peers;
+  // First: every route, including the 404 handler, is behind the credential check.
+  registerPeerAuth(app, { keyFor: (identity) => peers?.keyFor(identity) });
+  registerHealthRoutes(app, options.agent, nbd, {
+    host: options.hostName ?? hostname(),
+    version: options.version ?? readPackageVersion(),
+  });
+  if (peers) registerHostRoutes(app, peers);
   registerDatastoreRoutes(app, options.agent);
   registerDiskRoutes(app, options.agent, nbd);
   registerVmRoutes(app, options.agent);

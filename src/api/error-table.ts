@@ -18,6 +18,8 @@ export const ApiErrorCode = {
   BadRequest: 'ERR_BAD_REQUEST',
   /** No route for that method and path. */
   NoRoute: 'ERR_NO_ROUTE',
+  /** A caller from another address without a valid credential (api/auth.ts). */
+  Unauthorized: 'ERR_UNAUTHORIZED',
   /** Anything without a listed code: a bug or an unexpected system error. */
   Internal: 'ERR_INTERNAL',
 } as const;
@@ -32,6 +34,7 @@ const INTERNAL: ErrorMapping = { httpStatus: 500, exitCode: 1 };
 const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [ApiErrorCode.BadRequest]: BAD_USAGE,
   [ApiErrorCode.NoRoute]: NOT_FOUND,
+  [ApiErrorCode.Unauthorized]: { httpStatus: 401, exitCode: 1 },
   [HostErrorCode.BadName]: BAD_USAGE,
   [HostErrorCode.BadSize]: BAD_USAGE,
   [HostErrorCode.BadPath]: BAD_USAGE,
@@ -46,6 +49,15 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   // Moving a disk where it already is conflicts with where it is, as a taken name does.
   [HostErrorCode.SameDatastore]: CONFLICT,
   [HostErrorCode.DiskBusy]: CONFLICT,
+  [HostErrorCode.BadUrl]: BAD_USAGE,
+  [HostErrorCode.BadKey]: BAD_USAGE,
+  // The agent is fine; the host it relays to did not answer, or refused what we asked.
+  [HostErrorCode.PeerUnreachable]: UNAVAILABLE,
+  [HostErrorCode.PeerRefused]: { httpStatus: 502, exitCode: 1 },
+  // Two hosts configured with different keys: a conflict between them, fixed by the operator.
+  [HostErrorCode.PeerUnauthorized]: CONFLICT,
+  // A key file the CLI or the agent could not read or parse (nbd/psk-file.ts): fix the argument.
+  ERR_PSK_FILE: BAD_USAGE,
   [JobErrorCode.NotFound]: NOT_FOUND,
   [JobErrorCode.State]: CONFLICT,
   // A job's outcome more than a request's; the CLI exits 1 for a job that ended so.

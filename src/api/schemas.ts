@@ -149,3 +149,29 @@ export const jobSpeedBodySchema = {
 export interface JobSpeedBody {
   speed: string | number;
 }
+
+export const addHostBodySchema = {
+  type: 'object',
+  required: ['name', 'url', 'key'],
+  additionalProperties: false,
+  properties: {
+    name: { ...nameSchema, description: 'what this host calls the peer' },
+    url: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 2048,
+      description: "the peer agent's API, http://HOST:PORT",
+    },
+    key: {
+      type: 'string',
+      minLength: 3,
+      maxLength: 2048,
+      description: 'the pre-shared key as one psktool line, IDENTITY:HEXKEY',
+    },
+  },
+} as const;
+export interface AddHostBody {
+  name: string;
+  url: string;
+  key: string;
+}

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { createApi } from '../../src/api/app.js';
 import { Agent } from '../../src/host/agent.js';
+import { readPackageVersion } from '../../src/util/package-version.js';
 import { makeTempDir } from '../host/temp-dir.js';
 
 const MIB = 1024 * 1024;
@@ -62,6 +63,8 @@ test('GET /v1/health', async () => {
   assert.equal(reply.status, 200);
   assert.deepEqual(reply.body, {
     status: 'ok',
+    host: hostname(),
+    version: readPackageVersion(),
     dataDir: agent.dataDir,
     nbdUrl: 'nbd://127.0.0.1:10809',
     nbdSocket: '/run/ferry.sock',
