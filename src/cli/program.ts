@@ -4,6 +4,7 @@ import type { CliContext } from './context.js';
 import { addDatastoreCommands } from './datastore-commands.js';
 import { addDemoCommand, type DemoFunction } from './demo-command.js';
 import { addDiskCommands } from './disk-commands.js';
+import { addHostCommands } from './host-commands.js';
 import { addJobCommands } from './job-commands.js';
 import { addMigrateCommand } from './migrate-command.js';
 import { addServeCommand, type ServeFunction } from './serve-command.js';
@@ -30,6 +31,9 @@ Examples:
   Move a disk to another datastore while its guest runs, and watch the jobs:
     $ ferry migrate web1 --to fast --speed 200M
     $ ferry job list
+
+  Let two hosts know each other (the same psktool key file on both; see ferry host --help):
+    $ ferry host add hostb http://hostb:7480 --key-file /etc/ferry/keys.psk
 
 Environment:
   FERRY_API  the API that commands talk to (default ${DEFAULT_API_URL})
@@ -60,6 +64,7 @@ export function buildProgram(
   addDatastoreCommands(program, context);
   addDiskCommands(program, context);
   addVmCommands(program, context);
+  addHostCommands(program, context);
   addMigrateCommand(program, context, setExitCode);
   addJobCommands(program, context, setExitCode);
   return program;
