@@ -5,16 +5,18 @@ import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
 import { JobManager } from '../control/index.js';
 import { CRASH_POINTS, type CrashPoint } from '../host/disk-mover.js';
-import { Agent } from '../host/index.js';
+import { Agent, checkName, PeerRegistry } from '../host/index.js';
 import { NbdServer } from '../nbd/index.js';
 import { errorMessageOf } from '../util/errors.js';
+import { readPackageVersion } from '../util/package-version.js';
 
 /**
  * `ferry serve`: the wiring of one process holding the agent, the NBD server and the API.
  *
  *   Agent.open (locks the data dir, opens every disk)
+ *     → PeerRegistry.load (the other hosts and their keys, from the same data dir)
  *     → NbdServer over the agent's export table (removing a disk drops its connections)
- *     → NBD listens on TCP (and a Unix socket) → the API listens
+ *     → NBD listens on TCP (and a Unix socket) → the API listens, admitting the peers' keys
  *     → log "ready" with the bound addresses (port 0 in tests: this is how they find them)
  *
  * On SIGINT/SIGTERM: stop the API (no new changes; event streams end), cancel the running jobs
@@ -29,6 +31,7 @@ export function createServeLogger(): PinoLogger {
 }
 
 export async function serve(options: ServeOptions, log: PinoLogger): Promise<number> {
+  checkName(options.hostName, 'host');
   const signals = watchSignals(log);
   let server: NbdServer | undefined;
   const agent = await Agent.open({
@@ -37,7 +40,10 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     dropExport: async (name) => server?.dropExport(name),
     ...crashPointFromEnv(log),
   });
+  let peers: PeerRegistry;
   try {
+    // The other hosts and their keys (issue 7): they admit peers' API calls (and NBD TLS-PSK).
+    peers = await PeerRegistry.load(agent.dataDir);
     await ensureDisks(agent, options.ensureDisks, log);
   } catch (error) {
     await agent.close();
@@ -56,6 +62,9 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
       agent,
       jobs,
       nbdUrl,
+      peers,
+      hostName: options.hostName,
+      version: readPackageVersion(),
       ...(options.socketPath === undefined ? {} : { nbdSocketPath: options.socketPath }),
       log: log.child({ component: 'api' }),
     });
@@ -64,6 +73,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     const apiUrl = `http://${formatHostPort({ host: bound.address, port: bound.port })}`;
     log.info(
       {
+        host: options.hostName,
         dataDir: agent.dataDir,
         nbdUrl,
         nbdHost: nbd.host,
@@ -73,6 +83,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
         apiHost: bound.address,
         apiPort: bound.port,
         disks: agent.exports.all().length,
+        peers: peers.list().length,
       },
       'ready',
     );

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { errorMessageOf } from '../util/errors.js';
@@ -19,6 +20,8 @@ export interface ServeOptions {
   readonly socketPath?: string;
   /** Thin disks to create at start when no disk of that name exists (`--disk NAME:SIZE`). */
   readonly ensureDisks: readonly DiskWish[];
+  /** The name this host gives itself (`--name`, default the OS host name); peers show it. */
+  readonly hostName: string;
 }
 
 export interface DiskWish {
@@ -62,6 +65,7 @@ export function addServeCommand(
       ),
     )
     .option('--socket <path>', 'also serve NBD on this Unix socket')
+    .option('--name <name>', 'the name this host gives itself, shown to other hosts', hostname())
     .option(
       '--disk <name:size>',
       'create this thin disk at start unless a disk of that name exists (repeatable)',
@@ -80,6 +84,7 @@ export function addServeCommand(
       const code = await serve({
         dataDir: resolve(context.cwd, options.data),
         ensureDisks: options.disk,
+        hostName: options.name,
         nbd: options.nbd,
         api: options.api,
         ...(options.socket === undefined
@@ -96,6 +101,7 @@ interface ServeCommandOptions {
   api: HostPort;
   socket?: string;
   disk: DiskWish[];
+  name: string;
 }
 
 /** `--disk NAME:SIZE`, e.g. `vm1:10G`; names are checked by the agent when it creates the disk. */
