@@ -25,6 +25,7 @@ import type { Peer } from './peers.js';
  *     branch on, null when the reply was not Ferry's; `remoteStatus` its HTTP status. The message
  *     names the host and quotes the peer's message.
  * - A caller's `signal` that aborts rejects with that signal's reason, not with a PeerError.
+ * - A path not starting with '/' is a programmer error: it throws a TypeError before any I/O.
  * - Replies larger than REPLY_BYTES_MAX are refused (ERR_PEER_REFUSED), so a confused peer cannot
  *   fill our memory.
  *

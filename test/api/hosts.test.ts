@@ -206,7 +206,7 @@ test('auth: loopback callers need no credential; other addresses do', async () =
     assert.match(error.message, /need a credential.*ferry host add/);
     assert.equal(reply.headers['www-authenticate'], 'Ferry-PSK error="missing"');
   }
-  // Unknown routes and bodies are behind the check too.
+  // A refused request changes nothing: the check runs before the body is even read.
   const posted = await b.app.inject({
     method: 'POST',
     url: '/v1/disks',
