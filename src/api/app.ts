@@ -14,6 +14,7 @@ import { registerHealthRoutes } from './routes/health.js';
 import { registerHostRoutes } from './routes/hosts.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
 import { registerJobRoutes } from './routes/jobs.js';
+import { registerReceiveRoutes } from './routes/receives.js';
 import { registerVmRoutes } from './routes/vms.js';
 
 export interface ApiOptions {
@@ -76,6 +77,7 @@ export function createApi(options: ApiOptions): FastifyInstance {
   registerDatastoreRoutes(app, options.agent);
   registerDiskRoutes(app, options.agent, nbd);
   registerVmRoutes(app, options.agent);
+  registerReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
   if (options.jobs) {
     registerJobRoutes(app, options.jobs);
     registerJobEventRoutes(

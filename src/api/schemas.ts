@@ -93,14 +93,18 @@ const speedSchema = {
 
 export const startMigrationBodySchema = {
   type: 'object',
-  required: ['datastore'],
-  // A disk, or a VM (its home directory and every disk, switched together); never both.
-  oneOf: [{ required: ['disk'] }, { required: ['vm'] }],
+  // A disk, or a VM (its home directory and every disk, switched together); never both. The
+  // destination: a datastore here, or a host (and optionally a datastore there).
+  allOf: [
+    { oneOf: [{ required: ['disk'] }, { required: ['vm'] }] },
+    { anyOf: [{ required: ['datastore'] }, { required: ['host'] }] },
+  ],
   additionalProperties: false,
   properties: {
     disk: nameSchema,
     vm: nameSchema,
-    datastore: { ...nameSchema, description: 'the destination datastore' },
+    datastore: { ...nameSchema, description: 'the destination datastore (on `host` if given)' },
+    host: { ...nameSchema, description: 'another host to move the disk to (ferry host add)' },
     method: { type: 'string', enum: [...METHOD_NAMES] },
     speed: speedSchema,
     provisioning: { type: 'string', enum: ['thin', 'thick'] },
@@ -109,7 +113,8 @@ export const startMigrationBodySchema = {
 export interface StartMigrationBody {
   disk?: string;
   vm?: string;
-  datastore: string;
+  datastore?: string;
+  host?: string;
   method?: MethodName;
   speed?: string | number;
   provisioning?: 'thin' | 'thick';

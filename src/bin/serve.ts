@@ -1,4 +1,6 @@
+import { mkdir, realpath } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
 import { type Logger as PinoLogger, pino } from 'pino';
 import { createApi } from '../api/index.js';
 import { formatHostPort } from '../cli/host-port.js';
@@ -6,6 +8,7 @@ import type { ServeOptions } from '../cli/serve-command.js';
 import { JobManager } from '../control/index.js';
 import { CRASH_POINTS, type CrashPoint } from '../host/disk-mover.js';
 import { Agent, checkName, PeerRegistry } from '../host/index.js';
+import { peerLinks } from '../host/peer-link.js';
 import { NbdServer } from '../nbd/index.js';
 import { errorMessageOf } from '../util/errors.js';
 import { readPackageVersion } from '../util/package-version.js';
@@ -34,16 +37,19 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
   checkName(options.hostName, 'host');
   const signals = watchSignals(log);
   let server: NbdServer | undefined;
+  // The other hosts and their keys (issue 7), before the agent: its recovery may have to ask a
+  // peer how an interrupted cross-host move ended. They also admit peers' API calls and NBD
+  // TLS-PSK connections.
+  const peers = await PeerRegistry.load(await dataDirPath(options.dataDir));
   const agent = await Agent.open({
     dataDir: options.dataDir,
     log: log.child({ component: 'agent' }),
     dropExport: async (name) => server?.dropExport(name),
+    hostName: options.hostName,
+    peerLink: peerLinks(peers),
     ...crashPointFromEnv(log),
   });
-  let peers: PeerRegistry;
   try {
-    // The other hosts and their keys (issue 7): they admit peers' API calls (and NBD TLS-PSK).
-    peers = await PeerRegistry.load(agent.dataDir);
     await ensureDisks(agent, options.ensureDisks, log);
   } catch (error) {
     await agent.close();
@@ -98,6 +104,12 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
   signals.dispose();
   log.info({ code }, 'stopped');
   return code;
+}
+
+/** The data directory, created if missing, as the agent will name it (its real path). */
+async function dataDirPath(dataDir: string): Promise<string> {
+  await mkdir(dataDir, { recursive: true });
+  return realpath(resolve(dataDir));
 }
 
 /** `--disk NAME:SIZE`: create what is missing; an existing disk is served as it is. */

@@ -12,6 +12,10 @@ Examples:
   Move disk vm1 to datastore fast while its guest keeps running, with a progress bar:
     $ ferry migrate vm1 --to fast
 
+  Move disk vm1 to host b (added with "ferry host add b URL --key-file FILE"), into its
+  datastore fast; afterwards this host's export of vm1 passes through to b:
+    $ ferry migrate vm1 --to-host b --to fast
+
   Move VM web — its home directory and every disk, switched over together:
     $ ferry migrate web --vm --to fast
 
@@ -33,7 +37,8 @@ Exit codes: 0 moved, 1 failed or cancelled (the guest runs on the source), 2 bad
 130 stopped following with Ctrl-C (the job runs on).`;
 
 interface MigrateOptions {
-  to: string;
+  to?: string;
+  toHost?: string;
   method?: (typeof METHOD_NAMES)[number];
   speed?: number;
   thin?: boolean;
@@ -57,7 +62,8 @@ export function addMigrateCommand(
     .description('move a disk, or a VM with --vm, to another datastore while its guest runs')
     .argument('<name>', 'the disk to move (the VM with --vm)')
     .option('--vm', 'NAME is a VM: move its home directory and all its disks together')
-    .requiredOption('--to <datastore>', 'the datastore to move it to')
+    .option('--to <datastore>', 'the datastore to move it to (with --to-host: a datastore there)')
+    .option('--to-host <host>', 'move the disk to another host (default datastore there)')
     .addOption(
       new Option(
         '--method <method>',
@@ -72,10 +78,17 @@ export function addMigrateCommand(
     .option('--detach', 'start the job and return; do not follow it')
     .option('--json', 'print the job (the final one unless --detach) as JSON on stdout')
     .addHelpText('after', HELP)
-    .action(async (name: string, options: MigrateOptions) => {
+    .action(async function (this: Command, name: string, options: MigrateOptions) {
+      if (options.to === undefined && options.toHost === undefined) {
+        this.error(
+          'error: say where to: --to DATASTORE (on this host) or --to-host HOST [--to DATASTORE]',
+          { exitCode: 2, code: 'commander.usage' },
+        );
+      }
       const job = await context.api.post<JobRecord>('/v1/migrations', {
         ...(options.vm ? { vm: name } : { disk: name }),
-        datastore: options.to,
+        ...(options.to === undefined ? {} : { datastore: options.to }),
+        ...(options.toHost === undefined ? {} : { host: options.toHost }),
         ...(options.method === undefined ? {} : { method: options.method }),
         ...(options.speed === undefined ? {} : { speed: options.speed }),
         ...provisioningOf(options),

@@ -3,6 +3,7 @@ import type {
   DiskMove,
   Move,
   MoveDiskRequest,
+  MoveDiskToHostRequest,
   MoveOutcome,
   MoveVmRequest,
   VmInfo,
@@ -20,6 +21,11 @@ import { MigrationJob, type MigrationJobInit } from './migration-job.js';
 /** What the job manager needs of the agent (src/host/agent.ts); tests pass a small fake. */
 export interface JobAgent {
   moveDisk(request: MoveDiskRequest, onEvent: (event: MigrationEvent) => void): Promise<DiskMove>;
+  /** Absent in agents that cannot move disks to other hosts (test doubles). */
+  moveDiskToHost?(
+    request: MoveDiskToHostRequest,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove>;
   getDisk(name: string): Promise<Pick<DiskInfo, 'datastore' | 'sizeBytes'>>;
   moveVm(request: MoveVmRequest, onEvent: (event: MigrationEvent) => void): Promise<VmMove>;
   getVm(name: string): Promise<Pick<VmInfo, 'datastore' | 'sizeBytes' | 'disks'>>;
@@ -39,7 +45,10 @@ export type MigrationRequest =
   | (MigrationOptions & { readonly vm: string; readonly disk?: undefined });
 
 interface MigrationOptions {
-  readonly datastore: string;
+  /** The destination datastore: on this host, or with `host` on that one (default: its default). */
+  readonly datastore?: string;
+  /** Another host to move to (a disk only; cross-host VM moves are issue 8). */
+  readonly host?: string;
   readonly method?: MethodName;
   /** Copy rate, bytes per second; 0 or absent: unlimited. */
   readonly speedBytesPerSecond?: number;
@@ -100,7 +109,7 @@ export class JobManager {
     const created = new MigrationJob({
       ...begun.subject,
       id: begun.move.id,
-      to: request.datastore,
+      to: destinationOf(request),
       speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
       createdAt,
       migration: begun.move.migration,
@@ -121,9 +130,28 @@ export class JobManager {
     onEvent: (event: MigrationEvent) => void,
   ): Promise<Begun> {
     const disk = await this.agent.getDisk(name);
-    const move: DiskMove = await this.agent.moveDisk(toMoveRequest(name, request), onEvent);
+    const move: DiskMove =
+      request.host === undefined
+        ? await this.agent.moveDisk(toMoveRequest(name, request), onEvent)
+        : await this.moveToHost(name, request.host, request, onEvent);
     const subject = { disk: name, vm: null, disks: [name], from: disk.datastore };
     return { move, subject: { ...subject, sizeBytes: disk.sizeBytes } };
+  }
+
+  private moveToHost(
+    name: string,
+    host: string,
+    request: MigrationOptions,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove> {
+    if (this.agent.moveDiskToHost === undefined) {
+      throw new HostError(HostErrorCode.NotFound, 'this agent cannot move disks to other hosts');
+    }
+    const { datastore, ...rest } = toMoveRequest(name, request);
+    return this.agent.moveDiskToHost(
+      { ...rest, host, ...(datastore === '' ? {} : { datastore }) },
+      onEvent,
+    );
   }
 
   private async beginVmMove(
@@ -131,6 +159,12 @@ export class JobManager {
     request: MigrationOptions,
     onEvent: (event: MigrationEvent) => void,
   ): Promise<Begun> {
+    if (request.host !== undefined) {
+      throw new HostError(
+        HostErrorCode.BadVmDisks,
+        `moving VM ${name} to another host is not supported yet; move its disks one by one with --to-host`,
+      );
+    }
     const vm = await this.agent.getVm(name);
     const move: VmMove = await this.agent.moveVm(toMoveRequest(name, request), onEvent);
     const subject = { disk: name, vm: name, disks: vm.disks, from: vm.datastore };
@@ -250,10 +284,16 @@ interface Begun {
   readonly subject: Pick<MigrationJobInit, 'disk' | 'vm' | 'disks' | 'from' | 'sizeBytes'>;
 }
 
+/** What a job says it moves to: a datastore here, or `HOST:DATASTORE` on another host. */
+function destinationOf(request: MigrationOptions): string {
+  if (request.host === undefined) return request.datastore ?? '';
+  return `${request.host}:${request.datastore ?? 'default'}`;
+}
+
 function toMoveRequest(name: string, request: MigrationOptions): MoveDiskRequest {
   return {
     name,
-    datastore: request.datastore,
+    datastore: request.datastore ?? '',
     ...(request.method === undefined ? {} : { method: request.method }),
     ...(request.speedBytesPerSecond === undefined
       ? {}

@@ -2,8 +2,10 @@ import { mkdir, realpath } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { type Provisioning, statAllocatedBytes } from '../block/raw-file.js';
 import type { StatsSnapshot } from '../block/stats.js';
+import { Switch } from '../block/switch.js';
 import { METHOD_DEFAULT, type MethodName, type MethodTuning } from '../migrate/method.js';
 import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migration.js';
+import { NbdClientPool } from '../nbd/client-pool.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import { DataDirLock } from './data-dir-lock.js';
@@ -12,12 +14,22 @@ import { checkDiskSize, ORPHAN_IMAGE } from './datastore.js';
 import { DatastoreRegistry, DEFAULT_DATASTORE } from './datastore-registry.js';
 import type { DiskDescriptor } from './descriptor.js';
 import { type CrashPoint, type MoveSpec, type PreparedMove, prepareMove } from './disk-mover.js';
-import { closeDiskStack, openDiskStack } from './disk-stack.js';
+import { closeDiskStack, type DiskStack, openDiskStack } from './disk-stack.js';
 import { HostError, HostErrorCode } from './errors.js';
 import { type DiskEntry, ExportTable } from './export-table.js';
+import type { MoveRecord } from './move-journal.js';
 import { MoveJournal } from './move-journal.js';
 import { recoverMoves } from './move-recovery.js';
 import { checkName } from './names.js';
+import { newPassThrough, type PassThrough, RemoteDevice } from './pass-through.js';
+import { Receiver, recoverReceives } from './receiver.js';
+import { type PeerLink, prepareRemoteMove } from './remote-mover.js';
+import {
+  askPeer,
+  finishRemote,
+  type RemoteOutcome,
+  recoverRemoteMoves,
+} from './remote-recovery.js';
 import {
   createHome,
   homePath,
@@ -51,6 +63,10 @@ export interface AgentOptions {
   readonly dropExport?: (name: string) => Promise<void>;
   /** Test seam (`FERRY_CRASH_AT`): every disk move kills the agent at this point. */
   readonly crashAt?: CrashPoint;
+  /** This host's name for itself, which peers record (`ferry serve --name`). */
+  readonly hostName?: string;
+  /** The link to a peer host by name (hosts.ts); without it, cross-host moves are refused. */
+  readonly peerLink?: (name: string) => PeerLink | undefined;
 }
 
 export interface CreateDiskRequest {
@@ -82,6 +98,16 @@ export interface MoveDiskRequest {
   readonly provisioning?: Provisioning;
   readonly tuning?: Partial<MethodTuning>;
   readonly chunkBytes?: number;
+}
+
+/** A request to move a disk to another host while it is served (`ferry migrate --to-host`). */
+export interface MoveDiskToHostRequest extends Omit<MoveDiskRequest, 'datastore'> {
+  /** The peer host, by the name `ferry host add` gave it. */
+  readonly host: string;
+  /** The datastore on that host; default: its default. */
+  readonly datastore?: string;
+  /** NBD connections to the peer; default 4. */
+  readonly connections?: number;
 }
 
 /** A request to move a VM — its home directory and every disk — to another datastore, live. */
@@ -148,6 +174,11 @@ export interface DiskInfo {
   readonly generation: number;
   readonly image: string;
   readonly createdAt: string;
+  /**
+   * Null for a disk that lives here. For a disk that moved to another host, that host's name:
+   * `datastore` is then its datastore there, and this host's export passes through to it.
+   */
+  readonly host: string | null;
 }
 
 export interface DatastoreInfo {
@@ -180,6 +211,14 @@ export class Agent {
   private readonly crashAt: CrashPoint | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private isClosed = false;
+  /** Aborted at close: stops the waits of cross-host moves whose peer does not answer. */
+  private readonly closing = new AbortController();
+  private readonly hostName: string;
+  private readonly peerLink: (name: string) => PeerLink | undefined;
+  /** The destination side of cross-host moves. */
+  readonly receiver: Receiver;
+  /** Disks held at start until a peer says where their cross-host move ended. */
+  private readonly held = new Set<string>();
 
   private constructor(
     dataDir: string,
@@ -195,6 +234,19 @@ export class Agent {
     this.log = options.log ?? silentLogger;
     this.dropExport = options.dropExport ?? (async () => {});
     this.crashAt = options.crashAt;
+    this.hostName = options.hostName ?? 'localhost';
+    this.peerLink = options.peerLink ?? (() => undefined);
+    this.receiver = new Receiver({
+      dataDir,
+      exports: this.exports,
+      log: this.log,
+      datastoreNamed: (name) => this.pickDatastore(name),
+      checkDiskNameFree: (name) => this.checkLocalNameFree(name),
+      publishReceived: (descriptor, datastore, stack) =>
+        this.publishReceived(descriptor, datastore, stack),
+      dropExport: (name) => this.dropExport(name),
+      serialize: (task) => this.serialize(task),
+    });
   }
 
   /**
@@ -212,7 +264,17 @@ export class Agent {
       // Moves a crash interrupted are finished before any disk is opened, so the right copy serves.
       const recovered = await recoverMoves(journal, (name) => registry.get(name), agent.log);
       for (const outcome of recovered) agent.warnings.push(outcome.message);
+      const datastoreNamed = (name: string): Datastore | undefined => registry.get(name);
+      agent.warnings.push(...(await recoverReceives(dataDir, datastoreNamed, agent.log)));
+      const remote = await recoverRemoteMoves({
+        journal,
+        log: agent.log,
+        datastoreNamed,
+        peerNamed: (name) => agent.peerLink(name),
+      });
+      for (const outcome of remote) agent.warnings.push(outcome.message);
       for (const datastore of registry.list()) await agent.openDatastore(datastore);
+      await agent.holdUnresolved(remote);
       agent.log.info(
         { dataDir, datastores: registry.list().length, disks: agent.exports.all().length },
         'agent opened',
@@ -285,6 +347,12 @@ export class Agent {
           `disk ${name} belongs to VM ${owner.config.name}; remove the VM first`,
         );
       }
+      if (this.held.has(name)) this.checkNotMoving(name);
+      const passThrough = this.exports.passThrough(name);
+      if (passThrough !== undefined) {
+        await this.forgetPassThrough(passThrough);
+        return;
+      }
       const entry = this.exports.delete(name);
       if (!entry) throw notFound('disk', name);
       await this.dropExport(name).catch((error: unknown) => {
@@ -308,6 +376,18 @@ export class Agent {
   }
 
   /**
+   * Stops passing disk `name` through to the host it moved to: its connections here close and
+   * its tombstone goes. The disk itself, on the other host, is untouched.
+   */
+  private async forgetPassThrough(entry: PassThrough): Promise<void> {
+    this.exports.deletePassThrough(entry.name);
+    await this.dropExport(entry.name).catch(() => undefined);
+    await entry.device.close().catch(() => undefined);
+    await entry.tombstoneAt.removeTombstone(entry.name);
+    this.log.info({ disk: entry.name, host: entry.host }, 'pass-through removed');
+  }
+
+  /**
    * Starts moving disk `name` to another datastore while it stays served (DESIGN.md, "The four
    * methods", "Authority and crash safety"). Resolves once the destination image exists and the
    * move is journaled; the returned `done` settles when it finished or failed. `onEvent` sees the
@@ -328,13 +408,7 @@ export class Agent {
           `disk ${request.name} is already in datastore ${to.name}; name another datastore`,
         );
       }
-      const busy = this.moves.get(request.name);
-      if (busy) {
-        throw new HostError(
-          HostErrorCode.DiskBusy,
-          `disk ${request.name} is already being moved (job ${busy.id}); wait for it or cancel it`,
-        );
-      }
+      this.checkNotMoving(request.name);
       const from = entry.datastore.name;
       const prepared = await this.prepare(request, { entries: [entry], to }, onEvent);
       this.log.info(
@@ -344,6 +418,65 @@ export class Agent {
       const done = prepared
         .run()
         .then((result): MoveResult => ({ ...result, disk: request.name, from, to: to.name }));
+      return this.track(prepared, done, [request.name]);
+    });
+  }
+
+  /**
+   * Starts moving disk `name` to another host while it stays served (issue 7; remote-mover.ts
+   * has the steps). Resolves once the peer has created the destination and the connections to
+   * it are open; `done` settles when the move finished or failed. After it, the disk lives on
+   * the peer and this host's export of it passes through. Rejects at once for an unknown disk
+   * or host (`ERR_NOT_FOUND`), a disk already moving or in a VM (`ERR_DISK_BUSY`), or a peer
+   * that refuses or cannot be reached.
+   */
+  async moveDiskToHost(
+    request: MoveDiskToHostRequest,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove> {
+    return this.serialize(async () => {
+      const entry = this.entryOf(request.name);
+      const peer = this.peerLink(request.host);
+      if (!peer) {
+        throw new HostError(
+          HostErrorCode.NotFound,
+          `no host named ${request.host}; add it with: ferry host add ${request.host} URL --key-file FILE`,
+        );
+      }
+      this.checkNotMoving(request.name);
+      const owner = this.vms.ownerOf(request.name);
+      if (owner) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `disk ${request.name} belongs to VM ${owner.config.name}; move the VM (ferry migrate ${owner.config.name} --vm) instead`,
+        );
+      }
+      const from = entry.datastore.name;
+      const prepared = await prepareRemoteMove(
+        { exports: this.exports, journal: this.journal, log: this.log, ...this.crashSeam() },
+        {
+          entry,
+          peer,
+          selfName: this.hostName,
+          ...(request.datastore === undefined ? {} : { datastore: request.datastore }),
+          method: request.method ?? METHOD_DEFAULT,
+          speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
+          ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+          ...(request.tuning === undefined ? {} : { tuning: request.tuning }),
+          ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
+          ...(request.connections === undefined ? {} : { connections: request.connections }),
+          closing: this.closing.signal,
+        },
+        onEvent,
+      );
+      const to = `${request.host}:${request.datastore ?? 'default'}`;
+      this.log.info(
+        { disk: request.name, from, host: request.host, move: prepared.id, method: request.method },
+        'cross-host disk move started',
+      );
+      const done = prepared
+        .run()
+        .then((result): MoveResult => ({ ...result, disk: request.name, from, to }));
       return this.track(prepared, done, [request.name]);
     });
   }
@@ -437,11 +570,15 @@ export class Agent {
     });
   }
 
+  /** Disks that live here, then disks that moved to other hosts and are passed through. */
   async listDisks(): Promise<DiskInfo[]> {
-    return Promise.all(this.exports.all().map((entry) => this.describeDisk(entry)));
+    const local = await Promise.all(this.exports.all().map((entry) => this.describeDisk(entry)));
+    return [...local, ...this.exports.allPassThroughs().map(describePassThrough)];
   }
 
   async getDisk(name: string): Promise<DiskInfo> {
+    const passThrough = this.exports.passThrough(name);
+    if (passThrough !== undefined) return describePassThrough(passThrough);
     return this.describeDisk(this.entryOf(name));
   }
 
@@ -496,10 +633,16 @@ export class Agent {
     await this.queue.catch(() => undefined);
     // A move still copying is cancelled (the guest stays on the source); one past its commit
     // finishes. Either way, wait for it before closing the devices under it.
+    this.closing.abort();
     const moves = new Set(this.moves.values());
     for (const move of moves) move.migration.cancel();
     await Promise.all([...moves].map((move) => move.done.catch(() => undefined)));
     const failures: unknown[] = [];
+    await this.receiver.close();
+    for (const entry of this.exports.allPassThroughs()) {
+      this.exports.deletePassThrough(entry.name);
+      await entry.device.close().catch(() => undefined);
+    }
     for (const entry of this.exports.all()) {
       this.exports.delete(entry.descriptor.name);
       await closeDiskStack(entry.stack).catch((error: unknown) => {
@@ -554,6 +697,176 @@ export class Agent {
     const move: Move<R> = { id: prepared.id, migration: prepared.migration, done };
     for (const disk of disks) this.moves.set(disk, move);
     return move;
+  }
+
+  private checkNotMoving(name: string): void {
+    if (this.held.has(name)) {
+      throw new HostError(
+        HostErrorCode.DiskBusy,
+        `disk ${name} is held until its peer host says whether an interrupted move committed`,
+      );
+    }
+    const busy = this.moves.get(name);
+    if (busy) {
+      throw new HostError(
+        HostErrorCode.DiskBusy,
+        `disk ${name} is already being moved (job ${busy.id}); wait for it or cancel it`,
+      );
+    }
+  }
+
+  private crashSeam(): { crashAt?: CrashPoint } {
+    return this.crashAt === undefined ? {} : { crashAt: this.crashAt };
+  }
+
+  /**
+   * The receiver committed a disk here: serve it under its name. If this host passed that disk
+   * through to another host (it had moved away and now comes back), new connections get the
+   * disk at once, and the old pass-through's guests are moved over once its requests drain —
+   * not inside the commit, where they may be held by the very host that is committing.
+   */
+  private async publishReceived(
+    descriptor: DiskDescriptor,
+    datastore: Datastore,
+    stack: DiskStack,
+  ): Promise<void> {
+    const old = this.exports.deletePassThrough(descriptor.name);
+    this.exports.add(descriptor, datastore, stack);
+    if (old === undefined) return;
+    await old.tombstoneAt.removeTombstone(descriptor.name).catch((error: unknown) => {
+      this.log.warn({ disk: descriptor.name, err: error }, 'could not remove the old tombstone');
+    });
+    void (async () => {
+      await old.device.pause();
+      const remote = old.device.repoint(stack.top);
+      old.device.resume();
+      await remote.close();
+    })().catch((error: unknown) => {
+      this.log.warn(
+        { disk: descriptor.name, err: error },
+        'the old pass-through could not be re-pointed',
+      );
+    });
+  }
+
+  /** Serves a pass-through for every disk of `datastore` that moved to another host. */
+  private async openPassThroughs(datastore: Datastore): Promise<void> {
+    for (const tombstone of await datastore.remoteTombstones()) {
+      if (this.exports.lookup(tombstone.name) !== undefined) {
+        this.warn(
+          { datastore: datastore.name, disk: tombstone.name },
+          `disk ${tombstone.name} moved to host ${tombstone.host} is not passed through from datastore ${datastore.name}: the name is taken here`,
+        );
+        continue;
+      }
+      const fields = {
+        name: tombstone.name,
+        host: tombstone.host ?? '',
+        datastore: tombstone.datastore,
+        generation: tombstone.generation,
+        sizeBytes: tombstone.sizeBytes ?? 0,
+        tombstoneAt: datastore,
+      };
+      const device = new Switch(this.remoteDevice(fields.name, fields.host, fields.sizeBytes));
+      this.exports.addPassThrough(newPassThrough(fields, device));
+    }
+  }
+
+  /**
+   * The device of a disk that lives on `host`: connects to its export there at first use, over
+   * TLS with the peer's key. A peer this host no longer knows fails each request with EIO.
+   */
+  private remoteDevice(name: string, host: string, sizeBytes: number): RemoteDevice {
+    return new RemoteDevice({
+      size: sizeBytes,
+      label: `disk ${name} on host ${host}`,
+      connect: async () => {
+        const peer = this.peerLink(host);
+        if (!peer) throw new Error(`host ${host} is not known here any more (ferry host add)`);
+        const port = await peer.nbdPort();
+        return NbdClientPool.connect({
+          host: peer.nbdHost,
+          port,
+          exportName: name,
+          tls: { psk: peer.psk },
+        });
+      },
+    });
+  }
+
+  /**
+   * Cross-host moves whose commit outcome the peer could not tell at start: each disk is served
+   * with its guest I/O held, and the peer is asked again until it answers (never guessed).
+   */
+  private async holdUnresolved(outcomes: readonly RemoteOutcome[]): Promise<void> {
+    for (const outcome of outcomes) {
+      if (outcome.outcome !== 'held' || outcome.record === undefined) continue;
+      const entry = this.exports.get(outcome.disk);
+      if (entry === undefined) continue;
+      await entry.stack.top.pause();
+      this.held.add(outcome.disk);
+      void this.resolveHeld(entry, outcome.record).catch((error: unknown) => {
+        this.log.error({ disk: outcome.disk, err: error }, 'resolving a held move failed');
+      });
+    }
+  }
+
+  private async resolveHeld(entry: DiskEntry, record: MoveRecord): Promise<void> {
+    const disk = record.disks[0];
+    const host = record.toHost ?? '';
+    if (disk === undefined) return;
+    const release = (): boolean => this.held.delete(disk.disk);
+    for (let attempt = 0; !this.closing.signal.aborted; attempt += 1) {
+      const peer = this.peerLink(host);
+      const state = peer === undefined ? undefined : await askPeer(peer, record, disk);
+      if (state === 'aborted') {
+        await this.journal.remove(record.id);
+        release();
+        entry.stack.top.resume();
+        this.warn(
+          { disk: disk.disk },
+          `host ${host} had not committed disk ${disk.disk}: it is served here again`,
+        );
+        return;
+      }
+      if (state === 'committed') {
+        await this.serialize(async () => {
+          const device = this.remoteDevice(disk.disk, host, entry.descriptor.sizeBytes);
+          entry.stack.top.repoint(device);
+          this.exports.delete(disk.disk);
+          await entry.stack.raw.close().catch(() => undefined);
+          await finishRemote(
+            {
+              journal: this.journal,
+              log: this.log,
+              datastoreNamed: (name) => this.registry.get(name),
+              peerNamed: this.peerLink,
+            },
+            record,
+            disk,
+            entry.datastore,
+            peer,
+          );
+          const fields = {
+            name: disk.disk,
+            host,
+            datastore: record.to,
+            generation: disk.generation + 1,
+            sizeBytes: entry.descriptor.sizeBytes,
+            tombstoneAt: entry.datastore,
+          };
+          this.exports.addPassThrough(newPassThrough(fields, entry.stack.top));
+          release();
+          entry.stack.top.resume();
+        });
+        this.warn(
+          { disk: disk.disk },
+          `host ${host} confirms it committed disk ${disk.disk}: its export here passes through`,
+        );
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 500 * (attempt + 1))));
+    }
   }
 
   private checkVmMovable(vm: VmEntry, to: Datastore): void {
@@ -685,6 +998,12 @@ export class Agent {
         );
       });
     }
+    await this.openPassThroughs(datastore).catch((error: unknown) => {
+      this.warn(
+        { datastore: datastore.name },
+        `pass-throughs are skipped: ${errorMessageOf(error)}`,
+      );
+    });
     await this.openVms(datastore).catch((error: unknown) => {
       this.warn({ datastore: datastore.name }, `VMs are skipped: ${errorMessageOf(error)}`);
     });
@@ -729,6 +1048,18 @@ export class Agent {
   }
 
   private checkNameFree(name: string): void {
+    const passThrough = this.exports.passThrough(name);
+    if (passThrough) {
+      throw new HostError(
+        HostErrorCode.Exists,
+        `disk ${name} lives on host ${passThrough.host} and is passed through here; remove it here first (ferry disk rm ${name}) to reuse the name`,
+      );
+    }
+    this.checkLocalNameFree(name);
+  }
+
+  /** Only local disks: a disk passed through to its host may come back here (receiver.ts). */
+  private checkLocalNameFree(name: string): void {
     const entry = this.exports.get(name);
     if (entry) {
       throw new HostError(
@@ -754,8 +1085,15 @@ export class Agent {
 
   private entryOf(name: string): DiskEntry {
     const entry = this.exports.get(name);
-    if (!entry) throw notFound('disk', name);
-    return entry;
+    if (entry) return entry;
+    const passThrough = this.exports.passThrough(name);
+    if (passThrough) {
+      throw new HostError(
+        HostErrorCode.RemoteDisk,
+        `disk ${name} lives on host ${passThrough.host} (this host passes it through); run the command there`,
+      );
+    }
+    throw notFound('disk', name);
   }
 
   private async describeDisk(entry: DiskEntry): Promise<DiskInfo> {
@@ -772,6 +1110,7 @@ export class Agent {
       generation: descriptor.generation,
       image,
       createdAt: descriptor.createdAt,
+      host: null,
     };
   }
 
@@ -808,6 +1147,20 @@ export class Agent {
     this.queue = run.catch(() => undefined);
     return run;
   }
+}
+
+function describePassThrough(entry: PassThrough): DiskInfo {
+  return {
+    name: entry.name,
+    datastore: entry.datastore,
+    sizeBytes: entry.sizeBytes,
+    provisioning: 'thin',
+    allocatedBytes: null,
+    generation: entry.generation,
+    image: '',
+    createdAt: '',
+    host: entry.host,
+  };
 }
 
 function notFound(kind: 'disk' | 'datastore' | 'VM', name: string): HostError {

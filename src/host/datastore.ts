@@ -2,7 +2,7 @@ import { lstat, readdir, realpath, rename, stat, statfs, unlink } from 'node:fs/
 import { dirname, isAbsolute, join } from 'node:path';
 import { createRawImage, type Provisioning } from '../block/raw-file.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
-import { syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import {
   DESCRIPTOR_VERSION,
   type DiskDescriptor,
@@ -42,6 +42,14 @@ export interface Tombstone {
   readonly name: string;
   readonly datastore: string;
   readonly generation: number;
+  /**
+   * Set when the disk moved to another host (issue 7): that host's name; `datastore` is then a
+   * datastore there. Such a tombstone stays after the old copy is deleted: it is how this host
+   * remembers to pass the disk's export through to its new home.
+   */
+  readonly host?: string;
+  /** With `host`: the disk's size, so its pass-through can be served before the peer answers. */
+  readonly sizeBytes?: number;
 }
 /** Disk sizes are whole sectors: QEMU and the kernel address disks in 512-byte units. */
 export const SECTOR_BYTES = 512;
@@ -112,7 +120,10 @@ export class Datastore {
       if (!fileName.endsWith(DESCRIPTOR_SUFFIX) || fileName.startsWith('.')) continue;
       const file = join(this.path, fileName);
       const stem = fileName.slice(0, -DESCRIPTOR_SUFFIX.length);
-      if (fileNames.includes(`${stem}${TOMBSTONE_SUFFIX}`)) {
+      if (
+        fileNames.includes(`${stem}${TOMBSTONE_SUFFIX}`) &&
+        (await this.isBuried(stem, join(this.path, `${stem}${TOMBSTONE_SUFFIX}`)))
+      ) {
         // Moved away; the move's cleanup did not finish (the agent's recovery finishes it).
         problems.push({
           file,
@@ -280,6 +291,50 @@ export class Datastore {
 
   async writeTombstone(tombstone: Tombstone): Promise<void> {
     await writeJsonAtomic(this.tombstonePath(tombstone.name), tombstone);
+  }
+
+  /**
+   * Whether the tombstone of disk `name` buries the descriptor here: it does unless it is older
+   * than the descriptor (a disk that moved to another host and came back, whose old tombstone a
+   * crash kept from being removed). An unreadable tombstone buries: serving a copy that may be
+   * stale is worse than serving none.
+   */
+  private async isBuried(name: string, tombstoneFile: string): Promise<boolean> {
+    const tombstone = (await readJson(tombstoneFile).catch(() => null)) as Tombstone | null;
+    if (tombstone === null || typeof tombstone.generation !== 'number') return true;
+    const descriptor = await this.readDescriptorOf(name).catch(() => undefined);
+    return descriptor === undefined || tombstone.generation > descriptor.generation;
+  }
+
+  /**
+   * The tombstones of disks that moved to another host and whose copy here is gone: each is a
+   * pass-through to serve. Unreadable ones are skipped (the scan reports the disk if it matters).
+   */
+  async remoteTombstones(): Promise<Tombstone[]> {
+    let fileNames: string[];
+    try {
+      fileNames = await readdir(this.path);
+    } catch (error) {
+      throw this.unavailable(error);
+    }
+    const found: Tombstone[] = [];
+    for (const fileName of fileNames) {
+      if (!fileName.endsWith(TOMBSTONE_SUFFIX) || fileName.startsWith('.')) continue;
+      const stem = fileName.slice(0, -TOMBSTONE_SUFFIX.length);
+      if (fileNames.includes(`${stem}${DESCRIPTOR_SUFFIX}`)) continue;
+      const value = (await readJson(join(this.path, fileName)).catch(
+        () => null,
+      )) as Tombstone | null;
+      if (
+        value !== null &&
+        typeof value.host === 'string' &&
+        Number.isSafeInteger(value.sizeBytes) &&
+        value.name === stem
+      ) {
+        found.push(value);
+      }
+    }
+    return found.sort((a, b) => a.name.localeCompare(b.name));
   }
 
   async removeTombstone(name: string): Promise<void> {

@@ -34,6 +34,8 @@ export const HostErrorCode = {
   DiskBusy: 'ERR_DISK_BUSY',
   /** A VM's disk list that is empty or names a disk twice. */
   BadVmDisks: 'ERR_BAD_VM_DISKS',
+  /** The disk lives on another host; this one only passes it through. */
+  RemoteDisk: 'ERR_REMOTE_DISK',
   /** The agent has been closed. */
   Closed: 'ERR_AGENT_CLOSED',
   /** A peer host's URL that is not `http(s)://HOST:PORT`. */

@@ -50,6 +50,18 @@ export interface MoveRecord {
   readonly committed: boolean | null;
   readonly method: string;
   readonly startedAt: string;
+  /**
+   * A cross-host move (issue 7): the peer host the disk goes to (`to` is a datastore there), and
+   * whether the commit was asked of it. Absent or null for a move inside this host. Redo logs of
+   * a cross-host move are in the disk's own datastore (`from`), since the destination's is not
+   * this host's.
+   */
+  readonly toHost?: string | null;
+  /**
+   * Written true, durably, before the commit is asked of the peer: until then the peer cannot
+   * have committed, so recovery needs no answer from it. After, only the peer knows.
+   */
+  readonly commitRequested?: boolean;
 }
 
 const JOURNAL_DIR = 'journal';
@@ -126,6 +138,8 @@ function parseRecord(value: unknown, path: string): MoveRecord {
     !(record.homeFrom === null || isText(record.homeFrom)) ||
     (record.vm === null) !== (record.homeFrom === null) ||
     typeof record.committed !== 'boolean' ||
+    !(record.toHost === undefined || record.toHost === null || isText(record.toHost)) ||
+    !(record.commitRequested === undefined || typeof record.commitRequested === 'boolean') ||
     !isDisks
   ) {
     throw new Error(`${path} is not a version ${JOURNAL_VERSION} move record`);

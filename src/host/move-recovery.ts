@@ -43,6 +43,8 @@ export async function recoverMoves(
   for (const problem of problems) log.warn({}, problem);
   const outcomes: RecoveryOutcome[] = [];
   for (const record of records) {
+    // Cross-host moves need their peer's word: remote-recovery.ts.
+    if (isRemote(record)) continue;
     const subject = subjectOf(record);
     try {
       const to = await availableDatastore(datastoreNamed, record.to);
@@ -66,7 +68,11 @@ export async function recoverMoves(
   return outcomes;
 }
 
-function subjectOf(record: MoveRecord): string {
+export function isRemote(record: MoveRecord): boolean {
+  return record.toHost !== undefined && record.toHost !== null;
+}
+
+export function subjectOf(record: MoveRecord): string {
   return record.vm === null
     ? `disk ${record.disks.map((disk) => disk.disk).join(', ')}`
     : `VM ${record.vm}`;
@@ -168,8 +174,11 @@ async function rollBack(
   };
 }
 
-/** Applies a disk's redo logs, oldest first, onto its source image, then flushes it. */
-async function applyRedoLogs(
+/**
+ * Applies a disk's redo logs (files of datastore `to`, or of `from` for a cross-host move),
+ * oldest first, onto its source image, then flushes it.
+ */
+export async function applyRedoLogs(
   disk: MoveDiskRecord,
   from: Datastore,
   to: Datastore,

@@ -8,6 +8,11 @@ export const MigrateErrorCode = {
   TargetFailed: 'ERR_TARGET_FAILED',
   /** Reading the source for the copy failed. */
   SourceFailed: 'ERR_SOURCE_FAILED',
+  /**
+   * The commit's outcome cannot be learned (a peer host did not answer, and the agent is
+   * closing): the disks stay held, neither rolled back nor switched; recovery decides.
+   */
+  CommitUnknown: 'ERR_COMMIT_UNKNOWN',
 } as const;
 export type MigrateErrorCode = (typeof MigrateErrorCode)[keyof typeof MigrateErrorCode];
 

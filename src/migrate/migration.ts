@@ -176,7 +176,9 @@ export class Migration {
         downtimeMs,
       };
     } catch (error) {
-      if (!this.isCommitted) await this.rollback(error);
+      // An unknown commit outcome must not roll back: the destination may be the authority.
+      const isUnknown = errorCodeOf(error) === MigrateErrorCode.CommitUnknown;
+      if (!this.isCommitted && !isUnknown) await this.rollback(error);
       throw error;
     } finally {
       await Promise.all(

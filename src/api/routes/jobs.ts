@@ -20,12 +20,13 @@ export function registerJobRoutes(app: FastifyInstance, jobs: JobManager): void 
     '/v1/migrations',
     { schema: { body: startMigrationBodySchema } },
     async (request, reply) => {
-      const { disk, vm, datastore, method, speed, provisioning } = request.body;
+      const { disk, vm, datastore, host, method, speed, provisioning } = request.body;
       // The schema let exactly one of `disk` and `vm` through.
       const subject = vm === undefined ? { disk: disk ?? '' } : { vm };
       const job = await jobs.startMigration({
         ...subject,
-        datastore,
+        ...(datastore === undefined ? {} : { datastore }),
+        ...(host === undefined ? {} : { host }),
         ...(method === undefined ? {} : { method }),
         ...(speed === undefined ? {} : { speedBytesPerSecond: speedOf(speed) }),
         ...(provisioning === undefined ? {} : { provisioning }),

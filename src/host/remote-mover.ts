@@ -1,0 +1,408 @@
+import { randomUUID } from 'node:crypto';
+import { createRawImage, openRawFile } from '../block/raw-file.js';
+import { MigrateError, MigrateErrorCode } from '../migrate/errors.js';
+import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
+import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
+import { NbdClientPool } from '../nbd/client-pool.js';
+import type { PskKey } from '../nbd/psk-file.js';
+import { assert } from '../util/assert.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import type { DiskDescriptor } from './descriptor.js';
+import type { CrashPoint, MoverHost, PreparedMove } from './disk-mover.js';
+import type { DiskEntry } from './export-table.js';
+import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
+import { newPassThrough, RemoteDevice } from './pass-through.js';
+import type { ReceiveState, ReceiveTicket } from './receiver.js';
+
+/**
+ * Moves a served disk to another host, live (issue 7; DESIGN.md, "Cross-host"). This host, the
+ * source, drives; the peer's receiver (receiver.ts) creates the destination and commits it. The
+ * durable steps, in order:
+ *
+ *   1. journal record here, `toHost` set, `commitRequested: false`
+ *   2. the peer journals and creates an empty image, served to us alone as a receiving export
+ *   3. one migration: the copier and the mirror write to it through our NBD client, over TLS
+ *      with the pre-shared key, on several connections; the guest keeps writing the source
+ *   4. switchover, guest held: final copy, flush (the peer's), then
+ *      a. `commitRequested: true` journaled here — from now on only the peer knows the outcome
+ *      b. the peer commits: its descriptor at generation + 1 (ITS commit point)
+ *      c. `committed: true` journaled here
+ *      If (b)'s answer is lost, the guest stays held and we ask the peer (`resolve`) until it
+ *      answers; it never guesses (a resolve that finds no commit aborts the receive, so a late
+ *      commit cannot follow).
+ *   5. the guest's Switch now forwards to the peer: this host's export of the disk is a
+ *      pass-through; a tombstone naming the host is written beside the old copy
+ *   6. the old descriptor and image deleted (the tombstone stays: it is the pass-through's
+ *      record), redo logs deleted, the peer told to finish, the journal record deleted
+ *
+ * Before (4b) succeeds the source is the authority and a failure rolls back to it (and the peer
+ * is told to abort). After it, the peer is, whatever fails here. Recovery after a crash:
+ * remote-recovery.ts.
+ */
+export interface PeerLink {
+  /** The peer's name, as this host knows it (`ferry host add NAME`). */
+  readonly name: string;
+  /** Where the peer's NBD server is reached (its API's host unless configured otherwise). */
+  readonly nbdHost: string;
+  /** The key agent-to-agent NBD connections prove over TLS. */
+  readonly psk: PskKey;
+  /** Calls the peer's API with this host's credential (peer-client.ts). */
+  post<T>(path: string, body?: unknown, options?: { readonly timeoutMs?: number }): Promise<T>;
+  /** The port of the peer's NBD server (asked of its API unless configured). */
+  nbdPort(): Promise<number>;
+}
+
+export interface RemoteMoveSpec {
+  readonly entry: DiskEntry;
+  readonly peer: PeerLink;
+  /** This host's name for itself, which the peer records. */
+  readonly selfName: string;
+  /** The datastore on the peer; default: the peer's default. */
+  readonly datastore?: string;
+  readonly method: MethodName;
+  readonly speedBytesPerSecond: number;
+  readonly provisioning?: DiskDescriptor['provisioning'];
+  readonly tuning?: Partial<MethodTuning>;
+  readonly chunkBytes?: number;
+  /** NBD connections to the peer; default 4. */
+  readonly connections?: number;
+  /** Fires when the agent closes: a commit whose outcome is unknown stops waiting (held). */
+  readonly closing: AbortSignal;
+}
+
+/** The peer's answer to a receive request: the ticket and its NBD port. */
+export interface ReceiveAnswer extends ReceiveTicket {
+  readonly nbdPort: number;
+}
+
+const CALL_TIMEOUT_MS = 10_000;
+const RESOLVE_RETRY_MS = [250, 500, 1000, 2000, 5000] as const;
+
+/** Steps 1–2 and the connections, with the migration ready to run. On failure, nothing is left. */
+export async function prepareRemoteMove(
+  host: MoverHost,
+  spec: RemoteMoveSpec,
+  onEvent: (event: MigrationEvent) => void,
+): Promise<PreparedMove> {
+  const { entry, peer } = spec;
+  const { descriptor } = entry;
+  let record: MoveRecord = {
+    version: JOURNAL_VERSION,
+    id: randomUUID().slice(0, 8),
+    vm: null,
+    homeFrom: null,
+    to: spec.datastore ?? 'default',
+    disks: [
+      {
+        disk: descriptor.name,
+        from: entry.datastore.name,
+        generation: descriptor.generation,
+        sourceImage: descriptor.image,
+        image: descriptor.image,
+        redoLogs: [],
+      },
+    ],
+    committed: false,
+    method: spec.method,
+    startedAt: new Date().toISOString(),
+    toHost: peer.name,
+    commitRequested: false,
+  };
+  await host.journal.write(record);
+  let answer: ReceiveAnswer | undefined;
+  try {
+    answer = await peer.post<ReceiveAnswer>(
+      '/v1/receives',
+      {
+        id: record.id,
+        disk: descriptor.name,
+        sizeBytes: descriptor.sizeBytes,
+        provisioning: spec.provisioning ?? descriptor.provisioning,
+        generation: descriptor.generation,
+        createdAt: descriptor.createdAt,
+        sourceHost: spec.selfName,
+        ...(spec.datastore === undefined ? {} : { datastore: spec.datastore }),
+      },
+      { timeoutMs: CALL_TIMEOUT_MS },
+    );
+    record = { ...record, to: answer.datastore };
+    await host.journal.write(record);
+    const target = await NbdClientPool.connect(
+      {
+        host: peer.nbdHost,
+        port: answer.nbdPort,
+        exportName: answer.exportName,
+        tls: { psk: peer.psk },
+      },
+      spec.connections,
+    );
+    const run = new RemoteMoveRun(host, spec, record, answer, target, onEvent);
+    return { id: record.id, migration: run.migration, run: () => run.run() };
+  } catch (error) {
+    if (answer !== undefined) await abortAtPeer(host, peer, record.id);
+    await host.journal.remove(record.id);
+    throw error;
+  }
+}
+
+async function abortAtPeer(host: MoverHost, peer: PeerLink, id: string): Promise<void> {
+  await peer.post(`/v1/receives/${id}/abort`, {}, { timeoutMs: 5000 }).catch((error: unknown) => {
+    // Safe to leave: the peer never commits without our request, and forgets the copy at its
+    // next start. Only its space is held meanwhile.
+    host.log.warn(
+      { move: id, host: peer.name, err: error },
+      `host ${peer.name} could not be told to drop its partial copy: ${errorMessageOf(error)}`,
+    );
+  });
+}
+
+class RemoteMoveRun {
+  readonly migration: Migration;
+  private record: MoveRecord;
+  private isCommitted = false;
+  private readonly passThroughDevice: RemoteDevice;
+
+  constructor(
+    private readonly host: MoverHost,
+    private readonly spec: RemoteMoveSpec,
+    record: MoveRecord,
+    private readonly answer: ReceiveAnswer,
+    private readonly target: NbdClientPool,
+    onEvent: (event: MigrationEvent) => void,
+  ) {
+    this.record = record;
+    const { entry, peer } = spec;
+    const name = entry.descriptor.name;
+    // After the switchover the guest's Switch forwards here: the migration's own connections
+    // first, and if they break, fresh ones to the disk's export on the peer.
+    this.passThroughDevice = new RemoteDevice({
+      size: target.size,
+      label: `disk ${name} on host ${peer.name}`,
+      initial: target,
+      connect: () =>
+        NbdClientPool.connect(
+          { host: peer.nbdHost, port: answer.nbdPort, exportName: name, tls: { psk: peer.psk } },
+          spec.connections,
+        ),
+    });
+    this.migration = new Migration(
+      [
+        {
+          name,
+          switch: entry.stack.top,
+          source: entry.stack.stats,
+          target,
+          targetTop: this.passThroughDevice,
+          createScratch: (label) => this.createRedoLog(label),
+        },
+      ],
+      {
+        method: spec.method,
+        speedBytesPerSecond: spec.speedBytesPerSecond,
+        ...(spec.tuning === undefined ? {} : { tuning: spec.tuning }),
+        ...(spec.chunkBytes === undefined ? {} : { chunkBytes: spec.chunkBytes }),
+        commit: () => this.commit(onEvent),
+        onEvent: (event) => {
+          if (event.type === 'phase' && event.phase === 'switchover') this.crashIf('final-copy');
+          onEvent(event);
+        },
+        log: host.log,
+      },
+    );
+  }
+
+  async run(): Promise<MigrationResult> {
+    const halfway =
+      this.host.crashAt === 'copy'
+        ? setInterval(() => {
+            const { doneBytes, totalBytes } = this.migration.progressSnapshot;
+            if (doneBytes * 2 >= totalBytes) this.crashIf('copy');
+          }, 5)
+        : undefined;
+    let result: MigrationResult;
+    try {
+      result = await this.migration.run();
+    } catch (error) {
+      if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
+      if (!this.isCommitted) {
+        await this.discard();
+        throw error;
+      }
+      this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
+      throw error;
+    } finally {
+      clearInterval(halfway);
+    }
+    await this.finish();
+    return result;
+  }
+
+  private crashIf(point: CrashPoint): void {
+    if (this.host.crashAt !== point) return;
+    this.host.log.error({ move: this.record.id, point }, `crash point ${point}: killing the agent`);
+    process.kill(process.pid, 'SIGKILL');
+  }
+
+  /** Step 4, guest held: ask the peer to commit, and learn the outcome whatever it costs. */
+  private async commit(onEvent: (event: MigrationEvent) => void): Promise<void> {
+    const { peer } = this.spec;
+    const id = this.record.id;
+    this.crashIf('before-commit');
+    this.record = { ...this.record, commitRequested: true };
+    await this.host.journal.write(this.record);
+    let state: ReceiveState | undefined;
+    try {
+      const answer = await peer.post<{ state: ReceiveState }>(
+        `/v1/receives/${id}/commit`,
+        {},
+        { timeoutMs: CALL_TIMEOUT_MS },
+      );
+      state = answer.state;
+    } catch (error) {
+      this.host.log.warn(
+        { move: id, host: peer.name, err: error },
+        `the commit at host ${peer.name} did not answer; asking it for the outcome with guest I/O held`,
+      );
+      onEvent({
+        type: 'message',
+        message: `host ${peer.name} did not confirm the commit (${errorMessageOf(error)}); guest I/O is held until it answers`,
+      });
+      state = await this.resolve(onEvent);
+    }
+    if (state !== 'committed') {
+      throw new MigrateError(
+        MigrateErrorCode.TargetFailed,
+        `host ${peer.name} did not commit disk ${this.spec.entry.descriptor.name}; it stays here`,
+      );
+    }
+    this.record = { ...this.record, committed: true };
+    await this.host.journal.write(this.record);
+    this.isCommitted = true;
+    this.crashIf('after-commit');
+  }
+
+  /** Asks the peer until it says committed or aborted; stops (held) only when the agent closes. */
+  private async resolve(onEvent: (event: MigrationEvent) => void): Promise<ReceiveState> {
+    const { peer, entry, closing } = this.spec;
+    const body = { disk: entry.descriptor.name, generation: entry.descriptor.generation };
+    for (let attempt = 0; ; attempt += 1) {
+      if (closing.aborted) {
+        throw new MigrateError(
+          MigrateErrorCode.CommitUnknown,
+          `the outcome of the commit at host ${peer.name} is unknown; disk ${body.disk} stays held until the agent restarts and asks again`,
+        );
+      }
+      try {
+        const answer = await peer.post<{ state: ReceiveState }>(
+          `/v1/receives/${this.record.id}/resolve`,
+          body,
+          { timeoutMs: CALL_TIMEOUT_MS },
+        );
+        onEvent({ type: 'message', message: `host ${peer.name} answered: ${answer.state}` });
+        return answer.state;
+      } catch (error) {
+        const waitMs = RESOLVE_RETRY_MS[Math.min(attempt, RESOLVE_RETRY_MS.length - 1)] ?? 5000;
+        if (attempt % 5 === 0) {
+          onEvent({
+            type: 'message',
+            message: `still asking host ${peer.name} whether it committed (${errorMessageOf(error)}); guest I/O held`,
+          });
+        }
+        await sleep(waitMs, closing);
+      }
+    }
+  }
+
+  /** Steps 5–6. */
+  private async finish(): Promise<void> {
+    const { entry, peer } = this.spec;
+    const { exports, log, journal } = this.host;
+    const { name, generation } = entry.descriptor;
+    const from = entry.datastore;
+    exports.delete(name);
+    exports.addPassThrough(
+      newPassThrough(
+        {
+          name,
+          host: peer.name,
+          datastore: this.answer.datastore,
+          generation: generation + 1,
+          sizeBytes: entry.descriptor.sizeBytes,
+          tombstoneAt: from,
+        },
+        entry.stack.top,
+      ),
+    );
+    await from.writeTombstone({
+      name,
+      datastore: this.answer.datastore,
+      generation: generation + 1,
+      host: peer.name,
+      sizeBytes: entry.descriptor.sizeBytes,
+    });
+    await entry.stack.raw.close().catch((error: unknown) => {
+      log.warn({ disk: name, err: error }, 'closing the old source image failed');
+    });
+    const leftover = await from.removeDisk(entry.descriptor);
+    if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
+    for (const disk of this.record.disks) {
+      for (const redoLog of disk.redoLogs) await from.removeFile(redoLog);
+    }
+    await peer
+      .post(`/v1/receives/${this.record.id}/finish`, {}, { timeoutMs: CALL_TIMEOUT_MS })
+      .catch((error: unknown) => {
+        log.warn({ move: this.record.id, err: error }, 'the peer could not be told to finish');
+      });
+    await journal.remove(this.record.id);
+    log.info(
+      { disk: name, host: peer.name, datastore: this.answer.datastore, generation: generation + 1 },
+      `disk ${name} moved to host ${peer.name}; its export here passes through`,
+    );
+  }
+
+  /** Before the commit, on failure or cancel: the guest is back on the source; drop the copy. */
+  private async discard(): Promise<void> {
+    const { entry, peer } = this.spec;
+    await this.passThroughDevice.close().catch(() => undefined);
+    await this.target.close().catch(() => undefined);
+    try {
+      for (const disk of this.record.disks) {
+        for (const redoLog of disk.redoLogs) await entry.datastore.removeFile(redoLog);
+      }
+      await abortAtPeer(this.host, peer, this.record.id);
+      await this.host.journal.remove(this.record.id);
+    } catch (error) {
+      this.host.log.warn(
+        { move: this.record.id, err: error },
+        `the cancelled move's leftovers could not be removed yet: ${errorMessageOf(error)}`,
+      );
+    }
+  }
+
+  /** A redo log for the snapshot method, in the source's own datastore, journaled first. */
+  private async createRedoLog(label: string): Promise<Scratch> {
+    const from = this.spec.entry.datastore;
+    const disk = this.record.disks[0];
+    assert(disk !== undefined, 'a remote move has one disk');
+    const fileName = from.redoLogName(disk.disk, disk.redoLogs.length + 1);
+    this.record = { ...this.record, disks: [{ ...disk, redoLogs: [...disk.redoLogs, fileName] }] };
+    await this.host.journal.write(this.record);
+    const path = `${from.path}/${fileName}`;
+    await createRawImage(path, this.target.size, 'thin');
+    const device = await openRawFile(path, { provisioning: 'thin' });
+    this.host.log.debug({ disk: disk.disk, file: fileName, label }, 'redo log created');
+    return { device, remove: () => device.close() };
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
