@@ -88,7 +88,10 @@ function addList(disk: Command, context: CliContext): void {
         formatTable<DiskView>(
           [
             { header: 'NAME', value: (d) => d.name },
-            { header: 'DATASTORE', value: (d) => d.datastore },
+            {
+              header: 'DATASTORE',
+              value: (d) => (d.host === null ? d.datastore : `${d.host}:${d.datastore}`),
+            },
             { header: 'SIZE', value: (d) => formatSize(d.sizeBytes), align: 'right' },
             { header: 'ALLOCATED', value: (d) => sizeOrDash(d.allocatedBytes), align: 'right' },
             { header: 'PROVISIONING', value: (d) => d.provisioning },
@@ -176,6 +179,9 @@ function parseSizeOption(text: string): number {
 }
 
 function describe(disk: DiskView): string {
+  if (disk.host !== null) {
+    return `${formatSize(disk.sizeBytes)} raw disk on host ${disk.host} (datastore ${disk.datastore}), passed through here`;
+  }
   return `${formatSize(disk.sizeBytes)} ${disk.provisioning} raw disk in datastore ${disk.datastore}`;
 }
 
@@ -186,6 +192,16 @@ function printConnectHint(context: CliContext, disk: DiskView): void {
 }
 
 function diskFields(disk: DiskView): [string, string][] {
+  if (disk.host !== null) {
+    return [
+      ['name', disk.name],
+      ['lives on', `host ${disk.host}, datastore ${disk.datastore}`],
+      ['here', 'passed through: this host forwards the export to its host'],
+      ['size', `${formatSize(disk.sizeBytes)} (${disk.sizeBytes} bytes)`],
+      ['generation', String(disk.generation)],
+      ['uri', disk.uri],
+    ];
+  }
   return [
     ['name', disk.name],
     ['datastore', disk.datastore],

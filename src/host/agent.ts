@@ -238,6 +238,7 @@ export class Agent {
     this.peerLink = options.peerLink ?? (() => undefined);
     this.receiver = new Receiver({
       dataDir,
+      hostName: this.hostName,
       exports: this.exports,
       log: this.log,
       datastoreNamed: (name) => this.pickDatastore(name),
@@ -466,6 +467,7 @@ export class Agent {
           ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
           ...(request.connections === undefined ? {} : { connections: request.connections }),
           closing: this.closing.signal,
+          sharedDatastore: (id) => this.datastoreWithIdentity(id),
         },
         onEvent,
       );
@@ -697,6 +699,15 @@ export class Agent {
     const move: Move<R> = { id: prepared.id, migration: prepared.migration, done };
     for (const disk of disks) this.moves.set(disk, move);
     return move;
+  }
+
+  /** The datastore of this host with identity `id`: the same directory as a peer's (shared). */
+  private async datastoreWithIdentity(id: string): Promise<Datastore | undefined> {
+    for (const datastore of this.registry.list()) {
+      const identity = await datastore.identity().catch(() => undefined);
+      if (identity === id) return datastore;
+    }
+    return undefined;
   }
 
   private checkNotMoving(name: string): void {
@@ -983,6 +994,14 @@ export class Agent {
       this.warn({ datastore: datastore.name, file: problem.file }, message);
     }
     for (const descriptor of scan.descriptors) {
+      if (descriptor.host !== undefined && descriptor.host !== this.hostName) {
+        // A shared datastore: that host serves this disk.
+        this.log.info(
+          { datastore: datastore.name, disk: descriptor.name, host: descriptor.host },
+          `disk ${descriptor.name} in shared datastore ${datastore.name} is served by host ${descriptor.host}`,
+        );
+        continue;
+      }
       const twin = this.exports.get(descriptor.name);
       if (twin) {
         this.warn(

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { lstat, readdir, realpath, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { createRawImage, type Provisioning } from '../block/raw-file.js';
@@ -36,6 +37,7 @@ import { checkName } from './names.js';
 const DESCRIPTOR_SUFFIX = '.disk.json';
 const IMAGE_SUFFIX = '.raw';
 const TOMBSTONE_SUFFIX = '.moved.json';
+const IDENTITY_FILE = '.ferry-datastore.json';
 
 /** Where a moved disk went: the tombstone left at its old datastore (DESIGN.md, "Authority"). */
 export interface Tombstone {
@@ -91,6 +93,23 @@ export class Datastore {
 
   imagePath(descriptor: DiskDescriptor): string {
     return join(this.path, descriptor.image);
+  }
+
+  /**
+   * The datastore's identity: a random id kept in the directory itself (`.ferry-datastore.json`),
+   * created the first time it is asked. Two hosts that register the same shared directory (an NFS
+   * mount) read the same id: that is how a cross-host move learns that the destination datastore
+   * is reachable here too and copies over the storage path instead of the network (issue 7).
+   */
+  async identity(): Promise<string> {
+    const path = join(this.path, IDENTITY_FILE);
+    const existing = (await readJson(path).catch(() => null)) as { id?: unknown } | null;
+    if (typeof existing?.id === 'string' && existing.id.length > 0) return existing.id;
+    const id = randomUUID();
+    await writeJsonAtomic(path, { id, createdAt: new Date().toISOString() });
+    // Two hosts may race to create it: whichever rename landed last is the id both read.
+    const written = (await readJson(path)) as { id: string };
+    return written.id;
   }
 
   /** Throws `ERR_DATASTORE_UNAVAILABLE` unless the directory exists and can be listed. */

@@ -28,6 +28,12 @@ export interface DiskDescriptor {
   readonly image: string;
   /** ISO 8601 time of creation or import. */
   readonly createdAt: string;
+  /**
+   * The host that serves this disk, when the datastore is shared by several hosts (an NFS
+   * mount): set by a cross-host move's commit, so the other hosts that see the same directory
+   * leave the disk alone. Absent: whichever host has the datastore serves it.
+   */
+  readonly host?: string;
 }
 
 /** A plain file name: no separators, no leading '.', within common file system limits. */
@@ -48,7 +54,8 @@ export function parseDescriptor(
   if (typeof value !== 'object' || value === null || Array.isArray(value))
     fail('not a JSON object');
   const record = value as Record<string, unknown>;
-  const { version, name, sizeBytes, format, provisioning, generation, image, createdAt } = record;
+  const { version, name, sizeBytes, format, provisioning, generation, image, createdAt, host } =
+    record;
   if (version !== DESCRIPTOR_VERSION) {
     fail(
       `version ${JSON.stringify(version)} is not ${DESCRIPTOR_VERSION} (written by another Ferry version?)`,
@@ -70,7 +77,11 @@ export function parseDescriptor(
   if (typeof createdAt !== 'string' || Number.isNaN(Date.parse(createdAt))) {
     fail(`bad createdAt ${JSON.stringify(createdAt)}`);
   }
+  if (host !== undefined && (typeof host !== 'string' || !isValidName(host))) {
+    fail(`bad host ${JSON.stringify(host)}`);
+  }
   return {
+    ...(host === undefined ? {} : { host: host as string }),
     version: DESCRIPTOR_VERSION,
     name: name as string,
     sizeBytes: sizeBytes as number,

@@ -55,6 +55,10 @@ export interface ReceiveTicket {
   readonly id: string;
   readonly exportName: string;
   readonly datastore: string;
+  /** The datastore's identity (datastore.ts): a source that has it too writes the image directly. */
+  readonly datastoreId: string;
+  /** The image's file name in the datastore. */
+  readonly image: string;
 }
 
 export type ReceiveState = 'committed' | 'aborted';
@@ -83,6 +87,8 @@ interface LiveReceive {
 /** What the receiver needs of its agent. */
 export interface ReceiverHost {
   readonly dataDir: string;
+  /** This host's name, written into a committed descriptor (shared datastores). */
+  readonly hostName: string;
   readonly exports: ExportTable;
   readonly log: Logger;
   datastoreNamed(name: string | undefined): Datastore;
@@ -167,22 +173,34 @@ export class Receiver {
         { move: record.id, disk: record.disk, from: record.sourceHost, datastore: datastore.name },
         'receiving a disk',
       );
-      return { id: record.id, exportName, datastore: datastore.name };
+      return {
+        id: record.id,
+        exportName,
+        datastore: datastore.name,
+        datastoreId: await datastore.identity(),
+        image: descriptor.image,
+      };
     });
   }
 
   /**
    * Step 3: makes this host the disk's authority at `generation + 1`, durably, and serves it.
-   * Idempotent: a source that retries after a lost answer gets `committed` again.
+   * Idempotent: a source that retries after a lost answer gets `committed` again. `isShared`:
+   * the source reaches this datastore too (shared storage), so the descriptor names this host
+   * as the one that serves the disk, and the source leaves it alone.
    */
-  async commit(id: string): Promise<ReceiveState> {
+  async commit(id: string, isShared = false): Promise<ReceiveState> {
     return this.host.serialize(async () => {
       const live = this.live.get(id);
       if (live === undefined) return this.stateOnDisk(id);
       if (live.isCommitted) return 'committed';
       const { record, datastore, stack } = live;
       await stack.top.flush();
-      const descriptor = { ...descriptorOf(record), generation: record.generation + 1 };
+      const descriptor: DiskDescriptor = {
+        ...descriptorOf(record),
+        generation: record.generation + 1,
+        ...(isShared ? { host: this.host.hostName } : {}),
+      };
       await datastore.commitDescriptor(descriptor);
       live.isCommitted = true;
       await this.host.publishReceived(descriptor, datastore, stack);

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { createRawImage, openRawFile } from '../block/raw-file.js';
+import { join } from 'node:path';
+import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
 import { MigrateError, MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
@@ -7,6 +8,7 @@ import { NbdClientPool } from '../nbd/client-pool.js';
 import type { PskKey } from '../nbd/psk-file.js';
 import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import type { Datastore } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import type { CrashPoint, MoverHost, PreparedMove } from './disk-mover.js';
 import type { DiskEntry } from './export-table.js';
@@ -68,6 +70,8 @@ export interface RemoteMoveSpec {
   readonly connections?: number;
   /** Fires when the agent closes: a commit whose outcome is unknown stops waiting (held). */
   readonly closing: AbortSignal;
+  /** This host's datastore with that identity, if it has one (shared storage). */
+  readonly sharedDatastore: (id: string) => Promise<Datastore | undefined>;
 }
 
 /** The peer's answer to a receive request: the ticket and its NBD port. */
@@ -127,22 +131,53 @@ export async function prepareRemoteMove(
     );
     record = { ...record, to: answer.datastore };
     await host.journal.write(record);
-    const target = await NbdClientPool.connect(
+    // Shared storage (the same directory is a datastore here too): the data goes over the
+    // storage path, as vSphere 5.1 does; one NBD connection is kept for the pass-through.
+    const shared = await spec.sharedDatastore(answer.datastoreId);
+    const pool = await NbdClientPool.connect(
       {
         host: peer.nbdHost,
         port: answer.nbdPort,
         exportName: answer.exportName,
         tls: { psk: peer.psk },
       },
-      spec.connections,
+      shared === undefined ? spec.connections : 1,
     );
-    const run = new RemoteMoveRun(host, spec, record, answer, target, onEvent);
+    let path: CopyPath;
+    try {
+      path =
+        shared === undefined
+          ? { kind: 'network', target: pool }
+          : {
+              kind: 'shared',
+              target: await openSharedImage(shared, answer, spec),
+              datastore: shared,
+            };
+    } catch (error) {
+      await pool.close();
+      throw error;
+    }
+    const run = new RemoteMoveRun(host, spec, record, answer, pool, path, onEvent);
     return { id: record.id, migration: run.migration, run: () => run.run() };
   } catch (error) {
     if (answer !== undefined) await abortAtPeer(host, peer, record.id);
     await host.journal.remove(record.id);
     throw error;
   }
+}
+
+/** Where the copy and the mirror write: the peer's receiving export, or the image itself. */
+type CopyPath =
+  | { readonly kind: 'network'; readonly target: NbdClientPool }
+  | { readonly kind: 'shared'; readonly target: RawFileDevice; readonly datastore: Datastore };
+
+async function openSharedImage(
+  datastore: Datastore,
+  answer: ReceiveAnswer,
+  spec: RemoteMoveSpec,
+): Promise<RawFileDevice> {
+  const provisioning = spec.provisioning ?? spec.entry.descriptor.provisioning;
+  return openRawFile(join(datastore.path, answer.image), { provisioning });
 }
 
 async function abortAtPeer(host: MoverHost, peer: PeerLink, id: string): Promise<void> {
@@ -167,18 +202,20 @@ class RemoteMoveRun {
     private readonly spec: RemoteMoveSpec,
     record: MoveRecord,
     private readonly answer: ReceiveAnswer,
-    private readonly target: NbdClientPool,
-    onEvent: (event: MigrationEvent) => void,
+    private readonly pool: NbdClientPool,
+    private readonly path: CopyPath,
+    private readonly onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
+    const target = path.target;
     const { entry, peer } = spec;
     const name = entry.descriptor.name;
-    // After the switchover the guest's Switch forwards here: the migration's own connections
-    // first, and if they break, fresh ones to the disk's export on the peer.
+    // After the switchover the guest's Switch forwards to the peer: the connections opened for
+    // the move first, and if they break, fresh ones to the disk's export there.
     this.passThroughDevice = new RemoteDevice({
       size: target.size,
       label: `disk ${name} on host ${peer.name}`,
-      initial: target,
+      initial: pool,
       connect: () =>
         NbdClientPool.connect(
           { host: peer.nbdHost, port: answer.nbdPort, exportName: name, tls: { psk: peer.psk } },
@@ -220,6 +257,13 @@ class RemoteMoveRun {
           }, 5)
         : undefined;
     let result: MigrationResult;
+    this.onEvent({
+      type: 'message',
+      message:
+        this.path.kind === 'shared'
+          ? `copy path: shared storage (datastore ${this.path.datastore.name} here is ${this.answer.datastore} on host ${this.spec.peer.name})`
+          : `copy path: network, NBD over TLS to host ${this.spec.peer.name} on ${this.pool.connectionCount} connections`,
+    });
     try {
       result = await this.migration.run();
     } catch (error) {
@@ -254,7 +298,7 @@ class RemoteMoveRun {
     try {
       const answer = await peer.post<{ state: ReceiveState }>(
         `/v1/receives/${id}/commit`,
-        {},
+        { shared: this.path.kind === 'shared' },
         { timeoutMs: CALL_TIMEOUT_MS },
       );
       state = answer.state;
@@ -343,6 +387,8 @@ class RemoteMoveRun {
     await entry.stack.raw.close().catch((error: unknown) => {
       log.warn({ disk: name, err: error }, 'closing the old source image failed');
     });
+    // The peer serves the disk now; this host must not keep the shared image open for writing.
+    if (this.path.kind === 'shared') await this.path.target.close().catch(() => undefined);
     const leftover = await from.removeDisk(entry.descriptor);
     if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
     for (const disk of this.record.disks) {
@@ -364,7 +410,7 @@ class RemoteMoveRun {
   private async discard(): Promise<void> {
     const { entry, peer } = this.spec;
     await this.passThroughDevice.close().catch(() => undefined);
-    await this.target.close().catch(() => undefined);
+    await this.path.target.close().catch(() => undefined);
     try {
       for (const disk of this.record.disks) {
         for (const redoLog of disk.redoLogs) await entry.datastore.removeFile(redoLog);
@@ -388,7 +434,7 @@ class RemoteMoveRun {
     this.record = { ...this.record, disks: [{ ...disk, redoLogs: [...disk.redoLogs, fileName] }] };
     await this.host.journal.write(this.record);
     const path = `${from.path}/${fileName}`;
-    await createRawImage(path, this.target.size, 'thin');
+    await createRawImage(path, this.pool.size, 'thin');
     const device = await openRawFile(path, { provisioning: 'thin' });
     this.host.log.debug({ disk: disk.disk, file: fileName, label }, 'redo log created');
     return { device, remove: () => device.close() };

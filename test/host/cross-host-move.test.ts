@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { BlockDevice } from '../../src/block/device.js';
@@ -304,5 +304,46 @@ test('cross-host move: the disk can come back from b to a', async () => {
     // The guest that stayed on a's old pass-through is moved onto the local disk.
     assertSameBytes(await device.read(0, SIZE), model, "a's old guest device");
     assertSameBytes(await readThroughNbd(b.nbdPort, 'vm1'), model, "b's pass-through");
+  });
+});
+
+test('cross-host move: into a datastore both hosts share, the data goes over the storage path', async () => {
+  await withHosts(async (hosts) => {
+    const { a, b } = hosts;
+    const shared = join(b.dataDir, 'nfs');
+    await mkdir(shared);
+    await b.agent.addDatastore('nfs', shared);
+    await a.agent.addDatastore('nfs-here', shared);
+    const { device, model } = await seededDisk(hosts);
+    const guest = startGuest(device, model, 14);
+    const events: MigrationEvent[] = [];
+    const move = await a.agent.moveDiskToHost(
+      { name: 'vm1', host: 'b', datastore: 'nfs', speedBytesPerSecond: 32 * MIB },
+      (event) => {
+        events.push(event);
+        guest.onEvent(event);
+      },
+    );
+    await move.done;
+    const { racing } = await guest.stop();
+    assert.ok(racing > 0, 'no guest write raced the copy');
+    const path = events.find(
+      (event) => event.type === 'message' && event.message.startsWith('copy path'),
+    );
+    assert.ok(
+      path?.type === 'message' && path.message.includes('shared storage'),
+      JSON.stringify(path),
+    );
+    // Only the guest's last writes, through the pass-through after the switchover, reach b's
+    // stack; the 6 MiB of data and the mirrored writes went to the file directly.
+    const throughB = b.agent.diskStats('vm1').verbs.write.bytes;
+    assert.ok(throughB < 2 * MIB, `${throughB} bytes went through b`);
+    assertSameBytes(await readThroughNbd(b.nbdPort, 'vm1'), model, "b's export");
+    assertSameBytes(await device.read(0, SIZE), model, "a's pass-through");
+    // a sees the same directory, but the disk is b's: a restarted a must not serve it itself.
+    await a.agent.close();
+    const reopened = await hosts.reopen('a');
+    const shown = await reopened.getDisk('vm1');
+    assert.equal(shown.host, 'b');
   });
 });

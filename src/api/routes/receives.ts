@@ -55,6 +55,17 @@ const idParamsSchema = {
   properties: { id: { type: 'string', pattern: ID_PATTERN } },
 } as const;
 
+interface CommitBody {
+  /** The source wrote the image over shared storage: it sees this datastore too. */
+  shared?: boolean;
+}
+
+const commitBodySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { shared: { type: 'boolean' } },
+} as const;
+
 interface ResolveBody {
   disk: string;
   generation: number;
@@ -85,12 +96,12 @@ export function registerReceiveRoutes(app: FastifyInstance, agent: Agent, nbdPor
     },
   );
 
-  app.post<{ Params: IdParams }>(
+  app.post<{ Params: IdParams; Body: CommitBody }>(
     '/v1/receives/:id/commit',
-    { schema: { params: idParamsSchema } },
+    { schema: { params: idParamsSchema, body: commitBodySchema } },
     async (request) => {
       peerOf(request);
-      return { state: await receiver.commit(request.params.id) };
+      return { state: await receiver.commit(request.params.id, request.body.shared === true) };
     },
   );
 
