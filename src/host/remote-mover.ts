@@ -141,7 +141,7 @@ export async function prepareRemoteMove(
         exportName: answer.exportName,
         tls: { psk: peer.psk },
       },
-      shared === undefined ? spec.connections : 1,
+      { connections: shared === undefined ? spec.connections : 1 },
     );
     let path: CopyPath;
     try {
@@ -219,7 +219,7 @@ class RemoteMoveRun {
       connect: () =>
         NbdClientPool.connect(
           { host: peer.nbdHost, port: answer.nbdPort, exportName: name, tls: { psk: peer.psk } },
-          spec.connections,
+          spec.connections === undefined ? {} : { connections: spec.connections },
         ),
     });
     this.migration = new Migration(
