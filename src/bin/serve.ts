@@ -6,7 +6,7 @@ import { createApi } from '../api/index.js';
 import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
 import { JobManager } from '../control/index.js';
-import { CRASH_POINTS, type CrashPoint } from '../host/disk-mover.js';
+import { CRASH_POINTS, type CrashPoint, RECEIVE_CRASH_POINTS } from '../host/disk-mover.js';
 import { Agent, checkName, PeerRegistry } from '../host/index.js';
 import { peerLinks } from '../host/peer-link.js';
 import { NbdServer } from '../nbd/index.js';
@@ -197,8 +197,9 @@ function watchSignals(log: PinoLogger): SignalWatch {
 function crashPointFromEnv(log: PinoLogger): { crashAt?: CrashPoint } {
   const value = process.env.FERRY_CRASH_AT;
   if (value === undefined || value === '') return {};
-  if (!(CRASH_POINTS as readonly string[]).includes(value)) {
-    throw new Error(`FERRY_CRASH_AT=${value}: expected one of ${CRASH_POINTS.join(', ')}`);
+  const points: readonly string[] = [...CRASH_POINTS, ...RECEIVE_CRASH_POINTS];
+  if (!points.includes(value)) {
+    throw new Error(`FERRY_CRASH_AT=${value}: expected one of ${points.join(', ')}`);
   }
   log.warn({ crashAt: value }, 'FERRY_CRASH_AT is set: every disk move will kill this process');
   return { crashAt: value as CrashPoint };

@@ -247,6 +247,7 @@ export class Agent {
         this.publishReceived(descriptor, datastore, stack),
       dropExport: (name) => this.dropExport(name),
       serialize: (task) => this.serialize(task),
+      isCrashAtCommit: this.crashAt === 'receive-commit',
     });
   }
 

@@ -69,7 +69,12 @@ export interface MoverHost {
  * and right after the commit.
  */
 export const CRASH_POINTS = ['copy', 'final-copy', 'before-commit', 'after-commit'] as const;
-export type CrashPoint = (typeof CRASH_POINTS)[number];
+/**
+ * The destination's side of a cross-host move (issue 7): right after the receiver made its
+ * descriptor durable, before it answers the source, which then cannot learn the outcome.
+ */
+export const RECEIVE_CRASH_POINTS = ['receive-commit'] as const;
+export type CrashPoint = (typeof CRASH_POINTS)[number] | (typeof RECEIVE_CRASH_POINTS)[number];
 
 export interface PreparedMove {
   readonly id: string;

@@ -104,6 +104,8 @@ export interface ReceiverHost {
   dropExport(name: string): Promise<void>;
   /** Runs `task` in the agent's change queue. */
   serialize<T>(task: () => Promise<T>): Promise<T>;
+  /** Test seam (`FERRY_CRASH_AT=receive-commit`): kills the agent at that point. */
+  readonly isCrashAtCommit: boolean;
 }
 
 const RECEIVES_DIR = 'receives';
@@ -202,6 +204,10 @@ export class Receiver {
         ...(isShared ? { host: this.host.hostName } : {}),
       };
       await datastore.commitDescriptor(descriptor);
+      if (this.host.isCrashAtCommit) {
+        this.host.log.error({ move: id }, 'crash point receive-commit: killing the agent');
+        process.kill(process.pid, 'SIGKILL');
+      }
       live.isCommitted = true;
       await this.host.publishReceived(descriptor, datastore, stack);
       this.host.log.info(

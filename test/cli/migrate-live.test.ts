@@ -15,6 +15,7 @@ import { makeTempDir } from '../host/temp-dir.js';
 import { assertSameBytes, prng, randomBytes } from '../migrate/harness.js';
 import { MiB, runOk, toolTest } from '../nbd/interop-helpers.js';
 import { type ServeProcess, startServe } from './ferry-process.js';
+import { fioArgs as fioGuestArgs } from './fio-guest.js';
 
 interface Job {
   readonly id: string;
@@ -77,22 +78,7 @@ async function stop(serve: ServeProcess): Promise<void> {
 const FIO_SIZE = 48 * MiB;
 
 function fioArgs(uri: string, extra: readonly string[]): string[] {
-  // Random writes over a fixed size with the random map on: each block is written exactly once,
-  // so verify proves no acknowledged write was lost (DESIGN.md, "How we know it works").
-  return [
-    '--name=guest',
-    '--rw=randwrite',
-    '--bs=4k',
-    '--iodepth=16',
-    `--size=${FIO_SIZE}`,
-    '--verify=crc32c',
-    '--verify_fatal=1',
-    '--randseed=1234',
-    ...extra,
-    '--output-format=json',
-    uri.startsWith('nbd') ? '--ioengine=nbd' : '--ioengine=psync',
-    uri.startsWith('nbd') ? `--uri=${uri}` : `--filename=${uri}`,
-  ];
+  return fioGuestArgs(uri, FIO_SIZE, extra);
 }
 
 for (const method of METHOD_NAMES) {
