@@ -150,6 +150,7 @@ async function shutdown(
       log.error({ err: error }, `${what} failed: ${errorMessageOf(error)}`);
     }
   };
+  agent.stopWaitingForPeers();
   if (api) await step('closing the API', () => api.close());
   // Before the agent closes the disks: each running move rolls back to its source.
   await step('cancelling the jobs', () => jobs.shutdown());

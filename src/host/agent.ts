@@ -626,6 +626,15 @@ export class Agent {
   }
 
   /**
+   * Stops every wait for a peer that does not answer (the first step of a shutdown): a
+   * cross-host move whose commit outcome is unknown then ends with its disk held, for the next
+   * start to resolve, instead of keeping the shutdown waiting.
+   */
+  stopWaitingForPeers(): void {
+    this.closing.abort();
+  }
+
+  /**
    * Flushes and closes every disk, then releases the data directory. Every disk is closed even
    * if another fails; a failure (which may mean lost writes) is logged per disk and the first
    * one rethrown. Later calls do nothing; other operations fail with `ERR_AGENT_CLOSED`.

@@ -48,6 +48,14 @@ export async function openDiskStack(
  */
 export async function closeDiskStack(stack: DiskStack): Promise<void> {
   const failures: unknown[] = [];
+  if (stack.top.isPaused) {
+    // Held guest I/O (a cross-host move whose outcome is unknown): the Switch would hold a
+    // flush forever. What the guest was told is below it; flush that and leave the Switch.
+    await stack.raw.flush().catch((error: unknown) => failures.push(error));
+    await stack.raw.close().catch((error: unknown) => failures.push(error));
+    if (failures.length > 0) throw failures[0];
+    return;
+  }
   await stack.top.flush().catch((error: unknown) => failures.push(error));
   await stack.top.close().catch((error: unknown) => failures.push(error));
   await stack.raw.close().catch((error: unknown) => failures.push(error));

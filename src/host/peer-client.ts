@@ -27,7 +27,8 @@ import type { Peer } from './peers.js';
  * - A caller's `signal` that aborts rejects with that signal's reason, not with a PeerError.
  * - A path not starting with '/' is a programmer error: it throws a TypeError before any I/O.
  * - Replies larger than REPLY_BYTES_MAX are refused (ERR_PEER_REFUSED), so a confused peer cannot
- *   fill our memory.
+ *   fill our memory. `stream` is the exception: it hands over a body that is read as it comes,
+ *   and the caller bounds what it keeps.
  *
  * Holds no state between calls besides fetch's pooled connections: safe to share and to call
  * concurrently.
@@ -112,42 +113,98 @@ export class PeerClient {
     body?: unknown,
     options: PeerCallOptions = {},
   ): Promise<T> {
-    if (!path.startsWith('/')) throw new TypeError(`peer API path must start with '/': ${path}`);
-    // Sign what goes on the wire: fetch normalizes the path (percent-encoding) the way URL does.
-    const target = new URL(path, this.url);
-    const wirePath = `${target.pathname}${target.search}`;
+    const call = this.prepare(method, path, 'application/json');
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     const timeout = AbortSignal.timeout(timeoutMs);
     const signal =
       options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]);
-    const headers: Record<string, string> = {
-      accept: 'application/json',
-      authorization: signRequest(this.peer.key, method, wirePath, this.nowMs()),
-    };
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    const what = `${method} ${wirePath}`;
+    if (body !== undefined) call.headers['content-type'] = 'application/json';
     try {
-      const response = await fetch(target, {
+      const response = await fetch(call.target, {
         method,
-        headers,
+        headers: call.headers,
         signal,
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       });
-      const text = await readReply(response, this.name, what);
-      return this.parse<T>(response, text, what);
+      const text = await readReply(response, this.name, call.what);
+      return this.parse<T>(response, text, call.what);
     } catch (error) {
-      if (options.signal?.aborted) throw options.signal.reason;
-      if (error instanceof PeerError) throw error;
-      const reason = timeout.aborted
-        ? `no answer within ${timeoutMs / 1000} s`
-        : errorMessageOf((error as { cause?: unknown }).cause ?? error);
-      throw new PeerError(
-        HostErrorCode.PeerUnreachable,
-        `host ${this.name} at ${this.url} is unreachable (${what}: ${reason}); check that its ` +
-          'ferry serve runs and listens there, and see ferry host list',
-        { host: this.name, cause: error },
-      );
+      throw this.failure(error, call.what, timeout.aborted, timeoutMs, options.signal);
     }
+  }
+
+  /**
+   * A signed GET of a Server-Sent Events stream (`/v1/jobs/:id/events`), for relaying it.
+   * Resolves with the body, unread, once the peer answered 2xx with `text/event-stream`; the
+   * timeout bounds only the wait for that answer, since a stream may rightly stay quiet for
+   * long. Rejects as the contract above says (an error reply is read and parsed as `request`
+   * does; any other content type is `ERR_PEER_REFUSED`). After it resolved, `signal` is the only
+   * way to stop the stream early: aborting it ends the body with an error and closes the
+   * connection; a caller that stops reading without aborting holds the connection open.
+   */
+  async stream(path: string, options: PeerCallOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const call = this.prepare('GET', path, 'text/event-stream');
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    const answered = new AbortController();
+    const timer = setTimeout(() => answered.abort(), timeoutMs);
+    const signal =
+      options.signal === undefined
+        ? answered.signal
+        : AbortSignal.any([answered.signal, options.signal]);
+    try {
+      const response = await fetch(call.target, { method: 'GET', headers: call.headers, signal });
+      clearTimeout(timer);
+      if (!response.ok) this.parse(response, await readReply(response, this.name, call.what), call.what);
+      const type = response.headers.get('content-type') ?? '';
+      if (!type.startsWith('text/event-stream') || response.body === null) {
+        await response.body?.cancel();
+        throw new PeerError(
+          HostErrorCode.PeerRefused,
+          `host ${this.name} at ${this.url} answered ${call.what} with ${type || 'no content type'}, ` +
+            'not an event stream; is that URL a Ferry agent?',
+          { host: this.name, remoteStatus: response.status },
+        );
+      }
+      return response.body;
+    } catch (error) {
+      throw this.failure(error, call.what, answered.signal.aborted, timeoutMs, options.signal);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Target, signed headers and a label for messages; refuses a path without its leading '/'. */
+  private prepare(method: string, path: string, accept: string) {
+    if (!path.startsWith('/')) throw new TypeError(`peer API path must start with '/': ${path}`);
+    // Sign what goes on the wire: fetch normalizes the path (percent-encoding) the way URL does.
+    const target = new URL(path, this.url);
+    const wirePath = `${target.pathname}${target.search}`;
+    const headers: Record<string, string> = {
+      accept,
+      authorization: signRequest(this.peer.key, method, wirePath, this.nowMs()),
+    };
+    return { target, headers, what: `${method} ${wirePath}` };
+  }
+
+  /** What a failed call rejects with: the caller's abort reason, a PeerError as it is, or unreachable. */
+  private failure(
+    error: unknown,
+    what: string,
+    isTimedOut: boolean,
+    timeoutMs: number,
+    callerSignal: AbortSignal | undefined,
+  ): unknown {
+    if (callerSignal?.aborted) return callerSignal.reason;
+    if (error instanceof PeerError) return error;
+    const reason = isTimedOut
+      ? `no answer within ${timeoutMs / 1000} s`
+      : errorMessageOf((error as { cause?: unknown }).cause ?? error);
+    return new PeerError(
+      HostErrorCode.PeerUnreachable,
+      `host ${this.name} at ${this.url} is unreachable (${what}: ${reason}); check that its ` +
+        'ferry serve runs and listens there, and see ferry host list',
+      { host: this.name, cause: error },
+    );
   }
 
   private parse<T>(response: Response, text: string, what: string): T {

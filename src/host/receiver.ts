@@ -63,6 +63,20 @@ export interface ReceiveTicket {
 
 export type ReceiveState = 'committed' | 'aborted';
 
+/** A receive under way, as `list` shows it. */
+export interface ReceiveInfo {
+  readonly id: string;
+  readonly disk: string;
+  /** The source host's name for itself. */
+  readonly from: string;
+  readonly committed: boolean;
+  readonly writtenBytes: number;
+  readonly sizeBytes: number;
+  readonly datastore: string;
+  /** The key identity the source proved. */
+  readonly pskIdentity: string;
+}
+
 interface ReceiveRecord {
   readonly version: 1;
   readonly id: string;
@@ -265,14 +279,21 @@ export class Receiver {
     });
   }
 
-  /** Bytes written into each receive so far (for the destination's view of a move). */
-  list(): { id: string; disk: string; from: string; committed: boolean; writtenBytes: number }[] {
+  /**
+   * Bytes written into each receive so far (for the destination's view of a move). `pskIdentity`
+   * finds the source among the peers when its name for itself is not ours for it
+   * (control/remote-jobs.ts).
+   */
+  list(): ReceiveInfo[] {
     return [...this.live.values()].map((live) => ({
       id: live.record.id,
       disk: live.record.disk,
       from: live.record.sourceHost,
       committed: live.isCommitted,
       writtenBytes: live.stack.stats.snapshot().verbs.write.bytes,
+      sizeBytes: live.record.sizeBytes,
+      datastore: live.record.datastore,
+      pskIdentity: live.record.pskIdentity,
     }));
   }
 
