@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { JobManager } from '../control/job-manager.js';
+import { RemoteJobs } from '../control/remote-jobs.js';
 import type { Agent } from '../host/agent.js';
 import type { PeerRegistry } from '../host/peers.js';
 import { readPackageVersion } from '../util/package-version.js';
@@ -79,11 +80,18 @@ export function createApi(options: ApiOptions): FastifyInstance {
   registerVmRoutes(app, options.agent);
   registerReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
   if (options.jobs) {
-    registerJobRoutes(app, options.jobs);
+    // The destination of a cross-host move shows the source's job of it (remote-jobs.ts).
+    const agent = options.agent;
+    const remote =
+      peers === undefined
+        ? undefined
+        : new RemoteJobs({ receives: () => agent.receiver.list(), peers });
+    registerJobRoutes(app, options.jobs, remote);
     registerJobEventRoutes(
       app,
       options.jobs,
       options.eventHeartbeatMs === undefined ? {} : { heartbeatMs: options.eventHeartbeatMs },
+      remote,
     );
   }
   return app;

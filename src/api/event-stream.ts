@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import { EVENT_STREAM_HEADERS } from './event-relay.js';
 
 /**
  * One Server-Sent Events response (WHATWG HTML, "Server-sent events"): each event is
@@ -21,13 +22,7 @@ export class EventStream {
   /** Writes the headers at once, so the client sees the stream open before the first event. */
   constructor(raw: ServerResponse, heartbeatMs: number) {
     this.raw = raw;
-    raw.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache, no-transform',
-      connection: 'keep-alive',
-      // nginx buffers responses unless told not to.
-      'x-accel-buffering': 'no',
-    });
+    raw.writeHead(200, EVENT_STREAM_HEADERS);
     raw.write(': ferry event stream\n\n');
     this.heartbeat = setInterval(() => this.write(': heartbeat\n\n'), heartbeatMs);
     raw.on('close', () => this.close());

@@ -1,11 +1,13 @@
 import type { Command } from 'commander';
 import type { JobRecord, JobStatus } from '../control/job-record.js';
 import { isTerminal } from '../control/job-states.js';
+import type { RemoteJobStatus, UnreachableJob } from '../control/remote-jobs.js';
 import { formatSpeed, SPEED_HELP } from '../control/speed.js';
 import { formatSize } from '../util/size.js';
 import { type CliContext, printJson } from './context.js';
 import { followJob, reportOutcome } from './job-follow.js';
 import {
+  describeSource,
   describeSubject,
   formatActivity,
   formatAmount,
@@ -53,28 +55,53 @@ function addList(job: Command, context: CliContext): void {
     .option('--json', 'print the list as JSON')
     .addHelpText('after', '\nExample:\n  $ ferry job list --json')
     .action(async (options: { json?: boolean }) => {
-      const { jobs } = await context.api.get<{ jobs: JobStatus[] }>('/v1/jobs');
+      const { jobs } = await context.api.get<{ jobs: ListedJob[] }>('/v1/jobs');
       if (options.json) return printJson(context, jobs);
       if (jobs.length === 0)
         return context.print('No jobs. Start one with: ferry migrate DISK --to DATASTORE');
+      const known = (show: (j: JobStatus) => string) => (j: ListedJob) =>
+        isUnanswered(j) ? '-' : show(j);
       context.print(
-        formatTable<JobStatus>(
+        formatTable<ListedJob>(
           [
             { header: 'ID', value: (j) => j.id },
             { header: 'DISK', value: (j) => j.disk },
-            { header: 'FROM', value: (j) => j.from },
+            { header: 'FROM', value: listedSource },
             { header: 'TO', value: (j) => j.to },
-            { header: 'METHOD', value: (j) => j.method },
+            { header: 'METHOD', value: known((j) => j.method) },
             { header: 'STATE', value: (j) => j.state },
             { header: 'DONE', value: (j) => `${percentDone(j)}%`, align: 'right' },
             { header: 'COPIED', value: (j) => formatAmount(j) },
-            { header: 'STARTED', value: (j) => formatClock(j.startedAt) },
-            { header: 'DURATION', value: (j) => formatDuration(j.durationMs), align: 'right' },
+            { header: 'STARTED', value: known((j) => formatClock(j.startedAt)) },
+            {
+              header: 'DURATION',
+              value: known((j) => formatDuration(j.durationMs)),
+              align: 'right',
+            },
           ],
           jobs,
         ),
       );
+      for (const j of jobs.filter(isUnanswered)) {
+        context.print(`job ${j.id}: only what this host receives is known: ${j.error.message}`);
+      }
     });
+}
+
+/**
+ * A row of `GET /v1/jobs`: a job of this host, one another host runs (its disk arrives here),
+ * or, when that host did not answer, what this host knows of the move.
+ */
+type ListedJob = JobStatus | RemoteJobStatus | UnreachableJob;
+
+function isUnanswered(job: ListedJob): job is UnreachableJob {
+  return 'sourceHost' in job;
+}
+
+/** `local` here; `a:local` for a job host a runs; `a:?` when host a did not say. */
+function listedSource(job: ListedJob): string {
+  if (isUnanswered(job)) return `${job.runsOn ?? job.sourceHost}:?`;
+  return 'runsOn' in job ? `${job.runsOn}:${job.from}` : job.from;
 }
 
 function addShow(job: Command, context: CliContext): void {
@@ -85,7 +112,7 @@ function addShow(job: Command, context: CliContext): void {
     .option('--json', 'print the job as JSON')
     .addHelpText('after', '\nExample:\n  $ ferry job show move-1')
     .action(async (id: string, options: { json?: boolean }) => {
-      const record = await context.api.get<JobRecord>(jobPath(id));
+      const record = await context.api.get<ShownJob>(jobPath(id));
       if (options.json) return printJson(context, record);
       context.print(formatFields(jobFields(record)));
       context.print('events:');
@@ -120,10 +147,10 @@ function addCancel(job: Command, context: CliContext): void {
     .option('--json', 'print the job as JSON')
     .addHelpText('after', '\nExample:\n  $ ferry job cancel move-1 && ferry job watch move-1')
     .action(async (id: string, options: { json?: boolean }) => {
-      const record = await context.api.post<JobRecord>(jobPath(id, '/cancel'), {});
+      const record = await context.api.post<ShownJob>(jobPath(id, '/cancel'), {});
       if (options.json) return printJson(context, record);
       context.print(
-        `Cancelling job ${record.id}: ${describeSubject(record)} stays on datastore ${record.from} ` +
+        `Cancelling job ${record.id}: ${describeSubject(record)} stays on ${describeSource(record)} ` +
           `once the copy has stopped. Follow it: ferry job watch ${record.id}`,
       );
     });
@@ -151,13 +178,21 @@ function addSpeed(job: Command, context: CliContext): void {
     });
 }
 
-function jobFields(record: JobRecord): [string, string][] {
+/** A job's record; `runsOn` names the host that runs it when that is not this one. */
+type ShownJob = JobRecord & { readonly runsOn?: string };
+
+function jobFields(record: ShownJob): [string, string][] {
   const method =
     record.method === record.requestedMethod
       ? record.method
       : `${record.method} (asked for ${record.requestedMethod})`;
+  const host: [string, string][] =
+    record.runsOn === undefined
+      ? []
+      : [['host', `runs on host ${record.runsOn}; this host receives the disk`]];
   return [
     ['id', record.id],
+    ...host,
     record.vm === null
       ? ['disk', `${record.disk} (${formatSize(record.sizeBytes)})`]
       : ['vm', `${record.vm}: disks ${record.disks.join(', ')} (${formatSize(record.sizeBytes)})`],

@@ -4,7 +4,7 @@ import { FerryError } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
 import { CliErrorCode } from './api-client.js';
 import { type CliContext, printJson } from './context.js';
-import { describeSubject, formatDuration } from './job-format.js';
+import { describeSource, describeSubject, formatDuration } from './job-format.js';
 import { createJobRenderer } from './progress-bar.js';
 import { ExitCode } from './run.js';
 
@@ -14,10 +14,13 @@ import { ExitCode } from './run.js';
  * job: the job runs on in the server, and the message says how to look at it or cancel it.
  */
 export type FollowOutcome =
-  | { readonly kind: 'finished'; readonly record: JobRecord }
+  | { readonly kind: 'finished'; readonly record: JobRecord & { readonly runsOn?: string } }
   | { readonly kind: 'detached'; readonly status: JobStatus };
 
-export async function followJob(context: CliContext, job: JobStatus): Promise<FollowOutcome> {
+export async function followJob(
+  context: CliContext,
+  job: JobStatus & { readonly runsOn?: string },
+): Promise<FollowOutcome> {
   const abort = new AbortController();
   const stopWatching = context.onInterrupt(() => abort.abort());
   const renderer = createJobRenderer(context);
@@ -46,14 +49,22 @@ export async function followJob(context: CliContext, job: JobStatus): Promise<Fo
   // The stream ends after the job's last event; before it only when the server stops, and a
   // stopping server cancels its jobs (each disk stays where it was).
   if (!isTerminal(last.state)) {
+    // Relayed from the host that runs the job: its link to this one may have gone instead.
+    const why =
+      job.runsOn === undefined
+        ? 'a server that stops cancels its jobs'
+        : `the job runs on host ${job.runsOn}: the link to it may have gone (see ferry job show ` +
+          `${job.id}), or a server that stops cancels its jobs`;
     throw new FerryError(
       CliErrorCode.StreamEnded,
-      `the server ended the event stream while job ${job.id} was ${last.state}; a server that ` +
-        `stops cancels its jobs, leaving ${describeSubject(job)} on datastore ${job.from}`,
+      `the server ended the event stream while job ${job.id} was ${last.state}; ${why}, ` +
+        `leaving ${describeSubject(job)} on ${describeSource(job)}`,
     );
   }
   // The whole record, with its history, for --json.
-  const record = await context.api.get<JobRecord>(`/v1/jobs/${encodeURIComponent(job.id)}`);
+  const record = await context.api.get<JobRecord & { readonly runsOn?: string }>(
+    `/v1/jobs/${encodeURIComponent(job.id)}`,
+  );
   return { kind: 'finished', record };
 }
 
@@ -88,8 +99,8 @@ export function reportOutcome(
       ? `job ${record.id} was cancelled`
       : `job ${record.id} failed: ${failure.message} (${failure.code})`;
   context.printError(
-    `ferry: ${why}. ${capitalise(describeSubject(record))} was not moved: its guest runs on datastore ` +
-      `${record.from} as before.\n`,
+    `ferry: ${why}. ${capitalise(describeSubject(record))} was not moved: its guest runs on ` +
+      `${describeSource(record)} as before.\n`,
   );
   return ExitCode.Failed;
 }

@@ -13,6 +13,18 @@ export function describeSubject(job: Pick<JobStatus, 'disk' | 'vm' | 'disks'>): 
   return job.vm === null ? `disk ${job.disk}` : `VM ${job.vm} (disks ${job.disks.join(', ')})`;
 }
 
+/**
+ * Where the moved data comes from: `datastore local`, or `datastore local of host a` for a job
+ * another host runs (`runsOn`, shown by the destination of a cross-host move).
+ */
+export function describeSource(
+  job: Pick<JobStatus, 'from'> & { readonly runsOn?: string },
+): string {
+  return job.runsOn === undefined
+    ? `datastore ${job.from}`
+    : `datastore ${job.from} of host ${job.runsOn}`;
+}
+
 /** `1.75 ms`, `850 ms`, `3.2 s`, `4m05s`, `2h07m`: downtimes are judged in single milliseconds. */
 export function formatDuration(ms: number): string {
   if (ms < 10) return `${Number(ms.toFixed(2))} ms`;
@@ -25,13 +37,13 @@ export function formatDuration(ms: number): string {
 }
 
 /** Whole percent done, floored so 100% means done. */
-export function percentDone(status: JobStatus): number {
+export function percentDone(status: Pick<JobStatus, 'progress'>): number {
   const { doneBytes, totalBytes } = status.progress;
   return totalBytes === 0 ? 100 : Math.floor((doneBytes * 100) / totalBytes);
 }
 
 /** `450M/1G`, or `450M/1.1G (+100M again)` once the total passed the disk's size. */
-export function formatAmount(status: JobStatus): string {
+export function formatAmount(status: Pick<JobStatus, 'progress' | 'sizeBytes'>): string {
   const { doneBytes, totalBytes } = status.progress;
   const grownBytes = totalBytes - status.sizeBytes;
   const grown = grownBytes > 0 ? ` (+${formatSize(grownBytes)} again)` : '';

@@ -25,4 +25,12 @@ export {
   type JobState,
   type JobVerb,
 } from './job-states.js';
+export {
+  LIST_TIMEOUT_MS,
+  type RemoteJobEntry,
+  type RemoteJobRecord,
+  type RemoteJobStatus,
+  RemoteJobs,
+  type UnreachableJob,
+} from './remote-jobs.js';
 export { formatSpeed, parseSpeed, SPEED_HELP } from './speed.js';

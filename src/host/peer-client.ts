@@ -153,8 +153,10 @@ export class PeerClient {
         : AbortSignal.any([answered.signal, options.signal]);
     try {
       const response = await fetch(call.target, { method: 'GET', headers: call.headers, signal });
-      clearTimeout(timer);
-      if (!response.ok) this.parse(response, await readReply(response, this.name, call.what), call.what);
+      if (!response.ok) {
+        // An error reply is the peer's JSON: `parse` throws it as the PeerError named above.
+        this.parse(response, await readReply(response, this.name, call.what), call.what);
+      }
       const type = response.headers.get('content-type') ?? '';
       if (!type.startsWith('text/event-stream') || response.body === null) {
         await response.body?.cancel();

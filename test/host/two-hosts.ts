@@ -2,6 +2,7 @@ import { randomBytes as cryptoRandomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { createApi } from '../../src/api/index.js';
+import { JobManager } from '../../src/control/job-manager.js';
 import { Agent } from '../../src/host/agent.js';
 import { peerLinks } from '../../src/host/peer-link.js';
 import { PeerRegistry } from '../../src/host/peers.js';
@@ -22,6 +23,8 @@ export interface TestHost {
   agent: Agent;
   readonly server: NbdServer;
   readonly api: FastifyInstance;
+  /** The API's jobs (`POST /v1/migrations`, `/v1/jobs`), over the host's current agent. */
+  readonly jobs: JobManager;
   readonly peers: PeerRegistry;
   readonly nbdPort: number;
 }
@@ -60,6 +63,9 @@ export async function startTwoHosts(options: { wrapA?: PeerWrap } = {}): Promise
     },
     async close() {
       for (const host of [a, b]) {
+        await host.jobs.shutdown();
+        // A relayed event stream's connection to the other host is idle for fetch, not closed.
+        host.api.server.closeAllConnections();
         await host.api.close();
         await host.server.close();
         await host.agent.close().catch(() => undefined);
@@ -113,14 +119,16 @@ async function startHost(
     },
   });
   const { port } = await server.listenTcp('127.0.0.1', 0);
+  const jobs = new JobManager(currentAgent(host), { progressIntervalMs: 50 });
   const api = createApi({
     agent: currentAgent(host),
     nbdUrl: `nbd://127.0.0.1:${port}`,
     peers,
     hostName: name,
+    jobs,
   });
   await api.listen({ host: '127.0.0.1', port: 0 });
-  Object.assign(host, { server, api, nbdPort: port });
+  Object.assign(host, { server, api, jobs, nbdPort: port });
   return host;
 }
 

@@ -3,7 +3,10 @@ import type { FastifyInstance } from 'fastify';
 import type { JobManager } from '../../control/job-manager.js';
 import type { JobEvent } from '../../control/job-record.js';
 import { isTerminal } from '../../control/job-states.js';
+import type { RemoteJobs } from '../../control/remote-jobs.js';
+import { EventRelay } from '../event-relay.js';
 import { EventStream } from '../event-stream.js';
+import { localOrRemote, remoteFor } from '../job-relay.js';
 import { type JobParams, jobParamsSchema } from '../schemas.js';
 
 /**
@@ -17,6 +20,10 @@ import { type JobParams, jobParamsSchema } from '../schemas.js';
  *
  * Streams end when the API closes (a `preClose` hook), so a dashboard left open never holds up
  * the shutdown.
+ *
+ * With `remote`, `/v1/jobs/:id/events` of another host's job whose disk this host receives is
+ * that host's stream, relayed unchanged (event-relay.ts; its records lack `runsOn`). `/v1/events`
+ * stays this host's own.
  */
 export interface JobEventRouteOptions {
   /** Interval of the heartbeat comments; 15 s by default. */
@@ -29,21 +36,40 @@ export function registerJobEventRoutes(
   app: FastifyInstance,
   jobs: JobManager,
   options: JobEventRouteOptions = {},
+  remote?: RemoteJobs,
 ): void {
   const heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS_DEFAULT;
   const open = new Set<EventStream>();
+  const relays = new Set<EventRelay>();
   const start = (raw: ServerResponse): EventStream => openStream(raw, heartbeatMs, open);
   app.addHook('preClose', async () => {
     for (const stream of open) stream.close();
+    for (const relay of relays) relay.close();
   });
 
   app.get<{ Params: JobParams }>(
     '/v1/jobs/:id/events',
     { schema: { params: jobParamsSchema } },
     async (request, reply) => {
-      // Before hijacking, so an unknown id is an ordinary 404 reply.
-      const record = jobs.get(request.params.id);
+      const { id } = request.params;
+      // Before hijacking, so an unknown id (or a source host that cannot be reached) is an
+      // ordinary error reply.
+      const found = await localOrRemote(
+        () => jobs.get(id),
+        remoteFor(request, remote),
+        async (r) => {
+          const upstream = new AbortController();
+          return { upstream, body: await r.events(id, upstream.signal) };
+        },
+      );
       reply.hijack();
+      if ('upstream' in found) {
+        const relay = new EventRelay(reply.raw, found.body, found.upstream);
+        relays.add(relay);
+        relay.onClose(() => relays.delete(relay));
+        return;
+      }
+      const record = found;
       const stream = start(reply.raw);
       stream.send('job', record);
       if (isTerminal(record.state)) return stream.close();

@@ -1,6 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { JobManager } from '../../control/job-manager.js';
+import type { RemoteJobs } from '../../control/remote-jobs.js';
 import { parseSpeed } from '../../control/speed.js';
+import { localOrRemote, remoteFor } from '../job-relay.js';
 import {
   type JobParams,
   type JobSpeedBody,
@@ -14,8 +16,16 @@ import {
  * `POST /v1/migrations` starts a disk move (`disk`) or a VM move (`vm`: home and disks); `/v1/jobs` lists, shows, cancels and re-speeds jobs.
  * A verb the job's state does not allow is 409 `ERR_JOB_STATE` (control/job-states.ts), whose
  * message says what the state allows. The live view is in job-events.ts.
+ *
+ * With `remote`, the jobs of other hosts whose disks this host receives are listed, shown,
+ * cancelled and re-speeded here too, by asking the host that runs each (job-relay.ts); their
+ * records carry `runsOn`, our name for that host.
  */
-export function registerJobRoutes(app: FastifyInstance, jobs: JobManager): void {
+export function registerJobRoutes(
+  app: FastifyInstance,
+  jobs: JobManager,
+  remote?: RemoteJobs,
+): void {
   app.post<{ Body: StartMigrationBody }>(
     '/v1/migrations',
     { schema: { body: startMigrationBodySchema } },
@@ -36,25 +46,51 @@ export function registerJobRoutes(app: FastifyInstance, jobs: JobManager): void 
     },
   );
 
-  app.get('/v1/jobs', async () => ({ jobs: jobs.list() }));
+  app.get('/v1/jobs', async (request) => {
+    const elsewhere = remoteFor(request, remote);
+    return { jobs: [...jobs.list(), ...(elsewhere === undefined ? [] : await elsewhere.list())] };
+  });
 
   app.get<{ Params: JobParams }>(
     '/v1/jobs/:id',
     { schema: { params: jobParamsSchema } },
-    async (request) => jobs.get(request.params.id),
+    async (request) => {
+      const { id } = request.params;
+      return localOrRemote(
+        () => jobs.get(id),
+        remoteFor(request, remote),
+        (r) => r.get(id),
+      );
+    },
   );
 
   app.post<{ Params: JobParams }>(
     '/v1/jobs/:id/cancel',
     { schema: { params: jobParamsSchema } },
     // 202: the rollback runs on; the job reaches `cancelled` once the guest is on its source.
-    async (request, reply) => reply.status(202).send(jobs.cancel(request.params.id)),
+    async (request, reply) => {
+      const { id } = request.params;
+      const record = await localOrRemote(
+        () => jobs.cancel(id),
+        remoteFor(request, remote),
+        (r) => r.cancel(id),
+      );
+      return reply.status(202).send(record);
+    },
   );
 
   app.post<{ Params: JobParams; Body: JobSpeedBody }>(
     '/v1/jobs/:id/speed',
     { schema: { params: jobParamsSchema, body: jobSpeedBodySchema } },
-    async (request) => jobs.setSpeed(request.params.id, speedOf(request.body.speed)),
+    async (request) => {
+      const { id } = request.params;
+      const speed = speedOf(request.body.speed);
+      return localOrRemote(
+        () => jobs.setSpeed(id, speed),
+        remoteFor(request, remote),
+        (r) => r.setSpeed(id, speed),
+      );
+    },
   );
 }
 
