@@ -54,6 +54,13 @@ export interface PassOptions {
    * before its hold, and a granule placed while the chunk waited must not be copied over.
    */
   readonly recheckUnderLock?: boolean;
+  /**
+   * With `lock`: called under the chunk's hold for each run it copies, before the run's bits are
+   * cleared and its data read. The async mirror drops its queued target writes in the run (the
+   * copy carries the source's bytes, which are those or newer) and waits for those in flight,
+   * so no older mirrored write lands over the copy (mirror-queue.ts).
+   */
+  readonly supersede?: (offset: number, length: number) => Promise<void>;
   /** Read from this device instead of the copier's source (a redo log); same size, throttled. */
   readonly from?: BlockDevice;
   /**
@@ -142,6 +149,7 @@ export class Copier {
    * stay dirty for the caller's next pass). Resolves when every chunk has landed.
    */
   async copyPass(bitmap: DirtyBitmap, pass: PassOptions = {}): Promise<void> {
+    assert(pass.supersede === undefined || pass.lock !== undefined, 'supersede needs the lock');
     if (pass.recheckUnderLock === true) {
       assert(pass.lock !== undefined, 'a recheck under the lock needs the lock');
       assert(pass.skip === undefined, 'a recheck copies every dirty granule: no skip with it');
@@ -235,6 +243,7 @@ export class Copier {
 
   /** Clears the run, copies it extent by extent, marks it again on failure; counts progress. */
   private async copyRun(walk: Walk, offset: number, length: number): Promise<void> {
+    await walk.pass.supersede?.(offset, length);
     walk.bitmap.clear(offset, length);
     try {
       const end = offset + length;

@@ -23,6 +23,30 @@ export const METHOD_NAMES = ['mirror', 'dbt', 'snapshot', 'sxm'] as const;
 export type MethodName = (typeof METHOD_NAMES)[number];
 export const METHOD_DEFAULT: MethodName = 'mirror';
 
+/**
+ * How guest writes behind the copy cursor reach the destination (issue 7 part 4; vSphere 5.1):
+ *   - `sync`: acknowledged once both sides have them (the default for local moves);
+ *   - `async`: acknowledged once the source has them, queued for the destination in a bounded
+ *     buffer (mirror-queue.ts); a write that finds the buffer full waits for room;
+ *   - `auto`: as `async`, but the mirror turns synchronous while the buffer is full or the
+ *     destination lags, and asynchronous again once the queue has drained (cross-host default).
+ * Every mode is safe: the source is the authority until the commit, and the switchover drains
+ * the queue before the destination is flushed.
+ */
+export const MIRROR_MODES = ['sync', 'async', 'auto'] as const;
+export type MirrorMode = (typeof MIRROR_MODES)[number];
+export const MIRROR_MODE_DEFAULT: MirrorMode = 'sync';
+/** The async mirror's buffer: 64 MiB, vSphere's order of size; `--mirror-buffer` sets it. */
+export const ASYNC_BUFFER_BYTES_DEFAULT = 64 * 1024 * 1024;
+/**
+ * The oldest queued write may wait this long for the destination before `auto` turns
+ * synchronous: 1 s. An acknowledged write is safe on the source however long it waits, so the
+ * bound is not about safety but about the switchover, which drains the queue with the guest
+ * held: a queue a second behind costs about a second of downtime at the link's rate, and a
+ * link a second behind is not keeping up with the guest.
+ */
+export const ASYNC_LAG_MS_MAX_DEFAULT = 1000;
+
 export interface MethodTuning {
   /** The switchover's copy should take at most this long at the measured rate; default 100 ms. */
   readonly downtimeTargetMs: number;
@@ -32,6 +56,12 @@ export interface MethodTuning {
   readonly isHotBlockAvoidance: boolean;
   /** Dirty-tracking and redo-log granule; default 64 KiB. */
   readonly granularityBytes: number;
+  /** mirror, sxm and dbt's hand-over: how mirrored writes reach the target; default `sync`. */
+  readonly mirrorMode: MirrorMode;
+  /** `async`/`auto`: the most the write queue holds, in bytes; default 64 MiB. */
+  readonly asyncBufferBytes: number;
+  /** `auto`: the oldest queued write's age that turns the mirror synchronous; default 1000. */
+  readonly asyncLagMsMax: number;
 }
 
 export const METHOD_TUNING_DEFAULT: MethodTuning = {
@@ -39,14 +69,26 @@ export const METHOD_TUNING_DEFAULT: MethodTuning = {
   passMax: 8,
   isHotBlockAvoidance: true,
   granularityBytes: 64 * 1024,
+  mirrorMode: MIRROR_MODE_DEFAULT,
+  asyncBufferBytes: ASYNC_BUFFER_BYTES_DEFAULT,
+  asyncLagMsMax: ASYNC_LAG_MS_MAX_DEFAULT,
 };
 
 /** What a method reports while it runs; the job turns them into events. */
 export type MethodEvent =
   | { readonly type: 'phase'; readonly phase: string }
   | { readonly type: 'pass'; readonly pass: number; readonly dirtyBytes: number }
-  /** The mirror's write mode (sync: acknowledged after both sides). */
-  | { readonly type: 'mode'; readonly mode: 'sync' | 'async' }
+  /**
+   * The mirror's write mode (sync: acknowledged after both sides; async: after the source, the
+   * destination's copy queued), at the start and on every switch: why, and what the queue held
+   * then (`queuedBytes`, as counted against `asyncBufferBytes`).
+   */
+  | {
+      readonly type: 'mode';
+      readonly mode: 'sync' | 'async';
+      readonly reason: string;
+      readonly queuedBytes: number;
+    }
   /** The job now runs another method (dbt that cannot converge continues as mirror). */
   | { readonly type: 'method'; readonly method: MethodName; readonly reason: string }
   | { readonly type: 'message'; readonly message: string };
@@ -87,9 +129,31 @@ export interface MethodContext {
   emit(event: MethodEvent): void;
 }
 
+/** What the write queue of a mirroring method did (mirror-queue.ts), for progress and tests. */
+export interface MirrorStats {
+  readonly mode: 'sync' | 'async';
+  /** Guest writes, zeroes and trims acknowledged before the destination had them. */
+  readonly asyncWrites: number;
+  /** Guest writes acknowledged after both sides had them. */
+  readonly syncWrites: number;
+  /** Queued bytes a newer write or a copy replaced before they were sent. */
+  readonly coalescedBytes: number;
+  /** Bytes held now (queued, in flight to the target, reserved). */
+  readonly heldBytes: number;
+  /** The most held at once: at most the buffer, but for one write larger than all of it. */
+  readonly peakHeldBytes: number;
+  readonly switchesToSync: number;
+  readonly switchesToAsync: number;
+}
+
 export interface MethodRun {
-  /** Bytes the method still has to copy (dirty, or in redo logs); for progress displays. */
+  /**
+   * Bytes the method still has to copy (dirty, or in redo logs, or queued for the destination);
+   * for progress displays.
+   */
   readonly dirtyBytes: number;
+  /** The mirror's write queue, once the method mirrors writes (mirror, sxm, dbt's hand-over). */
+  readonly mirrorStats?: MirrorStats | undefined;
   /** Copy passes or consolidation rounds so far. */
   readonly passes: number;
   converge(): Promise<void>;

@@ -14,6 +14,7 @@ import {
   type MethodName,
   type MethodRun,
   type MethodTuning,
+  type MirrorStats,
   type Scratch,
 } from './method.js';
 import { methodNamed } from './methods/index.js';
@@ -130,6 +131,20 @@ export class Migration {
 
   get passes(): number {
     return this.runs.reduce((most, run) => Math.max(most, run.passes), 0);
+  }
+
+  /**
+   * The mirrors' write queues over every disk that mirrors writes (undefined while none does):
+   * counts summed, `sync` if any is, the largest peak of one queue.
+   */
+  get mirrorStats(): MirrorStats | undefined {
+    let total: MirrorStats | undefined;
+    for (const run of this.runs) {
+      const stats = run.mirrorStats;
+      if (stats === undefined) continue;
+      total = total === undefined ? stats : sumMirrorStats(total, stats);
+    }
+    return total;
   }
 
   get bytesCopied(): number {
@@ -323,4 +338,17 @@ export class Migration {
   private checkCancelled(): void {
     if (this.abort.signal.aborted) throw cancelledError();
   }
+}
+
+function sumMirrorStats(a: MirrorStats, b: MirrorStats): MirrorStats {
+  return {
+    mode: a.mode === 'sync' || b.mode === 'sync' ? 'sync' : 'async',
+    asyncWrites: a.asyncWrites + b.asyncWrites,
+    syncWrites: a.syncWrites + b.syncWrites,
+    coalescedBytes: a.coalescedBytes + b.coalescedBytes,
+    heldBytes: a.heldBytes + b.heldBytes,
+    peakHeldBytes: Math.max(a.peakHeldBytes, b.peakHeldBytes),
+    switchesToSync: a.switchesToSync + b.switchesToSync,
+    switchesToAsync: a.switchesToAsync + b.switchesToAsync,
+  };
 }

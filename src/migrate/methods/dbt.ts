@@ -38,7 +38,8 @@
  * `carried` merged in: until the Switch is re-pointed the tracker keeps marking it, and
  * `interpose` drains the guest's I/O before re-pointing, so every write lands either through the
  * tracker (marked) or through the mirror. At that instant no pass is in flight and the invariant
- * above is exactly the mirror's (mirror.ts) with nothing in its lock.
+ * above is exactly the mirror's (mirror.ts) with nothing in its lock and nothing in its queue;
+ * from then on the mirror's invariant holds, in the job's `mirrorMode` (sync, async or auto).
  */
 import { performance } from 'node:perf_hooks';
 import { DirtyBitmap } from '../../block/dirty-bitmap.js';
@@ -46,7 +47,7 @@ import { DirtyTracker } from '../../block/dirty-tracker.js';
 import { assert } from '../../util/assert.js';
 import { formatSize } from '../../util/size.js';
 import { checkNotCancelled } from '../errors.js';
-import type { Method, MethodContext, MethodRun } from '../method.js';
+import type { Method, MethodContext, MethodRun, MirrorStats } from '../method.js';
 import { MirrorCopy } from './mirror.js';
 
 /** The share of the downtime target the final copy may take; the flush takes about as long. */
@@ -98,6 +99,10 @@ class DbtRun implements MethodRun {
     return this.passesDbt + (this.takeover?.passes ?? 0);
   }
 
+  get mirrorStats(): MirrorStats | undefined {
+    return this.takeover?.mirrorStats;
+  }
+
   /**
    * First call: puts the tracker in the guest's path and copies the whole disk. Every call: copies
    * what is dirty, pass after pass, until it fits the downtime target, at most `passMax` passes
@@ -131,10 +136,12 @@ class DbtRun implements MethodRun {
     await this.copyForked(last, undefined);
   }
 
-  /** The source has every write (only the copier writes the target): nothing to undo. */
+  /** The source has every write (only the copier and the mirror add the target): nothing to undo. */
   async rollback(): Promise<void> {}
 
-  async dispose(): Promise<void> {}
+  async dispose(): Promise<void> {
+    await this.takeover?.dispose();
+  }
 
   private async passUntilFits(passesMax: number): Promise<void> {
     for (let passesLeft = passesMax; ; passesLeft -= 1) {
