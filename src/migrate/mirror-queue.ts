@@ -8,7 +8,8 @@
  *     overlapped part (dropped, or trimmed to what is left), so the target gets those bytes once,
  *     from the newer write. Queued entries are therefore pairwise disjoint.
  *   - Order where ranges overlap: an entry is sent only when no entry in flight overlaps it, and
- *     entries are sent oldest first; so a newer write never lands before an older one it overlaps.
+ *     entries are sent oldest first, but for those waiting on such an overlap; so a newer write
+ *     never lands before an older one it overlaps.
  *   - `supersede(range)` (a synchronous mirrored write, a copy chunk about to read the source)
  *     drops the queued parts in the range and waits for the entries in flight there: afterwards
  *     nothing older lands in the range. Callers hold the range in their `RangeLock`, as every
@@ -64,6 +65,8 @@ export function targetLength(write: TargetWrite): number {
 
 /** What one entry costs besides its payload (the object, its slots): roughly, rounded up. */
 export const ENTRY_OVERHEAD_BYTES = 128;
+/** Queued entries the drainer looks at past ones that must wait for a write in flight. */
+const PUMP_SCAN_MAX = 64;
 /** Target writes the drainer keeps in flight: enough to fill a pooled NBD link. */
 export const QUEUE_IN_FLIGHT_MAX_DEFAULT = 8;
 /** `auto` never stays synchronous longer than this once the queue is empty. */
@@ -113,8 +116,8 @@ interface Entry {
   data: Buffer | undefined;
   readonly mayTrim: boolean;
   readonly enqueuedAtMs: number;
-  /** Dropped by coalescing while still in the FIFO. */
-  isDropped: boolean;
+  /** Sent, or dropped by coalescing, while still in the FIFO. */
+  isGone: boolean;
   /** Set when sent; settles (never rejects) when its target write settled. */
   settled: Promise<void> | undefined;
 }
@@ -240,7 +243,7 @@ export class MirrorQueue {
         data: write.kind === 'write' ? copyOf(write.data) : undefined,
         mayTrim: write.kind === 'zero' && write.mayTrim,
         enqueuedAtMs: nowMs,
-        isDropped: false,
+        isGone: false,
         settled: undefined,
       };
       this.fifo.push(entry);
@@ -295,7 +298,7 @@ export class MirrorQueue {
       this.isClosedNow = true;
       for (let index = this.fifoHead; index < this.fifo.length; index += 1) {
         const entry = this.fifo[index];
-        if (entry === undefined || entry.isDropped) continue;
+        if (entry === undefined || entry.isGone) continue;
         this.heldBytesNow -= costOfEntry(entry);
         this.pendingBytesNow -= entry.length;
         this.options.onLost(entry.offset, entry.length);
@@ -373,15 +376,26 @@ export class MirrorQueue {
     return nowMs - oldestMs;
   }
 
-  /** Sends the oldest entries while the window has room and none overlaps one in flight. */
+  /**
+   * Sends the oldest entries while the window has room, passing over (at most `PUMP_SCAN_MAX`)
+   * entries that overlap one in flight: queued entries are disjoint, so only those must wait,
+   * and one hot block rewritten over a slow link does not hold up the rest.
+   */
   private pump(): void {
-    while (!this.isClosedNow && this.inFlight.size < this.inFlightMax) {
-      const head = this.peekHead();
-      if (head === undefined || this.inFlightOver(head.offset, head.length) !== undefined) return;
-      this.fifoHead += 1;
-      this.compactFifo();
-      this.send(head);
+    if (this.isClosedNow) return;
+    let scanned = 0;
+    for (let index = this.fifoHead; this.inFlight.size < this.inFlightMax; index += 1) {
+      const entry = this.fifo[index];
+      if (entry === undefined || scanned >= PUMP_SCAN_MAX) break;
+      if (entry.isGone) continue;
+      scanned += 1;
+      if (this.inFlightOver(entry.offset, entry.length) !== undefined) continue;
+      entry.isGone = true;
+      this.fifoDead += 1;
+      this.send(entry);
     }
+    this.peekHead();
+    this.compactFifo();
   }
 
   private send(entry: Entry): void {
@@ -396,9 +410,10 @@ export class MirrorQueue {
     entry.settled = writeTarget(this.target, write).then(
       () => this.landed(entry),
       (error: unknown) => {
-        this.landed(entry);
-        this.options.onLost(entry.offset, entry.length);
+        // Closed first, so nothing more is sent to a failed target.
         this.fail(error);
+        this.options.onLost(entry.offset, entry.length);
+        this.landed(entry);
       },
     );
   }
@@ -444,7 +459,7 @@ export class MirrorQueue {
   private peekHead(): Entry | undefined {
     for (;;) {
       const entry = this.fifo[this.fifoHead];
-      if (entry === undefined || !entry.isDropped) return entry;
+      if (entry === undefined || !entry.isGone) return entry;
       this.fifoHead += 1;
       this.fifoDead -= 1;
     }
@@ -454,7 +469,7 @@ export class MirrorQueue {
   private compactFifo(): void {
     // Against the live count too, so compacting stays amortized O(1) per entry.
     if (this.fifoHead + this.fifoDead < Math.max(FIFO_DEAD_MAX, this.byOffset.length)) return;
-    this.fifo = this.fifo.slice(this.fifoHead).filter((entry) => !entry.isDropped);
+    this.fifo = this.fifo.slice(this.fifoHead).filter((entry) => !entry.isGone);
     this.fifoHead = 0;
     this.fifoDead = 0;
   }
@@ -490,7 +505,7 @@ export class MirrorQueue {
       const costBefore = costOfEntry(entry);
       const lengthBefore = entry.length;
       if (offset <= entry.offset && entryEnd <= end) {
-        entry.isDropped = true;
+        entry.isGone = true;
         entry.data = undefined;
         this.fifoDead += 1;
         this.byOffset.splice(index, 1);
@@ -524,7 +539,7 @@ export class MirrorQueue {
       data: entry.data === undefined ? undefined : copyOf(entry.data.subarray(cut)),
       mayTrim: entry.mayTrim,
       enqueuedAtMs: entry.enqueuedAtMs,
-      isDropped: false,
+      isGone: false,
       settled: undefined,
     };
     entry.length = cut;

@@ -18,7 +18,7 @@ import { BlockErrorCode } from '../../src/block/errors.js';
 import { FaultInjector } from '../../src/block/fault.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { Switch } from '../../src/block/switch.js';
-import type { MethodName, MethodTuning, Scratch } from '../../src/migrate/method.js';
+import type { MethodName, MethodTuning, MirrorStats, Scratch } from '../../src/migrate/method.js';
 import {
   Migration,
   type MigrationDisk,
@@ -46,6 +46,10 @@ export interface BenchOptions {
   readonly filledFraction?: number;
   /** Wraps the target (e.g. a FaultInjector). */
   readonly wrapTarget?: (device: BlockDevice) => BlockDevice;
+  /** Wraps the source (below the Switch and the method's filter). */
+  readonly wrapSource?: (device: BlockDevice) => BlockDevice;
+  /** The target's delay per request, ms, instead of the random one (a slow destination). */
+  readonly targetDelayMs?: () => number;
 }
 
 /** What every method's property test draws: a seed, a disk size, the copier's chunk and window. */
@@ -83,8 +87,9 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
     data.copy(model, at);
   }
   const targetMemory = new MemoryDevice(sizeBytes);
-  const source = new Delay(sourceMemory, delay);
-  const targetBase = new Delay(targetMemory, delay);
+  const sourceBase = new Delay(sourceMemory, delay);
+  const source = options.wrapSource ? options.wrapSource(sourceBase) : sourceBase;
+  const targetBase = new Delay(targetMemory, options.targetDelayMs ?? delay);
   const target = options.wrapTarget ? options.wrapTarget(targetBase) : targetBase;
   const scratches: MemoryDevice[] = [];
   const disk: MigrationDisk = {
@@ -221,7 +226,12 @@ export async function migrateUnderLoad(
   benches: readonly BenchDisk[],
   random: () => number,
   options: RunOptions,
-): Promise<{ result: MigrationResult; guests: Guest[]; events: MigrationEvent[] }> {
+): Promise<{
+  result: MigrationResult;
+  guests: Guest[];
+  events: MigrationEvent[];
+  mirrorStats: MirrorStats | undefined;
+}> {
   const events: MigrationEvent[] = [];
   const guests = benches.map((bench) => new Guest(bench, random));
   const migration = startMigration(benches, {
@@ -238,7 +248,7 @@ export async function migrateUnderLoad(
   } finally {
     await Promise.all(guests.map((guest) => guest.stop()));
   }
-  return { result, guests, events };
+  return { result, guests, events, mirrorStats: migration.mirrorStats };
 }
 
 const KIB = 1024;
