@@ -1,5 +1,5 @@
 import { NAME_HELP } from '../host/names.js';
-import { METHOD_NAMES, type MethodName } from '../migrate/method.js';
+import { METHOD_NAMES, type MethodName, MIRROR_MODES, type MirrorMode } from '../migrate/method.js';
 
 /**
  * JSON schemas of request bodies and parameters, compiled once by Fastify at start. Unknown
@@ -105,6 +105,18 @@ export const startMigrationBodySchema = {
     vm: nameSchema,
     datastore: { ...nameSchema, description: 'the destination datastore (on `host` if given)' },
     host: { ...nameSchema, description: 'another host to move the disk to (ferry host add)' },
+    mirror: {
+      type: 'string',
+      enum: [...MIRROR_MODES],
+      description: 'sync, async, or auto (async that turns sync when the link falls behind)',
+    },
+    mirrorBuffer: {
+      description: 'the async mirror buffer: bytes, or a size such as "64M"',
+      anyOf: [
+        { type: 'string', minLength: 1, maxLength: 32 },
+        { type: 'integer', minimum: 1 },
+      ],
+    },
     method: { type: 'string', enum: [...METHOD_NAMES] },
     speed: speedSchema,
     provisioning: { type: 'string', enum: ['thin', 'thick'] },
@@ -115,6 +127,8 @@ export interface StartMigrationBody {
   vm?: string;
   datastore?: string;
   host?: string;
+  mirror?: MirrorMode;
+  mirrorBuffer?: string | number;
   method?: MethodName;
   speed?: string | number;
   provisioning?: 'thin' | 'thick';

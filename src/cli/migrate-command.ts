@@ -1,8 +1,9 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { JobRecord } from '../control/job-record.js';
 import { formatSpeed, parseSpeed, SPEED_HELP } from '../control/speed.js';
-import { METHOD_DEFAULT, METHOD_NAMES } from '../migrate/method.js';
+import { METHOD_DEFAULT, METHOD_NAMES, MIRROR_MODES, type MirrorMode } from '../migrate/method.js';
 import { errorMessageOf } from '../util/errors.js';
+import { parseSize } from '../util/size.js';
 import { type CliContext, printJson } from './context.js';
 import { followJob, reportOutcome } from './job-follow.js';
 import { describeSubject } from './job-format.js';
@@ -39,6 +40,8 @@ Exit codes: 0 moved, 1 failed or cancelled (the guest runs on the source), 2 bad
 interface MigrateOptions {
   to?: string;
   toHost?: string;
+  mirror?: MirrorMode;
+  mirrorBuffer?: number;
   method?: (typeof METHOD_NAMES)[number];
   speed?: number;
   thin?: boolean;
@@ -66,6 +69,13 @@ export function addMigrateCommand(
     .option('--to-host <host>', 'move the disk to another host (default datastore there)')
     .addOption(
       new Option(
+        '--mirror <mode>',
+        'mirrored writes: sync (acknowledged after both sides), async (after the source, queued), auto (async that turns sync when the destination falls behind); default sync on one host, auto across hosts',
+      ).choices(MIRROR_MODES),
+    )
+    .option('--mirror-buffer <size>', 'the async mirror buffer (default 64M)', parseSizeOption)
+    .addOption(
+      new Option(
         '--method <method>',
         `how to keep the copy in step (default ${METHOD_DEFAULT})`,
       ).choices(METHOD_NAMES),
@@ -89,6 +99,8 @@ export function addMigrateCommand(
         ...(options.vm ? { vm: name } : { disk: name }),
         ...(options.to === undefined ? {} : { datastore: options.to }),
         ...(options.toHost === undefined ? {} : { host: options.toHost }),
+        ...(options.mirror === undefined ? {} : { mirror: options.mirror }),
+        ...(options.mirrorBuffer === undefined ? {} : { mirrorBuffer: options.mirrorBuffer }),
         ...(options.method === undefined ? {} : { method: options.method }),
         ...(options.speed === undefined ? {} : { speed: options.speed }),
         ...provisioningOf(options),
@@ -111,6 +123,14 @@ function provisioningOf(options: MigrateOptions): { provisioning?: 'thin' | 'thi
   if (options.thick) return { provisioning: 'thick' };
   if (options.thin) return { provisioning: 'thin' };
   return {};
+}
+
+function parseSizeOption(text: string): number {
+  try {
+    return parseSize(text);
+  } catch (error) {
+    throw new InvalidArgumentError(errorMessageOf(error));
+  }
 }
 
 export function parseSpeedOption(text: string): number {

@@ -10,7 +10,7 @@ import type {
   VmMove,
 } from '../host/agent.js';
 import { HostError, HostErrorCode } from '../host/errors.js';
-import type { MethodName } from '../migrate/method.js';
+import type { MethodName, MethodTuning, MirrorMode } from '../migrate/method.js';
 import type { MigrationEvent } from '../migrate/migration.js';
 import { errorCodeOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
@@ -49,6 +49,10 @@ interface MigrationOptions {
   readonly datastore?: string;
   /** Another host to move to (a disk only; cross-host VM moves are issue 8). */
   readonly host?: string;
+  /** How mirrored writes reach the destination; default `sync` here, `auto` across hosts. */
+  readonly mirror?: MirrorMode;
+  /** The async mirror's buffer, bytes; default 64 MiB. */
+  readonly mirrorBufferBytes?: number;
   readonly method?: MethodName;
   /** Copy rate, bytes per second; 0 or absent: unlimited. */
   readonly speedBytesPerSecond?: number;
@@ -299,5 +303,18 @@ function toMoveRequest(name: string, request: MigrationOptions): MoveDiskRequest
       ? {}
       : { speedBytesPerSecond: request.speedBytesPerSecond }),
     ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+    ...tuningOf(request),
+  };
+}
+
+function tuningOf(request: MigrationOptions): { tuning?: Partial<MethodTuning> } {
+  if (request.mirror === undefined && request.mirrorBufferBytes === undefined) return {};
+  return {
+    tuning: {
+      ...(request.mirror === undefined ? {} : { mirrorMode: request.mirror }),
+      ...(request.mirrorBufferBytes === undefined
+        ? {}
+        : { asyncBufferBytes: request.mirrorBufferBytes }),
+    },
   };
 }

@@ -464,7 +464,9 @@ export class Agent {
           method: request.method ?? METHOD_DEFAULT,
           speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
           ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
-          ...(request.tuning === undefined ? {} : { tuning: request.tuning }),
+          // Across a network the mirror runs asynchronously and turns synchronous when the link
+          // cannot keep up (vSphere 5.1), unless the request says otherwise.
+          tuning: { mirrorMode: 'auto', ...request.tuning },
           ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
           ...(request.connections === undefined ? {} : { connections: request.connections }),
           closing: this.closing.signal,

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { JobManager } from '../../control/job-manager.js';
 import type { RemoteJobs } from '../../control/remote-jobs.js';
 import { parseSpeed } from '../../control/speed.js';
+import { parseSize } from '../../util/size.js';
 import { localOrRemote, remoteFor } from '../job-relay.js';
 import {
   type JobParams,
@@ -30,13 +31,16 @@ export function registerJobRoutes(
     '/v1/migrations',
     { schema: { body: startMigrationBodySchema } },
     async (request, reply) => {
-      const { disk, vm, datastore, host, method, speed, provisioning } = request.body;
+      const { disk, vm, datastore, host, method, speed, provisioning, mirror, mirrorBuffer } =
+        request.body;
       // The schema let exactly one of `disk` and `vm` through.
       const subject = vm === undefined ? { disk: disk ?? '' } : { vm };
       const job = await jobs.startMigration({
         ...subject,
         ...(datastore === undefined ? {} : { datastore }),
         ...(host === undefined ? {} : { host }),
+        ...(mirror === undefined ? {} : { mirror }),
+        ...(mirrorBuffer === undefined ? {} : { mirrorBufferBytes: sizeOf(mirrorBuffer) }),
         ...(method === undefined ? {} : { method }),
         ...(speed === undefined ? {} : { speedBytesPerSecond: speedOf(speed) }),
         ...(provisioning === undefined ? {} : { provisioning }),
@@ -92,6 +96,10 @@ export function registerJobRoutes(
       );
     },
   );
+}
+
+function sizeOf(size: string | number): number {
+  return typeof size === 'number' ? size : parseSize(size);
 }
 
 function speedOf(speed: string | number): number {
