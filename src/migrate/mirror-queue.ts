@@ -11,8 +11,9 @@
  *     entries are sent oldest first, but for those waiting on such an overlap; so a newer write
  *     never lands before an older one it overlaps.
  *   - `supersede(range)` (a synchronous mirrored write, a copy chunk about to read the source)
- *     drops the queued parts in the range and waits for the entries in flight there: afterwards
- *     nothing older lands in the range. Callers hold the range in their `RangeLock`, as every
+ *     drops the queued parts in the range and waits for the entries in flight there (and for an
+ *     entry it would have to split for less than the split costs): afterwards nothing older
+ *     lands in the range. Callers hold the range in their `RangeLock`, as every
  *     enqueuer does, so nothing new enters the range meanwhile. The drainer takes no lock.
  *   - Bounded: held bytes (each write's payload, copied here since the guest's buffer is not
  *     ours once it is acknowledged, plus `ENTRY_OVERHEAD_BYTES` per entry, so zeroes count too)
@@ -79,11 +80,14 @@ const FLAP_FACTOR = 4;
  */
 const FIFO_DEAD_MAX = 1024;
 
-/** Bytes the queue holds for `writes` (see `ENTRY_OVERHEAD_BYTES`). */
+/**
+ * Room to reserve for queueing `writes`: each one's payload and entry, and the entry of the tail
+ * it may split off an older entry that contains it (one at most: queued entries are disjoint).
+ */
 export function queueCostOf(writes: readonly TargetWrite[]): number {
   let bytes = 0;
   for (const write of writes)
-    bytes += ENTRY_OVERHEAD_BYTES + (write.kind === 'write' ? write.data.length : 0);
+    bytes += 2 * ENTRY_OVERHEAD_BYTES + (write.kind === 'write' ? write.data.length : 0);
   return bytes;
 }
 
@@ -140,6 +144,8 @@ export class MirrorQueue {
   private isClosedNow = false;
   private readonly roomWaiters: Array<{ bytes: number; resolve: () => void }> = [];
   private idleWaiters: Array<() => void> = [];
+  /** `supersede` calls waiting for a queued entry to be sent and land; woken on every landing. */
+  private landingWaiters: Array<() => void> = [];
   private counts = {
     asyncWrites: 0,
     syncWrites: 0,
@@ -226,8 +232,7 @@ export class MirrorQueue {
    * ranges are reported lost (`onLost`) instead, synchronously.
    */
   enqueue(reservation: Reservation, writes: readonly TargetWrite[]): void {
-    const cost = queueCostOf(writes);
-    assert(cost <= reservation.bytes, 'a mutation queues at most what it reserved');
+    assert(queueCostOf(writes) <= reservation.bytes, 'a mutation queues at most what it reserved');
     this.reservedBytes -= reservation.bytes;
     if (this.isClosedNow) {
       for (const write of writes) this.options.onLost(write.offset, targetLength(write));
@@ -236,7 +241,7 @@ export class MirrorQueue {
     const nowMs = performance.now();
     for (const write of writes) {
       const length = targetLength(write);
-      this.coalesce(write.offset, length);
+      this.coalesce(write.offset, length, true);
       const entry: Entry = {
         offset: write.offset,
         length,
@@ -264,22 +269,23 @@ export class MirrorQueue {
    */
   async supersede(offset: number, length: number): Promise<void> {
     if (this.byOffset.length > 0) {
-      this.coalesce(offset, length);
+      // Splitting an entry adds one; for a range smaller than that, wait for the entry instead,
+      // so held bytes never grow without a reservation.
+      this.coalesce(offset, length, length >= ENTRY_OVERHEAD_BYTES);
       this.wakeRoom();
       this.checkIdle();
     }
-    for (let busy = this.inFlightOver(offset, length); busy !== undefined; ) {
-      await busy.settled;
-      busy = this.inFlightOver(offset, length);
+    for (;;) {
+      const busy = this.inFlightOver(offset, length);
+      if (busy !== undefined) await busy.settled;
+      else if (this.queuedOver(offset, length)) await this.nextLanding();
+      else return;
     }
   }
 
   /** True when a queued or in-flight entry overlaps the range. */
   overlaps(offset: number, length: number): boolean {
-    const index = this.firstEndingAfter(offset);
-    const entry = this.byOffset[index];
-    if (entry !== undefined && entry.offset < offset + length) return true;
-    return this.inFlightOver(offset, length) !== undefined;
+    return this.queuedOver(offset, length) || this.inFlightOver(offset, length) !== undefined;
   }
 
   /** Resolves once nothing is queued or in flight (the switchover's drain; the guest is held). */
@@ -308,6 +314,7 @@ export class MirrorQueue {
       this.fifoDead = 0;
       this.byOffset.length = 0;
       for (const waiter of this.roomWaiters.splice(0)) waiter.resolve();
+      for (const wake of this.landingWaiters.splice(0)) wake();
     }
     await Promise.all([...this.inFlight].map((entry) => entry.settled));
     this.checkIdle();
@@ -426,6 +433,16 @@ export class MirrorQueue {
     this.wakeRoom();
     this.pump();
     this.checkIdle();
+    for (const wake of this.landingWaiters.splice(0)) wake();
+  }
+
+  private nextLanding(): Promise<void> {
+    return new Promise((resolve) => this.landingWaiters.push(resolve));
+  }
+
+  private queuedOver(offset: number, length: number): boolean {
+    const entry = this.byOffset[this.firstEndingAfter(offset)];
+    return entry !== undefined && entry.offset < offset + length;
   }
 
   private fail(reason: unknown): void {
@@ -496,8 +513,11 @@ export class MirrorQueue {
     return low;
   }
 
-  /** Removes `[offset, end)` from every queued entry: dropped, trimmed, or split in two. */
-  private coalesce(offset: number, length: number): void {
+  /**
+   * Removes `[offset, end)` from every queued entry: dropped, trimmed, or (`canSplit`) split in
+   * two; without it an entry containing the range is left whole.
+   */
+  private coalesce(offset: number, length: number, canSplit: boolean): void {
     const end = offset + length;
     let index = this.firstEndingAfter(offset);
     for (let entry = this.byOffset[index]; entry !== undefined && entry.offset < end; ) {
@@ -516,6 +536,11 @@ export class MirrorQueue {
         continue;
       }
       if (entry.offset < offset && end < entryEnd) {
+        if (!canSplit) {
+          index += 1;
+          entry = this.byOffset[index];
+          continue;
+        }
         const tail = this.split(entry, end);
         this.byOffset.splice(index + 1, 0, tail);
         this.fifo.splice(this.fifo.indexOf(entry, this.fifoHead) + 1, 0, tail);

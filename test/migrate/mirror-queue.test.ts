@@ -247,7 +247,7 @@ test('mirror queue: async mode waits for room, and never holds more than its buf
     const data = randomBytes(length, random);
     const before = queue.heldBytes;
     await put(queue, { kind: 'write', offset, data });
-    if (before + length + ENTRY_OVERHEAD_BYTES > bufferBytes) waited += 1;
+    if (before + length + 2 * ENTRY_OVERHEAD_BYTES > bufferBytes) waited += 1;
     data.copy(model, offset);
     assert.ok(queue.heldBytes <= bufferBytes, `held ${queue.heldBytes}`);
   }

@@ -86,7 +86,7 @@ interface Fill extends Span {
 /** Queue room a mutation's fills may take (as writes: whether they read as zeros is not known yet). */
 function fillCost(fills: readonly Fill[]): number {
   let bytes = 0;
-  for (const fill of fills) bytes += ENTRY_OVERHEAD_BYTES + fill.length;
+  for (const fill of fills) bytes += 2 * ENTRY_OVERHEAD_BYTES + fill.length; // as `queueCostOf`
   return bytes;
 }
 
