@@ -98,9 +98,12 @@ export function describeMigrationEvent(event: MigrationEvent): string {
     case 'pass':
       return `pass ${event.pass}: ${formatSize(event.dirtyBytes)} to copy`;
     case 'mode':
-      return event.mode === 'sync'
-        ? 'mirror is synchronous: guest writes are acknowledged once on both sides'
-        : 'mirror is asynchronous: guest writes are acknowledged once on the source';
+      return (
+        (event.mode === 'sync'
+          ? 'mirror is synchronous: guest writes are acknowledged once on both sides'
+          : 'mirror is asynchronous: guest writes are acknowledged once on the source') +
+        ` (${event.reason}; ${formatSize(event.queuedBytes)} queued)`
+      );
     case 'method':
       return `continuing with method ${event.method}: ${event.reason}`;
     case 'message':
