@@ -157,6 +157,11 @@ export interface MethodRun {
   /** Copy passes or consolidation rounds so far. */
   readonly passes: number;
   converge(): Promise<void>;
+  /**
+   * Optional, for methods that queue mirrored writes: called just before the switchover, with
+   * the guest running; mirrors synchronously from then on and resolves once nothing is queued.
+   */
+  settle?(): Promise<void>;
   finalCopy(): Promise<void>;
   rollback(): Promise<void>;
   dispose(): Promise<void>;

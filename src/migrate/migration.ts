@@ -239,6 +239,8 @@ export class Migration {
   /** The stun: every disk paused and drained, final copies, flush, commit, re-point, resume. */
   private async switchover(): Promise<number> {
     this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
+    // An async mirror's backlog is sent before the stun, not inside it.
+    await Promise.all(this.runs.map((run) => run.settle?.()));
     await this.preFlush();
     const stamps: number[] = [performance.now()];
     await Promise.all(this.disks.map((disk) => disk.switch.pause()));

@@ -142,6 +142,8 @@ export class MirrorQueue {
   private pendingBytesNow = 0;
   private modeNow: 'sync' | 'async';
   private isClosedNow = false;
+  /** `settle` was called: every mutation is synchronous from now on. */
+  private isSettling = false;
   private readonly roomWaiters: Array<{ bytes: number; resolve: () => void }> = [];
   private idleWaiters: Array<() => void> = [];
   /** `supersede` calls waiting for a queued entry to be sent and land; woken on every landing. */
@@ -206,7 +208,7 @@ export class MirrorQueue {
    */
   async reserve(bytes: number): Promise<Admission> {
     if (this.isClosedNow) return CLOSED;
-    if (this.options.mode === 'sync') return this.countSync();
+    if (this.options.mode === 'sync' || this.isSettling) return this.countSync();
     if (this.options.mode === 'auto') {
       this.steer(bytes);
       return this.modeNow === 'sync' ? this.countSync() : this.take(bytes);
@@ -286,6 +288,23 @@ export class MirrorQueue {
   /** True when a queued or in-flight entry overlaps the range. */
   overlaps(offset: number, length: number): boolean {
     return this.queuedOver(offset, length) || this.inFlightOver(offset, length) !== undefined;
+  }
+
+  /**
+   * Before the switchover, with the guest still running: every later mutation is mirrored
+   * synchronously (whatever the mode), and this resolves once everything queued has landed. The
+   * queue then only shrinks, so it drains however busy the guest is, and the stun that follows
+   * finds nothing queued: the downtime does not pay for the link's backlog.
+   */
+  async settle(): Promise<void> {
+    if (this.isClosedNow) return;
+    this.isSettling = true;
+    if (this.modeNow === 'async') {
+      // Not counted in `switchesToSync`: those say the destination fell behind; this is the end.
+      this.modeNow = 'sync';
+      this.emitMode('the switchover is next: nothing more is queued');
+    }
+    await this.drain();
   }
 
   /** Resolves once nothing is queued or in flight (the switchover's drain; the guest is held). */

@@ -123,6 +123,10 @@ class DbtRun implements MethodRun {
     await this.takeover?.converge();
   }
 
+  async settle(): Promise<void> {
+    await this.takeover?.settle();
+  }
+
   /** With guest I/O held and drained: everything still dirty, hot blocks included. */
   async finalCopy(): Promise<void> {
     if (this.takeover !== undefined) {

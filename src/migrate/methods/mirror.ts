@@ -171,6 +171,10 @@ class MirrorRun implements MethodRun {
     await this.copy.converge();
   }
 
+  settle(): Promise<void> {
+    return this.copy.settle();
+  }
+
   finalCopy(): Promise<void> {
     return this.copy.finalCopy();
   }
@@ -235,6 +239,11 @@ export class MirrorCopy {
    * With guest I/O drained: the whole queue, then what is still dirty (writes that raced the
    * last chunks, ranges a failure put back).
    */
+  /** Before the switchover: nothing more queued (mirror-queue.ts, `settle`). */
+  settle(): Promise<void> {
+    return this.filter.queue.settle();
+  }
+
   async finalCopy(): Promise<void> {
     await this.lock.waitIdle();
     await this.filter.queue.drain();

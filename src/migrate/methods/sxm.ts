@@ -363,6 +363,10 @@ class SxmRun implements MethodRun {
    * With guest I/O drained: the whole queue, then only granules a failed mirrored write put
    * back, if any.
    */
+  settle(): Promise<void> {
+    return this.filter.queue.settle();
+  }
+
   async finalCopy(): Promise<void> {
     await this.state.lock.waitIdle();
     await this.filter.queue.drain();
