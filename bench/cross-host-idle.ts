@@ -27,13 +27,14 @@ export interface CrossHostContext {
   readonly stop: AbortSignal;
 }
 
-export type CopyName = ReferenceTool | 'ferry';
+export type CopyName = ReferenceTool | 'ferry' | 'ferry-nbd';
 
 const COPY_LABEL: Readonly<Record<CopyName, string>> = {
   tcp: 'TCP stream (ceiling)',
   'qemu-img': 'qemu-img convert -n -t writeback → qemu-nbd',
   nbdcopy: 'nbdcopy --connections=4 --flush → qemu-nbd',
-  ferry: 'Ferry live move',
+  ferry: 'Ferry live move (TLS-PSK between agents)',
+  'ferry-nbd': "Ferry's NBD client ×4 → ferry serve",
 };
 
 interface CopyCase {
@@ -82,7 +83,7 @@ export async function runTlsSection(
   context: CrossHostContext,
   links: readonly LinkSpec[],
 ): Promise<string> {
-  const cases: CopyCase[] = (['qemu-img', 'nbdcopy', 'ferry'] as const).flatMap((copy) => [
+  const cases: CopyCase[] = (['qemu-img', 'nbdcopy', 'ferry-nbd'] as const).flatMap((copy) => [
     { copy, isTls: false },
     { copy, isTls: true },
   ]);
@@ -96,7 +97,7 @@ export async function runTlsSection(
     '',
   ];
   for (const link of links) {
-    for (const copy of ['qemu-img', 'nbdcopy', 'ferry'] as const) {
+    for (const copy of ['qemu-img', 'nbdcopy', 'ferry-nbd'] as const) {
       const on = wallMsOf(samples, link, { copy, isTls: true });
       const off = wallMsOf(samples, link, { copy, isTls: false });
       lines.push(
@@ -150,13 +151,19 @@ async function measureOne(
     dir: context.dir,
     timeoutMs: context.stepTimeoutMs,
   };
-  if (one.copy !== 'ferry') {
+  if (one.copy !== 'ferry' && one.copy !== 'ferry-nbd') {
     return step(what, context.stepTimeoutMs, () =>
       referenceCopy(fixture, link, one.copy as ReferenceTool, one.isTls),
     );
   }
   try {
-    const request = { ...fixture, link, isTls: one.isTls, dir: join(context.dir, 'ferry') };
+    const request = {
+      ...fixture,
+      link,
+      isTls: one.isTls,
+      kind: one.copy === 'ferry' ? ('move' as const) : ('nbd' as const),
+      dir: join(context.dir, 'ferry'),
+    };
     return await step(what, context.stepTimeoutMs, () => ferryIdleCopy(context.pair, request));
   } catch (error) {
     if (error instanceof FerryNotImplementedError) return null;

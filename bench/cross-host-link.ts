@@ -42,9 +42,16 @@ export async function applyLink(pair: HostPair, link: LinkSpec): Promise<void> {
  * A route from A to `b:port` over `link`: direct, or through a delay relay started in A's
  * namespace on its loopback (the relay's traffic crosses the shaped veth like a direct one).
  */
-export async function routeTo(pair: HostPair, link: LinkSpec, port: number): Promise<Route> {
+export async function routeTo(
+  pair: HostPair,
+  link: LinkSpec,
+  port: number,
+  /** The relay's port on A's loopback; default any. Ferry's peers need B's own NBD port. */
+  listenPort = 0,
+): Promise<Route> {
   if (link.delayMs === 0) return { host: pair.b.ip, port, close: async () => undefined };
-  const args = [RELAY_SCRIPT, '--listen', '127.0.0.1:0', '--target', `${pair.b.ip}:${port}`];
+  const listen = `127.0.0.1:${listenPort}`;
+  const args = [RELAY_SCRIPT, '--listen', listen, '--target', `${pair.b.ip}:${port}`];
   args.push('--delay-ms', String(link.delayMs));
   const { child, record } = await spawnListening(pair.a, args);
   return {
