@@ -1,6 +1,6 @@
 import type { BlockDevice } from '../block/device.js';
 import { encodeLengthPrefixed, encodeOptionReply, writeUint64 } from './codec.js';
-import type { ExportProvider, NbdExport } from './exports.js';
+import { type ExportAccess, type ExportProvider, type NbdExport, PLAIN_ACCESS } from './exports.js';
 import {
   BASE_ALLOCATION,
   EXPORT_NAME_PADDING_BYTES,
@@ -30,21 +30,49 @@ export interface NegotiatedState {
   /** Export that NBD_OPT_SET_META_CONTEXT selected contexts for, and whether base:allocation is one. */
   metaExportName: string | null;
   isBaseAllocation: boolean;
+  /**
+   * How this connection treats TLS, fixed for its life ("TLS support", "Server-side
+   * requirements": the mode must not change within one TCP connection). `off` is NOTLS,
+   * `allow` is SELECTIVETLS (the provider decides which exports need it), `require` is FORCEDTLS.
+   */
+  readonly tlsMode: HandshakeTlsMode;
+  /** What the connection has proved so far; the session replaces it once TLS is up. */
+  access: ExportAccess;
 }
 
-export function newNegotiatedState(isNoZeroes: boolean): NegotiatedState {
-  return { isNoZeroes, isStructured: false, metaExportName: null, isBaseAllocation: false };
+export type HandshakeTlsMode = 'off' | 'allow' | 'require';
+
+export function newNegotiatedState(
+  isNoZeroes: boolean,
+  tlsMode: HandshakeTlsMode = 'off',
+): NegotiatedState {
+  return {
+    isNoZeroes,
+    isStructured: false,
+    metaExportName: null,
+    isBaseAllocation: false,
+    tlsMode,
+    access: PLAIN_ACCESS,
+  };
 }
 
 export type OptionOutcome =
   | { readonly next: 'options'; readonly replies: Buffer[] }
   | { readonly next: 'transmission'; readonly replies: Buffer[]; readonly export: NbdExport }
+  /** Send the replies (the ACK) in clear, then run the TLS handshake before reading anything. */
+  | { readonly next: 'starttls'; readonly replies: Buffer[] }
   | { readonly next: 'close'; readonly replies: Buffer[]; readonly reason: string };
 
-export function transmissionFlags(device: BlockDevice): number {
+/**
+ * The 16 transmission flags for `device` on a connection whose negotiation so far is `state`.
+ * NBD_FLAG_SEND_DF is set only once structured replies are negotiated: the spec ("Transmission
+ * flags", bit 7) says the server MUST leave it clear otherwise, since DF only means something
+ * for a read answered in chunks.
+ */
+export function transmissionFlags(device: BlockDevice, state: NegotiatedState): number {
   const { caps } = device;
-  let flags =
-    TransmitFlag.HasFlags | TransmitFlag.SendFlush | TransmitFlag.SendDf | TransmitFlag.SendCache;
+  let flags = TransmitFlag.HasFlags | TransmitFlag.SendFlush | TransmitFlag.SendCache;
+  if (state.isStructured) flags |= TransmitFlag.SendDf;
   if (caps.isMultiConnSafe) flags |= TransmitFlag.CanMultiConn;
   // A read-only export advertises no way to change it, as qemu-nbd -r and nbdkit -r do.
   if (caps.isReadOnly) return flags | TransmitFlag.ReadOnly;
@@ -60,17 +88,18 @@ export function handleOption(
   option: number,
   data: Buffer,
 ): OptionOutcome {
+  if (state.tlsMode === 'require' && !state.access.isTls) {
+    return handleOptBeforeTls(state, option, data);
+  }
   switch (option) {
+    case Opt.StartTls:
+      return handleOptStartTls(state, data);
     case Opt.ExportName:
       return handleOptExportName(state, exports, data);
     case Opt.Abort:
-      return {
-        next: 'close',
-        replies: [encodeOptionReply(option, Rep.Ack)],
-        reason: 'client aborted',
-      };
+      return handleOptAbort();
     case Opt.List:
-      return handleOptList(exports, data);
+      return handleOptList(state, exports, data);
     case Opt.Info:
     case Opt.Go:
       return handleOptInfoOrGo(state, exports, option, data);
@@ -82,6 +111,54 @@ export function handleOption(
     default:
       return stay(errorReply(option, Rep.ErrUnsup, `option ${option} is not supported`));
   }
+}
+
+/**
+ * FORCEDTLS before the upgrade ("TLS support", "FORCEDTLS mode"): STARTTLS and ABORT are
+ * served; NBD_OPT_EXPORT_NAME cannot carry an error, so it ends the session; every other
+ * option gets NBD_REP_ERR_TLS_REQD, whose text tells a person what to do.
+ */
+function handleOptBeforeTls(state: NegotiatedState, option: number, data: Buffer): OptionOutcome {
+  switch (option) {
+    case Opt.StartTls:
+      return handleOptStartTls(state, data);
+    case Opt.Abort:
+      return handleOptAbort();
+    case Opt.ExportName:
+      return { next: 'close', replies: [], reason: 'NBD_OPT_EXPORT_NAME before STARTTLS' };
+    default:
+      return stay(errorReply(option, Rep.ErrTlsReqd, TLS_REQUIRED_MESSAGE));
+  }
+}
+
+const TLS_REQUIRED_MESSAGE =
+  'this server requires TLS: connect with TLS-PSK (a psktool key) or X.509 certificates';
+
+/**
+ * NBD_OPT_STARTTLS: no data. Without TLS configured the spec lets us answer ERR_POLICY ("NOTLS
+ * mode"); with it, ACK once, and ERR_INVALID to a second request ("FORCEDTLS mode": a session
+ * already under TLS must not start it again).
+ */
+function handleOptStartTls(state: NegotiatedState, data: Buffer): OptionOutcome {
+  if (state.tlsMode === 'off') {
+    return stay(errorReply(Opt.StartTls, Rep.ErrPolicy, 'TLS is not configured on this server'));
+  }
+  if (data.length !== 0) {
+    return stay(errorReply(Opt.StartTls, Rep.ErrInvalid, 'NBD_OPT_STARTTLS takes no data'));
+  }
+  if (state.access.isTls) {
+    return stay(errorReply(Opt.StartTls, Rep.ErrInvalid, 'TLS is already running'));
+  }
+  return { next: 'starttls', replies: [encodeOptionReply(Opt.StartTls, Rep.Ack)] };
+}
+
+/** NBD_OPT_ABORT: the server MUST reply ACK; the client then drops the connection. */
+function handleOptAbort(): OptionOutcome {
+  return {
+    next: 'close',
+    replies: [encodeOptionReply(Opt.Abort, Rep.Ack)],
+    reason: 'client aborted',
+  };
 }
 
 function stay(...replies: Buffer[]): OptionOutcome {
@@ -102,22 +179,26 @@ function handleOptExportName(
   data: Buffer,
 ): OptionOutcome {
   const name = data.toString('utf8');
-  const found = exports.lookup(name);
+  const found = exports.lookup(name, state.access);
   if (!found) return { next: 'close', replies: [], reason: `no export named "${name}"` };
   const padding = state.isNoZeroes ? 0 : EXPORT_NAME_PADDING_BYTES;
   const reply = Buffer.alloc(10 + padding);
   writeUint64(reply, found.device.size, 0);
-  reply.writeUInt16BE(transmissionFlags(found.device), 8);
+  reply.writeUInt16BE(transmissionFlags(found.device, state), 8);
   dropMetaIfOtherExport(state, name);
   return { next: 'transmission', replies: [reply], export: found };
 }
 
 /** NBD_OPT_LIST: no data; one NBD_REP_SERVER (name length 32, name, description) per export. */
-function handleOptList(exports: ExportProvider, data: Buffer): OptionOutcome {
+function handleOptList(
+  state: NegotiatedState,
+  exports: ExportProvider,
+  data: Buffer,
+): OptionOutcome {
   if (data.length !== 0) {
     return stay(errorReply(Opt.List, Rep.ErrInvalid, 'NBD_OPT_LIST takes no data'));
   }
-  const replies = exports.list().map((entry) => {
+  const replies = exports.list(state.access).map((entry) => {
     const name = encodeLengthPrefixed(entry.name);
     const payload = Buffer.concat([name, Buffer.from(entry.description, 'utf8')]);
     return encodeOptionReply(Opt.List, Rep.Server, payload);
@@ -139,7 +220,7 @@ function handleOptInfoOrGo(
 ): OptionOutcome {
   const parsed = parseInfoRequest(data);
   if (typeof parsed === 'string') return stay(errorReply(option, Rep.ErrInvalid, parsed));
-  const found = exports.lookup(parsed.name);
+  const found = exports.lookup(parsed.name, state.access);
   if (!found) {
     const hint =
       parsed.name === '' ? 'no default export: name a disk' : `no export named "${parsed.name}"`;
@@ -149,7 +230,7 @@ function handleOptInfoOrGo(
   const exportInfo = Buffer.allocUnsafe(12);
   exportInfo.writeUInt16BE(Info.Export, 0);
   writeUint64(exportInfo, device.size, 2);
-  exportInfo.writeUInt16BE(transmissionFlags(device), 10);
+  exportInfo.writeUInt16BE(transmissionFlags(device, state), 10);
   const replies = [encodeOptionReply(option, Rep.Info, exportInfo)];
   const infoString = (type: number, text: string): Buffer => {
     const bytes = Buffer.from(text, 'utf8');
@@ -216,7 +297,7 @@ function handleOptMetaContext(
   }
   const parsed = parseMetaContextRequest(data);
   if (typeof parsed === 'string') return stay(errorReply(option, Rep.ErrInvalid, parsed));
-  if (!exports.lookup(parsed.name)) {
+  if (!exports.lookup(parsed.name, state.access)) {
     return stay(errorReply(option, Rep.ErrUnknown, `no export named "${parsed.name}"`));
   }
   const matches =

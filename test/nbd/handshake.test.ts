@@ -45,7 +45,50 @@ test('NBD_OPT_LIST: one SERVER reply per export, then ACK (golden bytes)', () =>
   ]);
 });
 
-test('NBD_OPT_GO on a known export: INFO_EXPORT, NAME, BLOCK_SIZE, ACK, then transmission', () => {
+/*
+ * Transmission flags of export vm1 (a writable MemoryDevice: FUA, trim and zero native, safe for
+ * multi-conn), bit by bit from proto.md "Transmission flags":
+ *   bit 0  NBD_FLAG_HAS_FLAGS          0x0001  always
+ *   bit 2  NBD_FLAG_SEND_FLUSH         0x0004
+ *   bit 3  NBD_FLAG_SEND_FUA           0x0008
+ *   bit 5  NBD_FLAG_SEND_TRIM          0x0020
+ *   bit 6  NBD_FLAG_SEND_WRITE_ZEROES  0x0040
+ *   bit 7  NBD_FLAG_SEND_DF            0x0080  only once structured replies are negotiated (MUST)
+ *   bit 8  NBD_FLAG_CAN_MULTI_CONN     0x0100
+ *   bit 10 NBD_FLAG_SEND_CACHE         0x0400
+ *   bit 11 NBD_FLAG_SEND_FAST_ZERO     0x0800
+ */
+const VM1_FLAGS_PLAIN = '0d6d';
+const VM1_FLAGS_STRUCTURED = '0ded';
+
+/** Hex of a whole option reply, field by field ("Fixed newstyle negotiation", option reply). */
+function replyHex(option: string, type: string, data: string): string {
+  return (
+    '0003e889045565a9' + // 64 bits: option reply magic
+    option + //            32 bits: the option this answers
+    type + //              32 bits: reply type
+    (data.length / 2).toString(16).padStart(8, '0') + // 32 bits: length of the data
+    data
+  );
+}
+
+/** The four replies to NBD_OPT_GO for vm1 asking NBD_INFO_NAME, with `flags` as 4 hex digits. */
+function goRepliesHex(flags: string): string[] {
+  const go = '00000007'; // NBD_OPT_GO
+  const info = '00000003'; // NBD_REP_INFO
+  return [
+    // NBD_INFO_EXPORT: type 16 (0), export size 64 (1 MiB), transmission flags 16.
+    replyHex(go, info, '0000' + '0000000000100000' + flags),
+    // NBD_INFO_NAME: type 16 (1), then the name "vm1" with no length field.
+    replyHex(go, info, '0001' + '766d31'),
+    // NBD_INFO_BLOCK_SIZE: type 16 (3), minimum 32 (1), preferred 32 (4096), maximum 32 (32 MiB).
+    replyHex(go, info, '0003' + '00000001' + '00001000' + '02000000'),
+    // NBD_REP_ACK (1) with no data.
+    replyHex(go, '00000001', ''),
+  ];
+}
+
+test('NBD_OPT_GO without structured replies: INFO_EXPORT without SEND_DF (golden bytes)', () => {
   const outcome = handleOption(
     newNegotiatedState(true),
     provider,
@@ -53,22 +96,30 @@ test('NBD_OPT_GO on a known export: INFO_EXPORT, NAME, BLOCK_SIZE, ACK, then tra
     goData('vm1', [Info.Name]),
   );
   assert.equal(outcome.next, 'transmission');
-  const exportInfo = Buffer.from('0000' + '0000000000100000' + '0000', 'hex');
-  const flags = outcome.replies[0]!.readUInt16BE(20 + 10);
-  assert.ok(
-    flags & TransmitFlag.HasFlags &&
-      flags & TransmitFlag.SendFlush &&
-      flags & TransmitFlag.CanMultiConn,
-  );
-  exportInfo.writeUInt16BE(flags, 10);
-  assert.deepEqual(outcome.replies[0], golden(Opt.Go, Rep.Info, exportInfo));
   assert.deepEqual(
-    outcome.replies[1],
-    golden(Opt.Go, Rep.Info, Buffer.concat([Buffer.from([0, 1]), Buffer.from('vm1')])),
+    outcome.replies.map((reply) => reply.toString('hex')),
+    goRepliesHex(VM1_FLAGS_PLAIN),
   );
-  const blockSize = Buffer.from('0003' + '00000001' + '00001000' + '02000000', 'hex');
-  assert.deepEqual(outcome.replies[2], golden(Opt.Go, Rep.Info, blockSize));
-  assert.deepEqual(outcome.replies[3], golden(Opt.Go, Rep.Ack));
+});
+
+test('NBD_OPT_GO after STRUCTURED_REPLY: INFO_EXPORT with SEND_DF (golden bytes)', () => {
+  const state = newNegotiatedState(true);
+  handleOption(state, provider, Opt.StructuredReply, Buffer.alloc(0));
+  const outcome = handleOption(state, provider, Opt.Go, goData('vm1', [Info.Name]));
+  assert.deepEqual(
+    outcome.replies.map((reply) => reply.toString('hex')),
+    goRepliesHex(VM1_FLAGS_STRUCTURED),
+  );
+});
+
+test('NBD_OPT_INFO carries the same flags: SEND_DF only with structured replies', () => {
+  const plain = handleOption(newNegotiatedState(true), provider, Opt.Info, goData('vm1', []));
+  // Reply header 20 bytes, then info type 16, size 64: the flags are at byte 30.
+  assert.equal(plain.replies[0]!.toString('hex', 30, 32), VM1_FLAGS_PLAIN);
+  const state = newNegotiatedState(true);
+  handleOption(state, provider, Opt.StructuredReply, Buffer.alloc(0));
+  const structured = handleOption(state, provider, Opt.Info, goData('vm1', []));
+  assert.equal(structured.replies[0]!.toString('hex', 30, 32), VM1_FLAGS_STRUCTURED);
 });
 
 test('NBD_OPT_GO on an unknown export stays in options with ERR_UNKNOWN', () => {
@@ -89,7 +140,10 @@ test('malformed INFO/GO data gets ERR_INVALID', () => {
   assert.equal(outcome.replies[0]!.readUInt32BE(12), Rep.ErrInvalid);
 });
 
-test('NBD_OPT_EXPORT_NAME: size, flags and 124 zero bytes unless NO_ZEROES', () => {
+test('NBD_OPT_EXPORT_NAME: size 64, flags 16, 124 zero bytes unless NO_ZEROES (golden bytes)', () => {
+  // proto.md "Newstyle negotiation": no option-reply header; export size 64 bits (1 MiB), then
+  // transmission flags 16 bits (no structured replies: no SEND_DF), then 124 reserved zeroes.
+  const size = '0000000000100000';
   const padded = handleOption(
     newNegotiatedState(false),
     provider,
@@ -97,10 +151,13 @@ test('NBD_OPT_EXPORT_NAME: size, flags and 124 zero bytes unless NO_ZEROES', () 
     Buffer.from('vm1'),
   );
   assert.equal(padded.next, 'transmission');
-  assert.equal(padded.replies[0]!.length, 8 + 2 + 124);
+  assert.equal(padded.replies[0]!.toString('hex'), size + VM1_FLAGS_PLAIN + '00'.repeat(124));
   const bare = handleOption(newNegotiatedState(true), provider, Opt.ExportName, Buffer.from('vm1'));
-  assert.equal(bare.replies[0]!.length, 10);
-  assert.equal(bare.replies[0]!.readUInt32BE(4), 1 << 20);
+  assert.equal(bare.replies[0]!.toString('hex'), size + VM1_FLAGS_PLAIN);
+  const structured = newNegotiatedState(true);
+  handleOption(structured, provider, Opt.StructuredReply, Buffer.alloc(0));
+  const withDf = handleOption(structured, provider, Opt.ExportName, Buffer.from('vm1'));
+  assert.equal(withDf.replies[0]!.toString('hex'), size + VM1_FLAGS_STRUCTURED);
   const unknown = handleOption(
     newNegotiatedState(true),
     provider,
@@ -182,7 +239,7 @@ test('a read-only export advertises READ_ONLY and no write, trim, zero or FUA', 
     description: '',
     device: new MemoryDevice(4096, { isReadOnly: true }),
   };
-  const flags = transmissionFlags(ro.device);
+  const flags = transmissionFlags(ro.device, newNegotiatedState(true));
   assert.ok(flags & TransmitFlag.ReadOnly);
   for (const flag of [
     TransmitFlag.SendTrim,
@@ -193,7 +250,7 @@ test('a read-only export advertises READ_ONLY and no write, trim, zero or FUA', 
     assert.equal(flags & flag, 0);
   }
   assert.ok(
-    transmissionFlags(vm1.device) & TransmitFlag.SendTrim,
+    transmissionFlags(vm1.device, newNegotiatedState(true)) & TransmitFlag.SendTrim,
     'a writable one does advertise trim',
   );
 });
