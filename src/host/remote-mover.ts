@@ -141,7 +141,7 @@ export async function prepareRemoteMove(
         exportName: answer.exportName,
         tls: { psk: peer.psk },
       },
-      { connections: shared === undefined ? spec.connections : 1 },
+      shared !== undefined ? { connections: 1 } : poolOptions(spec),
     );
     let path: CopyPath;
     try {
@@ -178,6 +178,10 @@ async function openSharedImage(
 ): Promise<RawFileDevice> {
   const provisioning = spec.provisioning ?? spec.entry.descriptor.provisioning;
   return openRawFile(join(datastore.path, answer.image), { provisioning });
+}
+
+function poolOptions(spec: RemoteMoveSpec): { connections?: number } {
+  return spec.connections === undefined ? {} : { connections: spec.connections };
 }
 
 async function abortAtPeer(host: MoverHost, peer: PeerLink, id: string): Promise<void> {
@@ -219,7 +223,7 @@ class RemoteMoveRun {
       connect: () =>
         NbdClientPool.connect(
           { host: peer.nbdHost, port: answer.nbdPort, exportName: name, tls: { psk: peer.psk } },
-          spec.connections === undefined ? {} : { connections: spec.connections },
+          poolOptions(spec),
         ),
     });
     this.migration = new Migration(
