@@ -41,6 +41,7 @@ import {
   StateFlag,
   TransmitFlag,
 } from './protocol.js';
+import { type NbdClientTls, startClientTls } from './tls.js';
 
 /**
  * An NBD client that is a `BlockDevice`: the way Ferry reaches a remote datastore, and the way
@@ -55,6 +56,12 @@ export interface NbdClientOptions {
   readonly path?: string;
   /** Ask for structured replies and `base:allocation` (default true). */
   readonly wantStructured?: boolean;
+  /**
+   * Speak TLS: NBD_OPT_STARTTLS is the first option (proto.md, "Client-side requirements": a
+   * client that wants TLS sends it first, and gives up if the server refuses). With `psk` the
+   * client proves that identity's key; with `x509` it checks the server's certificate.
+   */
+  readonly tls?: NbdClientTls;
 }
 
 interface Pending {
@@ -116,10 +123,23 @@ export class NbdClient implements BlockDevice {
 
   readonly isStructured: boolean;
 
+  /**
+   * Connects, negotiates and resolves with a ready device. Rejects with `ERR_NBD_TLS_REQUIRED`
+   * when the server insists on TLS and `tls` is not given, `ERR_NBD_TLS_REFUSED` when `tls` is
+   * given and the server will not start it, `ERR_NBD_TLS_HANDSHAKE` when the handshake fails
+   * (wrong key, untrusted certificate); the socket is closed in every failure.
+   */
   static async connect(options: NbdClientOptions): Promise<NbdClient> {
-    const socket = await openSocket(options);
+    let socket: Socket = await openSocket(options);
     try {
-      const reader = new SocketReader(socket);
+      let reader = new SocketReader(socket);
+      await greet(socket, reader);
+      if (options.tls !== undefined) {
+        await sendStartTls(socket, reader);
+        reader.detach();
+        socket = await startClientTls(socket, options.tls, options.host);
+        reader = new SocketReader(socket);
+      }
       const negotiated = await negotiate(socket, reader, options);
       reader.detach();
       return new NbdClient(socket, negotiated, reader.queue);
@@ -387,10 +407,13 @@ class SocketReader {
     this.queue.push(chunk);
     this.waiter?.();
   };
-  private readonly onEnd = (): void => {
-    this.failure = new NbdProtocolError(
+  private readonly onEnd = (error?: Error): void => {
+    // Under TLS 1.3 a server that refuses our certificate says so only after our side of the
+    // handshake is done: the alert arrives here, and its text is the useful part.
+    const detail = error instanceof Error ? `: ${error.message}` : '';
+    this.failure ??= new NbdProtocolError(
       'ERR_NBD_CLOSED',
-      'server closed the connection during the handshake',
+      `server closed the connection during the handshake${detail}`,
     );
     this.waiter?.();
   };
@@ -419,11 +442,8 @@ class SocketReader {
   }
 }
 
-async function negotiate(
-  socket: Socket,
-  reader: SocketReader,
-  options: NbdClientOptions,
-): Promise<Negotiated> {
+/** The server's greeting and our client flags ("Fixed newstyle negotiation"). */
+async function greet(socket: Socket, reader: SocketReader): Promise<void> {
   const greeting = await reader.read(18);
   if (greeting.readBigUInt64BE(0) !== NBDMAGIC || greeting.readBigUInt64BE(8) !== IHAVEOPT) {
     throw new NbdProtocolError('ERR_NBD_BAD_MAGIC', 'not a fixed-newstyle NBD server');
@@ -437,7 +457,34 @@ async function negotiate(
     ClientFlag.FixedNewstyle | (serverFlags & HandshakeFlag.NoZeroes ? ClientFlag.NoZeroes : 0),
   );
   socket.write(clientFlags);
+}
 
+/**
+ * NBD_OPT_STARTTLS, no data. Anything but ACK means no TLS, and a client that asked for TLS
+ * must not go on in plain text ("Client-side requirements", downgrade attacks). The server
+ * sends nothing after the ACK until the TLS handshake, so leftover bytes are a protocol error.
+ */
+async function sendStartTls(socket: Socket, reader: SocketReader): Promise<void> {
+  const replies = await sendOption(socket, reader, Opt.StartTls, Buffer.alloc(0));
+  const last = replies.at(-1);
+  if (last?.type !== Rep.Ack) {
+    const message = last?.data.toString('utf8') ?? '';
+    throw new NbdProtocolError(
+      'ERR_NBD_TLS_REFUSED',
+      `the NBD server refused TLS (reply type 0x${(last?.type ?? 0).toString(16)}` +
+        `${message === '' ? '' : `: ${message}`}); not going on without it`,
+    );
+  }
+  if (reader.queue.length > 0) {
+    throw new NbdProtocolError('ERR_NBD_BAD_REPLY', 'server sent bytes after its STARTTLS reply');
+  }
+}
+
+async function negotiate(
+  socket: Socket,
+  reader: SocketReader,
+  options: NbdClientOptions,
+): Promise<Negotiated> {
   const result: Negotiated = {
     size: 0,
     flags: 0,
@@ -509,6 +556,14 @@ async function sendOption(
       );
     }
     const body = await reader.read(header.length);
+    if (header.type === Rep.ErrTlsReqd) {
+      // FORCEDTLS ("TLS support"): no option will succeed without TLS.
+      throw new NbdProtocolError(
+        'ERR_NBD_TLS_REQUIRED',
+        'the NBD server requires TLS (NBD_REP_ERR_TLS_REQD): connect with tls: { psk } ' +
+          '(a psktool key the server knows) or tls: { x509 } (its CA certificate)',
+      );
+    }
     replies.push({ type: header.type, data: Buffer.from(body) });
     if (header.type === Rep.Ack || header.type >= 2 ** 31) return replies;
   }

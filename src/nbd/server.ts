@@ -4,6 +4,7 @@ import { type Logger, silentLogger } from '../util/logger.js';
 import type { ExportProvider } from './exports.js';
 import { PayloadPool } from './payload-pool.js';
 import { DEFAULT_SESSION_LIMITS, NbdSession, type SessionLimits } from './session.js';
+import { createServerTlsContext, type NbdServerTls, type ServerTlsContext } from './tls.js';
 
 /**
  * The NBD server: listeners on TCP and Unix sockets, and the table of live sessions. Every
@@ -16,6 +17,8 @@ export interface NbdServerOptions {
   readonly limits?: SessionLimits;
   /** Most connections open at once; more are closed on accept. */
   readonly connectionsMax?: number;
+  /** NBD_OPT_STARTTLS with TLS-PSK and/or X.509 (src/nbd/tls.ts); absent: no TLS (NOTLS). */
+  readonly tls?: NbdServerTls;
 }
 
 export class NbdServer {
@@ -29,8 +32,10 @@ export class NbdServer {
   private isClosing = false;
   /** Shared by every session, so idle connections hold no buffers of their own. */
   private readonly payloads: PayloadPool;
+  private readonly tls: ServerTlsContext | undefined;
 
   constructor(options: NbdServerOptions) {
+    this.tls = options.tls === undefined ? undefined : createServerTlsContext(options.tls);
     this.exports = options.exports;
     this.log = options.log ?? silentLogger;
     this.limits = options.limits ?? DEFAULT_SESSION_LIMITS;
@@ -91,7 +96,14 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const session = new NbdSession(socket, this.exports, this.log, this.limits, this.payloads);
+    const session = new NbdSession(
+      socket,
+      this.exports,
+      this.log,
+      this.limits,
+      this.payloads,
+      this.tls,
+    );
     this.sessions.add(session);
     socket.once('close', () => this.sessions.delete(session));
   }

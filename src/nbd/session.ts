@@ -41,6 +41,7 @@ import {
   StateFlag,
 } from './protocol.js';
 import { validateRequest } from './request.js';
+import { type ServerTlsContext, type TlsPeer, upgradeServerSocket } from './tls.js';
 
 /**
  * One client connection, server side: the handshake, then the transmission phase. Requests are
@@ -52,12 +53,22 @@ import { validateRequest } from './request.js';
  * they fall back (STYLE.md, "Backpressure is explicit").
  */
 
-export type SessionState = 'awaitClientFlags' | 'options' | 'transmission' | 'closed';
+export type SessionState =
+  | 'awaitClientFlags'
+  | 'options'
+  | 'tlsHandshake'
+  | 'transmission'
+  | 'closed';
 
-/** The legal edges of the session state machine; `transition` refuses any other. */
+/**
+ * The legal edges of the session state machine; `transition` refuses any other. `tlsHandshake`
+ * lies between our ACK to NBD_OPT_STARTTLS and the end of the TLS handshake; option haggling
+ * then goes on over TLS ("TLS support": there is no way back to plain text).
+ */
 const EDGES: Record<SessionState, readonly SessionState[]> = {
   awaitClientFlags: ['options', 'closed'],
-  options: ['transmission', 'closed'],
+  options: ['tlsHandshake', 'transmission', 'closed'],
+  tlsHandshake: ['options', 'closed'],
   transmission: ['closed'],
   closed: [],
 };
@@ -101,21 +112,39 @@ export class NbdSession {
   private isCorked = false;
   private idleWaiters: (() => void)[] = [];
   private readonly payloads: PayloadPool;
+  /** The socket we read and write: the TCP one, then the TLS one wrapping it after STARTTLS. */
+  private socket: Socket;
+  private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onSocketDrain = (): void => this.maybeResumeReading();
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly exports: ExportProvider,
     private readonly log: Logger,
     private readonly limits: SessionLimits = DEFAULT_SESSION_LIMITS,
     payloads?: PayloadPool,
+    /** Absent: NOTLS mode, STARTTLS is refused. */
+    private readonly tls?: ServerTlsContext,
   ) {
+    this.socket = socket;
     this.payloads = payloads ?? new PayloadPool(limits.inFlightBytesMax);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.maybeResumeReading());
+    socket.on('data', this.onSocketData);
+    socket.on('drain', this.onSocketDrain);
     socket.on('error', (error) => this.log.debug({ err: error }, 'nbd socket error'));
+    // The TCP socket closes under a TLS one too, so this one listener sees every end.
     socket.on('close', () => this.transition('closed'));
     socket.write(GREETING);
+  }
+
+  /** Whether the connection runs over TLS (after a successful STARTTLS). */
+  get isTls(): boolean {
+    return this.negotiated.access.isTls;
+  }
+
+  /** The TLS-PSK identity the client proved, or null. */
+  get pskIdentity(): string | null {
+    return this.negotiated.access.pskIdentity;
   }
 
   get exportName(): string | null {
@@ -182,7 +211,10 @@ export class NbdSession {
         `unknown client flags 0x${flags.toString(16)}`,
       );
     }
-    this.negotiated = newNegotiatedState((flags & ClientFlag.NoZeroes) !== 0);
+    this.negotiated = newNegotiatedState(
+      (flags & ClientFlag.NoZeroes) !== 0,
+      this.tls?.config.mode ?? 'off',
+    );
     this.transition('options');
   }
 
@@ -211,7 +243,60 @@ export class NbdSession {
       this.active = outcome.export;
       this.transition('transmission');
     }
+    if (outcome.next === 'starttls') {
+      this.startTls();
+      return false;
+    }
     return true;
+  }
+
+  /**
+   * After our ACK to NBD_OPT_STARTTLS. The client must wait for that reply before it starts TLS
+   * ("Fixed newstyle negotiation": no option before the final reply), so a byte already here
+   * came before our ACK: a protocol error, not something to guess about. From now on the TCP
+   * socket belongs to the TLS layer; what it has buffered goes to TLS, nothing is dropped.
+   */
+  private startTls(): void {
+    const tls = this.tls;
+    assert(tls !== undefined, 'STARTTLS accepted without a TLS configuration');
+    if (this.input.length > 0) {
+      throw new NbdProtocolError(
+        'ERR_NBD_BYTES_BEFORE_TLS',
+        `${this.input.length} bytes sent after NBD_OPT_STARTTLS before its reply`,
+      );
+    }
+    this.transition('tlsHandshake');
+    const plain = this.socket;
+    plain.pause();
+    plain.off('data', this.onSocketData);
+    plain.off('drain', this.onSocketDrain);
+    const secure = upgradeServerSocket(
+      plain,
+      tls,
+      (peer) => this.onTlsSecure(peer),
+      (error) => this.onTlsFailure(error),
+    );
+    this.socket = secure;
+    secure.on('data', this.onSocketData);
+    secure.on('drain', this.onSocketDrain);
+  }
+
+  private onTlsSecure(peer: TlsPeer): void {
+    if (this.state !== 'tlsHandshake') return;
+    this.negotiated.access = { isTls: true, pskIdentity: peer.pskIdentity };
+    this.log.debug({ pskIdentity: peer.pskIdentity }, 'nbd TLS started');
+    this.transition('options');
+  }
+
+  /** A wrong key or certificate ends this connection only; the spec allows no plain fallback. */
+  private onTlsFailure(error: Error): void {
+    this.log.warn(
+      { reason: error.message, remote: this.socket.remoteAddress ?? null },
+      'nbd TLS handshake failed; closing connection',
+    );
+    this.isDisconnecting = true;
+    this.socket.destroy();
+    this.transition('closed');
   }
 
   /** Parses one request (header, then a write's payload) and dispatches it; false: need bytes. */

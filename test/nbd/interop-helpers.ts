@@ -25,6 +25,7 @@ const PACKAGE_OF: Record<string, string> = {
   nbdcopy: 'libnbd-bin',
   fio: 'fio',
   nbdkit: 'nbdkit',
+  certtool: 'gnutls-bin',
 };
 
 /** True when an executable `name` is on PATH (what `command -v` answers, without a shell). */
