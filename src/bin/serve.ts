@@ -10,6 +10,7 @@ import { CRASH_POINTS, type CrashPoint, RECEIVE_CRASH_POINTS } from '../host/dis
 import { Agent, checkName, PeerRegistry } from '../host/index.js';
 import { peerLinks } from '../host/peer-link.js';
 import { NbdServer } from '../nbd/index.js';
+import { loadServerTls, parseTlsSpec } from '../nbd/tls-credentials.js';
 import { errorMessageOf } from '../util/errors.js';
 import { readPackageVersion } from '../util/package-version.js';
 
@@ -56,7 +57,22 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     signals.dispose();
     throw error;
   }
-  server = new NbdServer({ exports: agent.exports, log: log.child({ component: 'nbd' }) });
+  // TLS-PSK is always on for the peer hosts' keys (agent-to-agent data is always TLS); the
+  // user's --tls adds its own keys or certificates and, by default, forces TLS on everyone.
+  const nbdTls = await loadServerTls(
+    options.tls === undefined ? undefined : parseTlsSpec(options.tls),
+    options.tlsMode,
+    (identity) => peers.keyFor(identity),
+  ).catch(async (error: unknown) => {
+    await agent.close();
+    signals.dispose();
+    throw error;
+  });
+  server = new NbdServer({
+    exports: agent.exports,
+    log: log.child({ component: 'nbd' }),
+    tls: nbdTls.tls,
+  });
   const jobs = new JobManager(agent, { log: log.child({ component: 'jobs' }) });
   const nbdServer = server;
   let api: ReturnType<typeof createApi> | undefined;
@@ -85,6 +101,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
         nbdHost: nbd.host,
         nbdPort: nbd.port,
         nbdSocket: options.socketPath ?? null,
+        nbdTls: nbdTls.label,
         apiUrl,
         apiHost: bound.address,
         apiPort: bound.port,

@@ -22,6 +22,10 @@ export interface ServeOptions {
   readonly ensureDisks: readonly DiskWish[];
   /** The name this host gives itself (`--name`, default the OS host name); peers show it. */
   readonly hostName: string;
+  /** `--tls psk:FILE|x509:DIR`, unparsed: the entry loads it (src/nbd/tls-credentials.ts). */
+  readonly tls?: string;
+  /** `--tls-mode`; absent: `require` with `--tls`, else TLS only for peer hosts' keys. */
+  readonly tlsMode?: 'require' | 'allow';
 }
 
 export interface DiskWish {
@@ -67,6 +71,16 @@ export function addServeCommand(
     .option('--socket <path>', 'also serve NBD on this Unix socket')
     .option('--name <name>', 'the name this host gives itself, shown to other hosts', hostname())
     .option(
+      '--tls <psk:FILE|x509:DIR>',
+      'NBD over TLS (STARTTLS) with psktool keys or certificates',
+    )
+    .addOption(
+      new Option(
+        '--tls-mode <mode>',
+        'require: no plain clients (default with --tls); allow',
+      ).choices(['require', 'allow']),
+    )
+    .option(
       '--disk <name:size>',
       'create this thin disk at start unless a disk of that name exists (repeatable)',
       collectDiskWish,
@@ -80,11 +94,25 @@ export function addServeCommand(
         'and apiPort.\nSIGINT or SIGTERM stops it cleanly (every disk is flushed); a second signal ' +
         'exits at once.',
     )
+    .addHelpText(
+      'after',
+      '\nNBD over TLS: make a key file once (psktool is in gnutls-bin), then serve with it:\n' +
+        '  $ psktool -u alice -p keys.psk\n' +
+        '  $ ferry serve --tls psk:keys.psk            (plain clients get NBD_REP_ERR_TLS_REQD)\n' +
+        '  $ ferry serve --tls x509:/etc/ferry/x509   (ca-cert.pem, server-cert.pem, server-key.pem)\n' +
+        'Clients (QEMU reads DIR/keys.psk; libnbd tools take the file):\n' +
+        '  $ qemu-img info --object tls-creds-psk,id=tls0,endpoint=client,dir=DIR,username=alice \\\n' +
+        '      --image-opts driver=nbd,host=127.0.0.1,port=10809,export=vm1,tls-creds=tls0\n' +
+        "  $ nbdinfo 'nbds://alice@127.0.0.1/vm1?tls-psk-file=keys.psk'\n" +
+        'Without --tls, plain clients are served and peer hosts still connect over TLS-PSK.',
+    )
     .action(async (options: ServeCommandOptions) => {
       const code = await serve({
         dataDir: resolve(context.cwd, options.data),
         ensureDisks: options.disk,
         hostName: options.name,
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
+        ...(options.tlsMode === undefined ? {} : { tlsMode: options.tlsMode }),
         nbd: options.nbd,
         api: options.api,
         ...(options.socket === undefined
@@ -102,6 +130,8 @@ interface ServeCommandOptions {
   socket?: string;
   disk: DiskWish[];
   name: string;
+  tls?: string;
+  tlsMode?: 'require' | 'allow';
 }
 
 /** `--disk NAME:SIZE`, e.g. `vm1:10G`; names are checked by the agent when it creates the disk. */
