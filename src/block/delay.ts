@@ -39,9 +39,9 @@ export class Delay extends PassThrough {
     return this.next.flush();
   }
 
-  override async extents(offset: number, length: number): Promise<Extent[]> {
+  override async extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
     await this.wait();
-    return this.next.extents(offset, length);
+    return this.next.extents(offset, length, runsMax);
   }
 
   private wait(): Promise<void> {

@@ -80,9 +80,11 @@ export interface BlockDevice {
   cache(offset: number, length: number): Promise<void>;
   /**
    * The allocation map from `offset`, covering at least one byte and at most `length` bytes,
-   * contiguous, in order, starting exactly at `offset`.
+   * contiguous, in order, starting exactly at `offset`. `runsMax` (a hint, default: the
+   * device's own bound) caps how many runs it works out: a client that wants one (NBD's
+   * REQ_ONE) must not pay for a thousand seeks through a fragmented image.
    */
-  extents(offset: number, length: number): Promise<Extent[]>;
+  extents(offset: number, length: number, runsMax?: number): Promise<Extent[]>;
   /** Releases the device; any later call fails with ESHUTDOWN. */
   close(): Promise<void>;
 }

@@ -62,8 +62,8 @@ export abstract class PassThrough implements BlockDevice {
     return this.next.cache(offset, length);
   }
 
-  extents(offset: number, length: number): Promise<Extent[]> {
-    return this.next.extents(offset, length);
+  extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
+    return this.next.extents(offset, length, runsMax);
   }
 
   /** Closes `next`: a stack is closed from its top, and each filter owns the device below it. */

@@ -247,14 +247,15 @@ export class RawFileDevice implements BlockDevice {
    * thick one: a thick image is fully allocated, so its holes are allocated-but-unwritten extents
    * (ext4 and XFS report fallocated extents as holes). Stops after EXTENT_RUNS_MAX runs.
    */
-  async extents(offset: number, length: number): Promise<Extent[]> {
+  async extents(offset: number, length: number, runsMax = EXTENT_RUNS_MAX): Promise<Extent[]> {
     this.checkOpen();
+    const runsLimit = Math.max(1, Math.min(runsMax, EXTENT_RUNS_MAX));
     const end = Math.min(this.size, offset + length);
     const holeKind: ExtentKind = this.provisioning === 'thin' ? 'hole' : 'zero';
     const runs: Extent[] = [];
     let at = offset;
     try {
-      while (at < end && runs.length < EXTENT_RUNS_MAX) {
+      while (at < end && runs.length < runsLimit) {
         if (at > offset) this.checkOpen();
         const dataAt = await this.native.seekData(this.fd, at);
         // -1 (ENXIO): no data from `at` to the end of the file.

@@ -165,10 +165,10 @@ export class Stats extends PassThrough {
     }
   }
 
-  override async extents(offset: number, length: number): Promise<Extent[]> {
+  override async extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
     const startMs = this.begin();
     try {
-      const runs = await this.next.extents(offset, length);
+      const runs = await this.next.extents(offset, length, runsMax);
       this.succeed(Verb.extents, startMs, length);
       return runs;
     } catch (error) {

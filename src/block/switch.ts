@@ -208,11 +208,11 @@ export class Switch implements BlockDevice {
     }
   }
 
-  async extents(offset: number, length: number): Promise<Extent[]> {
-    if (this.isPausedNow) return this.hold(() => this.extents(offset, length));
+  async extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
+    if (this.isPausedNow) return this.hold(() => this.extents(offset, length, runsMax));
     this.inFlight += 1;
     try {
-      return await this.current.extents(offset, length);
+      return await this.current.extents(offset, length, runsMax);
     } finally {
       this.leave();
     }

@@ -120,8 +120,8 @@ export class RemoteDevice implements BlockDevice {
     return this.run((device) => device.cache(offset, length));
   }
 
-  extents(offset: number, length: number): Promise<Extent[]> {
-    return this.run((device) => device.extents(offset, length));
+  extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
+    return this.run((device) => device.extents(offset, length, runsMax));
   }
 
   async close(): Promise<void> {

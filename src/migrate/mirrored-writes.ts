@@ -141,8 +141,8 @@ export abstract class MirroredWriteFilter implements BlockDevice {
     return this.source.cache(offset, length);
   }
 
-  extents(offset: number, length: number): Promise<Extent[]> {
-    return this.source.extents(offset, length);
+  extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
+    return this.source.extents(offset, length, runsMax);
   }
 
   /** The filter owns the source below it, as every filter in a stack does; not the target. */

@@ -124,8 +124,8 @@ export class NbdClientPool implements BlockDevice {
     return this.track((client) => client.cache(offset, length));
   }
 
-  async extents(offset: number, length: number): Promise<Extent[]> {
-    return this.track((client) => client.extents(offset, length));
+  async extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
+    return this.track((client) => client.extents(offset, length, runsMax));
   }
 
   async close(): Promise<void> {

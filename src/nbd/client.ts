@@ -189,10 +189,11 @@ export class NbdClient implements BlockDevice {
     await this.request(Cmd.Cache, 0, offset, length, null);
   }
 
-  async extents(offset: number, length: number): Promise<Extent[]> {
+  async extents(offset: number, length: number, runsMax?: number): Promise<Extent[]> {
     const asked = Math.min(length, 0xffffffff, this.size - offset);
     if (!this.caps.canExtents) return [{ offset, length: asked, kind: 'data' }];
-    return this.request(Cmd.BlockStatus, 0, offset, asked, null) as Promise<Extent[]>;
+    const flags = runsMax === 1 ? CmdFlag.ReqOne : 0;
+    return this.request(Cmd.BlockStatus, flags, offset, asked, null) as Promise<Extent[]>;
   }
 
   async close(): Promise<void> {

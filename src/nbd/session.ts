@@ -75,6 +75,13 @@ const EDGES: Record<SessionState, readonly SessionState[]> = {
 
 const traceChannel = channel('ferry:nbd:session');
 
+/**
+ * Runs one NBD_CMD_BLOCK_STATUS reply describes at most: a client asks again from where the
+ * reply ends, so a short answer costs it a round trip, while a long one costs the server a
+ * seek pair per run up front (a fragmented thin image has thousands).
+ */
+const BLOCK_STATUS_RUNS_MAX = 64;
+
 export interface SessionLimits {
   /** Requests dispatched to the device and not yet answered. */
   readonly inFlightMax: number;
@@ -397,7 +404,15 @@ export class NbdSession {
       case Cmd.WriteZeroes:
         return this.handleCmdWriteZeroes(header, isFua, active);
       case Cmd.BlockStatus:
-        return this.handleCmdBlockStatus(header, await device.extents(offset, length));
+        // REQ_ONE: one run is all the reply may carry, so work out no more (proto.md).
+        return this.handleCmdBlockStatus(
+          header,
+          await device.extents(
+            offset,
+            length,
+            (header.flags & CmdFlag.ReqOne) !== 0 ? 1 : BLOCK_STATUS_RUNS_MAX,
+          ),
+        );
       default:
         return this.replyError(header, Errno.EINVAL, 'unknown command');
     }
