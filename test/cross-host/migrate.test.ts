@@ -80,6 +80,24 @@ async function readExport(host: ServedHost, name: string): Promise<Buffer> {
   return readFile(file);
 }
 
+/**
+ * Creates vm1 on `a` full of one pattern, so the copy has all of it to carry (a thin disk never
+ * written copies in no time), and returns what it holds.
+ */
+async function createFilledDisk(a: ServedHost): Promise<Buffer> {
+  await a.ferryOk(['disk', 'create', 'vm1', '--size', String(DISK_BYTES)]);
+  const uri = `nbd://127.0.0.1:${a.nbdPort()}/vm1`;
+  const result = await a.host.exec('qemu-io', [
+    '-f',
+    'raw',
+    '-c',
+    `write -P 0x11 0 ${DISK_BYTES}`,
+    uri,
+  ]);
+  assert.equal(result.code, 0, result.stderr);
+  return Buffer.alloc(DISK_BYTES, 0x11);
+}
+
 for (const method of METHOD_NAMES) {
   netnsTest(
     `cross-host (${method}): fio writes through a while vm1 moves to b; every block verifies on a, on b and in b's image`,
@@ -127,11 +145,10 @@ for (const method of METHOD_NAMES) {
 
 netnsTest(
   'cross-host: a link cut mid-copy fails the move; the guest keeps every write on a',
-  { tools: ['qemu-img'], timeoutMs: 180_000 },
+  { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
   async () => {
     await withServedPair(async ({ a, b }, pair) => {
-      await a.ferryOk(['disk', 'create', 'vm1', '--size', String(DISK_BYTES)]);
-      const initial = Buffer.alloc(DISK_BYTES);
+      const initial = await createFilledDisk(a);
       const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 21);
       const started = JSON.parse(
         await a.ferryOk([
@@ -147,10 +164,11 @@ netnsTest(
       ) as JobJson;
       await new Promise((resolve) => setTimeout(resolve, 1500));
       await pair.cutLink();
-      const job = JSON.parse(
-        await a.ferryOk(['job', 'watch', started.id, '--json'], 120_000),
-      ) as JobJson;
+      // The watch exits 1 for a failed job: its JSON is what the test reads.
+      const watched = await a.ferry(['job', 'watch', started.id, '--json'], 120_000);
+      const job = JSON.parse(watched.stdout) as JobJson;
       assert.equal(job.state, 'failed');
+      assert.equal(job.error?.code, 'ERR_TARGET_FAILED', JSON.stringify(job.error));
       await pair.restoreLink();
       const acked = await guest.stop();
       assert.ok(acked > 0, 'the guest wrote');
@@ -171,12 +189,11 @@ const SOURCE_CRASHES: readonly CrashPoint[] = CRASH_POINTS;
 for (const point of SOURCE_CRASHES) {
   netnsTest(
     `cross-host: kill -9 of the source at ${point}; after restart exactly one copy is writable and holds every acknowledged write`,
-    { tools: ['qemu-img'], timeoutMs: 180_000 },
+    { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
     async () => {
       await withServedPair(
         async ({ a, b }) => {
-          await a.ferryOk(['disk', 'create', 'vm1', '--size', String(DISK_BYTES)]);
-          const initial = Buffer.alloc(DISK_BYTES);
+          const initial = await createFilledDisk(a);
           const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 31);
           await new Promise((resolve) => setTimeout(resolve, 200));
           await a.ferry(['migrate', 'vm1', '--to-host', 'b', '--speed', '32M', '--json']);
@@ -205,12 +222,11 @@ for (const point of SOURCE_CRASHES) {
 
 netnsTest(
   'cross-host: kill -9 of the destination at its commit; the source holds the guest, asks again, and finishes',
-  { tools: ['qemu-img'], timeoutMs: 180_000 },
+  { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
   async () => {
     await withServedPair(
       async ({ a, b }) => {
-        await a.ferryOk(['disk', 'create', 'vm1', '--size', String(DISK_BYTES)]);
-        const initial = Buffer.alloc(DISK_BYTES);
+        const initial = await createFilledDisk(a);
         const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 41);
         const started = JSON.parse(
           await a.ferryOk([
