@@ -220,6 +220,14 @@ describe('RawFileDevice', () => {
       assert.deepEqual(await device.extents(sizeBytes - 10, 100), [
         { offset: sizeBytes - 10, length: 10, kind: 'data' },
       ]);
+      // At most `runsMax` runs (NBD's REQ_ONE asks for one), still starting at the offset.
+      assert.deepEqual(await device.extents(0, sizeBytes, 1), [
+        { offset: 0, length: MIB, kind: 'hole' },
+      ]);
+      assert.deepEqual(await device.extents(MIB, sizeBytes, 2), [
+        { offset: MIB, length: 64 * KIB, kind: 'data' },
+        { offset: MIB + 64 * KIB, length: 2 * MIB - 64 * KIB, kind: 'hole' },
+      ]);
     });
   });
 

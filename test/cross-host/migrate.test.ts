@@ -260,3 +260,47 @@ netnsTest(
     );
   },
 );
+
+netnsTest(
+  'cross-host: kill -9 of the destination mid-copy fails the move; the guest keeps every write on a; b drops its copy at restart',
+  { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
+  async () => {
+    await withServedPair(async ({ a, b }) => {
+      const initial = await createFilledDisk(a);
+      const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 51);
+      const started = JSON.parse(
+        await a.ferryOk([
+          'migrate',
+          'vm1',
+          '--to-host',
+          'b',
+          '--speed',
+          '8M',
+          '--detach',
+          '--json',
+        ]),
+      ) as JobJson;
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      await b.serve.kill('SIGKILL');
+      const watched = await a.ferry(['job', 'watch', started.id, '--json'], 120_000);
+      const job = JSON.parse(watched.stdout) as JobJson;
+      assert.equal(job.state, 'failed');
+      const acked = await guest.stop();
+      assert.ok(acked > 0, 'the guest wrote');
+      assert.equal((await diskOn(a, 'vm1')).host, null, 'vm1 stays on a');
+      checkAcknowledged(
+        await readExport(a, 'vm1'),
+        expectedAfter(initial, 51, acked),
+        "a's export",
+      );
+      await b.restart();
+      await assert.rejects(diskOn(b, 'vm1'), 'b must not serve the partial copy');
+      const left = await readdir(join(b.dataDir, 'datastores', 'local'));
+      assert.deepEqual(
+        left.filter((file) => !file.startsWith('.')),
+        [],
+        'b deleted its partial copy',
+      );
+    });
+  },
+);
