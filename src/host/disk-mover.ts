@@ -132,6 +132,33 @@ export async function prepareMove(
   return { id: record.id, migration: move.migration, run: () => move.run() };
 }
 
+/** The test seam: kills the agent (SIGKILL) when `point` is the one FERRY_CRASH_AT names. */
+export function crashIf(host: MoverHost, move: string, point: CrashPoint): void {
+  if (host.crashAt !== point) return;
+  host.log.error({ move, point }, `crash point ${point}: killing the agent`);
+  process.kill(process.pid, 'SIGKILL');
+}
+
+/** Runs `migration`; with the seam at `copy`, the agent dies half-way through the copy. */
+export async function runWithCrashSeam(
+  host: MoverHost,
+  move: string,
+  migration: Migration,
+): Promise<MigrationResult> {
+  const halfway =
+    host.crashAt === 'copy'
+      ? setInterval(() => {
+          const { doneBytes, totalBytes } = migration.progressSnapshot;
+          if (doneBytes * 2 >= totalBytes) crashIf(host, move, 'copy');
+        }, 5)
+      : undefined;
+  try {
+    return await migration.run();
+  } finally {
+    clearInterval(halfway);
+  }
+}
+
 function newRecord(spec: MoveSpec): MoveRecord {
   return {
     version: JOURNAL_VERSION,
@@ -197,15 +224,8 @@ class MoveRun {
 
   async run(): Promise<MigrationResult> {
     let result: MigrationResult;
-    const halfway =
-      this.host.crashAt === 'copy'
-        ? setInterval(() => {
-            const { doneBytes, totalBytes } = this.migration.progressSnapshot;
-            if (doneBytes * 2 >= totalBytes) this.crashIf('copy');
-          }, 5)
-        : undefined;
     try {
-      result = await this.migration.run();
+      result = await runWithCrashSeam(this.host, this.record.id, this.migration);
     } catch (error) {
       if (!this.isCommitted) {
         await this.discardTargets();
@@ -214,17 +234,13 @@ class MoveRun {
       // Committed, then something failed (only the release can): the destination is the disk.
       this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
       throw error;
-    } finally {
-      clearInterval(halfway);
     }
     await this.finish();
     return result;
   }
 
   private crashIf(point: CrashPoint): void {
-    if (this.host.crashAt !== point) return;
-    this.host.log.error({ move: this.record.id, point }, `crash point ${point}: killing the agent`);
-    process.kill(process.pid, 'SIGKILL');
+    crashIf(this.host, this.record.id, point);
   }
 
   /**

@@ -10,7 +10,13 @@ import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Datastore } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
-import type { CrashPoint, MoverHost, PreparedMove } from './disk-mover.js';
+import {
+  type CrashPoint,
+  crashIf,
+  type MoverHost,
+  type PreparedMove,
+  runWithCrashSeam,
+} from './disk-mover.js';
 import type { DiskEntry } from './export-table.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
 import { newPassThrough, RemoteDevice } from './pass-through.js';
@@ -253,14 +259,6 @@ class RemoteMoveRun {
   }
 
   async run(): Promise<MigrationResult> {
-    const halfway =
-      this.host.crashAt === 'copy'
-        ? setInterval(() => {
-            const { doneBytes, totalBytes } = this.migration.progressSnapshot;
-            if (doneBytes * 2 >= totalBytes) this.crashIf('copy');
-          }, 5)
-        : undefined;
-    let result: MigrationResult;
     this.onEvent({
       type: 'message',
       message:
@@ -268,9 +266,11 @@ class RemoteMoveRun {
           ? `copy path: shared storage (datastore ${this.path.datastore.name} here is ${this.answer.datastore} on host ${this.spec.peer.name})`
           : `copy path: network, NBD over TLS to host ${this.spec.peer.name} on ${this.pool.connectionCount} connections`,
     });
+    let result: MigrationResult;
     try {
-      result = await this.migration.run();
+      result = await runWithCrashSeam(this.host, this.record.id, this.migration);
     } catch (error) {
+      // Unknown: the guest stays held and the journal keeps the move for the next start.
       if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
       if (!this.isCommitted) {
         await this.discard();
@@ -278,17 +278,13 @@ class RemoteMoveRun {
       }
       this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
       throw error;
-    } finally {
-      clearInterval(halfway);
     }
     await this.finish();
     return result;
   }
 
   private crashIf(point: CrashPoint): void {
-    if (this.host.crashAt !== point) return;
-    this.host.log.error({ move: this.record.id, point }, `crash point ${point}: killing the agent`);
-    process.kill(process.pid, 'SIGKILL');
+    crashIf(this.host, this.record.id, point);
   }
 
   /** Step 4, guest held: ask the peer to commit, and learn the outcome whatever it costs. */

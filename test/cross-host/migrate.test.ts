@@ -14,7 +14,12 @@ import { METHOD_NAMES } from '../../src/migrate/method.js';
 import { fioArgs } from '../cli/fio-guest.js';
 import { createHostPair, type HostPair } from './netns.js';
 import { netnsTest } from './netns-test.js';
-import { checkAcknowledged, expectedAfter, startRecordingGuest } from './recording-guest.js';
+import {
+  checkAcknowledged,
+  expectedAfter,
+  type RecordingGuest,
+  startRecordingGuest,
+} from './recording-guest.js';
 import { type ServedHost, type ServedPair, startServedPair } from './two-serves.js';
 
 const MiB = 1024 * 1024;
@@ -98,6 +103,27 @@ async function createFilledDisk(a: ServedHost): Promise<Buffer> {
   return Buffer.alloc(DISK_BYTES, 0x11);
 }
 
+/**
+ * A filled vm1 on `a`, the recording guest (seeded `seed`) writing to it, and a slow move to b
+ * (8 MiB/s, so a test can strike while it copies); returns once the job runs.
+ */
+async function startSlowMove(
+  a: ServedHost,
+  seed: number,
+): Promise<{ initial: Buffer; guest: RecordingGuest; jobId: string }> {
+  const initial = await createFilledDisk(a);
+  const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, seed);
+  const args = ['migrate', 'vm1', '--to-host', 'b', '--speed', '8M', '--detach', '--json'];
+  const started = JSON.parse(await a.ferryOk(args)) as JobJson;
+  return { initial, guest, jobId: started.id };
+}
+
+/** Follows job `id` on `a` to its end (the watch exits 1 for a failed job: its JSON is read). */
+async function watchJob(a: ServedHost, id: string): Promise<JobJson> {
+  const watched = await a.ferry(['job', 'watch', id, '--json'], 120_000);
+  return JSON.parse(watched.stdout) as JobJson;
+}
+
 for (const method of METHOD_NAMES) {
   netnsTest(
     `cross-host (${method}): fio writes through a while vm1 moves to b; every block verifies on a, on b and in b's image`,
@@ -148,25 +174,10 @@ netnsTest(
   { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
   async () => {
     await withServedPair(async ({ a, b }, pair) => {
-      const initial = await createFilledDisk(a);
-      const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 21);
-      const started = JSON.parse(
-        await a.ferryOk([
-          'migrate',
-          'vm1',
-          '--to-host',
-          'b',
-          '--speed',
-          '8M',
-          '--detach',
-          '--json',
-        ]),
-      ) as JobJson;
+      const { initial, guest, jobId } = await startSlowMove(a, 21);
       await new Promise((resolve) => setTimeout(resolve, 1500));
       await pair.cutLink();
-      // The watch exits 1 for a failed job: its JSON is what the test reads.
-      const watched = await a.ferry(['job', 'watch', started.id, '--json'], 120_000);
-      const job = JSON.parse(watched.stdout) as JobJson;
+      const job = await watchJob(a, jobId);
       assert.equal(job.state, 'failed');
       assert.equal(job.error?.code, 'ERR_TARGET_FAILED', JSON.stringify(job.error));
       await pair.restoreLink();
@@ -266,24 +277,10 @@ netnsTest(
   { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
   async () => {
     await withServedPair(async ({ a, b }) => {
-      const initial = await createFilledDisk(a);
-      const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 51);
-      const started = JSON.parse(
-        await a.ferryOk([
-          'migrate',
-          'vm1',
-          '--to-host',
-          'b',
-          '--speed',
-          '8M',
-          '--detach',
-          '--json',
-        ]),
-      ) as JobJson;
+      const { initial, guest, jobId } = await startSlowMove(a, 51);
       await new Promise((resolve) => setTimeout(resolve, 1500));
       await b.serve.kill('SIGKILL');
-      const watched = await a.ferry(['job', 'watch', started.id, '--json'], 120_000);
-      const job = JSON.parse(watched.stdout) as JobJson;
+      const job = await watchJob(a, jobId);
       assert.equal(job.state, 'failed');
       const acked = await guest.stop();
       assert.ok(acked > 0, 'the guest wrote');
