@@ -209,7 +209,7 @@ function table(
       return [
         describeLink(link),
         COPY_LABEL[one.copy],
-        one.isTls ? 'on' : 'off',
+        one.isTls || one.copy === 'ferry' ? 'on' : 'off',
         isMissing ? 'not implemented yet' : fixed(ms / 1000, 2),
         fixed(bytesPerSecond / MiB, 1),
         fixed(bytesPerSecond / linkRate(link), 3),

@@ -28,9 +28,8 @@ import { filesystemTypeOf } from './migrate-system.js';
  *      before and during, time, downtime, `--mirror sync` vs `auto`, at 1 Gbit/s and 100 Mbit/s
  *   3. tls: the idle copies with TLS on and off
  *
- * Ferry's side is in cross-host-ferry.ts; until cross-host migration lands its rows say "not
- * implemented yet" and only the references are measured. Progress goes to stderr, the markdown
- * report to stdout. Needs root (namespaces, tc, dropping the page cache).
+ * Ferry's side is in cross-host-ferry.ts. Progress goes to stderr, the markdown report to
+ * stdout. Needs root (namespaces, tc, dropping the page cache).
  *
  *   node dist/bench/cross-host.js [--only idle|load|tls] [--runs 3] [--size 4G] [--delay-ms 2]
  *                                 [--seconds 10] [--mtu N] [--dir DIR] [--keep]
