@@ -70,6 +70,8 @@ export interface FerryUnderLoadRequest {
   readonly mirror: MirrorMode;
   /** Seconds of fio alone before the move starts. */
   readonly baselineSeconds: number;
+  /** fio's `--rate_iops`; null: as fast as it can. */
+  readonly rateIops: number | null;
   readonly dir: string;
   readonly timeoutMs: number;
 }
@@ -91,7 +93,7 @@ export async function ferryUnderLoad(
     const uri = `nbd://127.0.0.1:${a.nbdPort()}/vm1`;
     const before = await a.host.exec(
       'fio',
-      fioArgs(uri, request.sizeBytes, request.baselineSeconds),
+      fioArgs(uri, request.sizeBytes, request.baselineSeconds, request.rateIops),
       {
         timeoutMs: (request.baselineSeconds + 60) * 1000,
       },
@@ -99,7 +101,7 @@ export async function ferryUnderLoad(
     if (before.code !== 0) throw new Error(`fio before the move: ${before.stderr}`);
     const iopsBefore = parseFioReport(before.stdout, 'fio before the move').write.iops;
     // fio during: a long run stopped with SIGINT once the move ended (fio then reports).
-    const during = a.host.spawn('fio', fioArgs(uri, request.sizeBytes, 3600), {
+    const during = a.host.spawn('fio', fioArgs(uri, request.sizeBytes, 3600, request.rateIops), {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
@@ -202,8 +204,14 @@ async function nbdCopy(
   return (JSON.parse(result.stdout) as { ms: number }).ms;
 }
 
-function fioArgs(uri: string, sizeBytes: number, seconds: number): string[] {
+function fioArgs(
+  uri: string,
+  sizeBytes: number,
+  seconds: number,
+  rateIops: number | null,
+): string[] {
   return [
+    ...(rateIops === null ? [] : [`--rate_iops=${rateIops}`]),
     '--name=guest',
     '--ioengine=nbd',
     `--uri=${uri}`,
