@@ -49,6 +49,8 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   // Moving a disk where it already is conflicts with where it is, as a taken name does.
   [HostErrorCode.SameDatastore]: CONFLICT,
   [HostErrorCode.DiskBusy]: CONFLICT,
+  // The disk lives on another host: the command belongs there.
+  [HostErrorCode.RemoteDisk]: CONFLICT,
   [HostErrorCode.BadUrl]: BAD_USAGE,
   [HostErrorCode.BadKey]: BAD_USAGE,
   // The agent is fine; the host it relays to did not answer, or refused what we asked.
@@ -58,6 +60,10 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [HostErrorCode.PeerUnauthorized]: CONFLICT,
   // A key file the CLI or the agent could not read or parse (nbd/psk-file.ts): fix the argument.
   ERR_PSK_FILE: BAD_USAGE,
+  // A --tls setting that cannot be used (nbd/tls-credentials.ts): fix the argument.
+  ERR_TLS_CONFIG: BAD_USAGE,
+  // A peer that cannot say how a commit ended: the disk is held until it can.
+  [MigrateErrorCode.CommitUnknown]: UNAVAILABLE,
   [JobErrorCode.NotFound]: NOT_FOUND,
   [JobErrorCode.State]: CONFLICT,
   // A job's outcome more than a request's; the CLI exits 1 for a job that ended so.
