@@ -61,6 +61,12 @@ export interface PassOptions {
    * so no older mirrored write lands over the copy (mirror-queue.ts).
    */
   readonly supersede?: (offset: number, length: number) => Promise<void>;
+  /**
+   * Awaited before each chunk is issued: an async mirror sends its queued writes first, so they
+   * do not wait behind copy chunks on a slow link (mirror-queue.ts, `whenQuiet`). Bounded by
+   * the caller, so the copy always moves on.
+   */
+  readonly yieldTo?: () => Promise<void>;
   /** Read from this device instead of the copier's source (a redo log); same size, throttled. */
   readonly from?: BlockDevice;
   /**
@@ -188,6 +194,7 @@ export class Copier {
     for (;;) {
       if (failure === undefined && this.options.signal?.aborted) failure = cancelledError();
       if (failure !== undefined) break;
+      if (walk.pass.yieldTo !== undefined) await walk.pass.yieldTo();
       const run = this.nextRun(walk, cursor);
       if (run === null) break;
       cursor = run.offset + run.length;

@@ -68,8 +68,18 @@ export function targetLength(write: TargetWrite): number {
 export const ENTRY_OVERHEAD_BYTES = 128;
 /** Queued entries the drainer looks at past ones that must wait for a write in flight. */
 const PUMP_SCAN_MAX = 64;
-/** Target writes the drainer keeps in flight: enough to fill a pooled NBD link. */
-export const QUEUE_IN_FLIGHT_MAX_DEFAULT = 8;
+/**
+ * Target writes the drainer keeps in flight. Guest writes are small and scattered, and across
+ * hosts each takes a round trip: 8 in flight at 4 ms carry 2000 writes a second, less than one
+ * busy guest makes; 64 fill a pooled NBD link (4 connections, the server takes 256 each).
+ */
+export const QUEUE_IN_FLIGHT_MAX_DEFAULT = 64;
+/**
+ * The longest a copy chunk waits for queued mirrored writes to go out first: the copy keeps at
+ * least one chunk per this many ms of the link, so it finishes even under a guest that writes
+ * faster than the link carries (in `async`, whose queue never empties then).
+ */
+export const COPY_YIELD_MS_MAX = 50;
 /** `auto` never stays synchronous longer than this once the queue is empty. */
 const DWELL_MAX_MS = 60_000;
 /** An async stretch shorter than this many dwells counts as a flap: the next dwell doubles. */
@@ -146,6 +156,8 @@ export class MirrorQueue {
   private isSettling = false;
   private readonly roomWaiters: Array<{ bytes: number; resolve: () => void }> = [];
   private idleWaiters: Array<() => void> = [];
+  /** `whenQuiet` callers: woken when nothing waits in the queue. */
+  private quietWaiters: Array<() => void> = [];
   /** `supersede` calls waiting for a queued entry to be sent and land; woken on every landing. */
   private landingWaiters: Array<() => void> = [];
   private counts = {
@@ -305,6 +317,23 @@ export class MirrorQueue {
       this.emitMode('the switchover is next: nothing more is queued');
     }
     await this.drain();
+  }
+
+  /**
+   * Resolves once nothing waits in the queue (writes in flight may), or after `maxWaitMs`: the
+   * copier asks before each chunk, so mirrored writes go out first and never queue behind copy
+   * chunks on the link (issue 9), while the copy keeps a share however busy the guest is.
+   */
+  whenQuiet(maxWaitMs: number): Promise<void> {
+    if (this.byOffset.length === 0 || this.isClosedNow) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(done, maxWaitMs);
+      this.quietWaiters.push(done);
+    });
   }
 
   /** Resolves once nothing is queued or in flight (the switchover's drain; the guest is held). */
@@ -482,6 +511,11 @@ export class MirrorQueue {
   }
 
   private checkIdle(): void {
+    if ((this.byOffset.length === 0 || this.isClosedNow) && this.quietWaiters.length > 0) {
+      const quiet = this.quietWaiters;
+      this.quietWaiters = [];
+      for (const wake of quiet) wake();
+    }
     if (!this.isIdle || this.idleWaiters.length === 0) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];

@@ -39,7 +39,7 @@ import type { BlockDevice } from '../../block/device.js';
 import { DirtyBitmap } from '../../block/dirty-bitmap.js';
 import { RangeLock } from '../../block/range-lock.js';
 import type { Method, MethodContext, MethodRun, MirrorStats } from '../method.js';
-import { queueCostOf, writeTarget } from '../mirror-queue.js';
+import { COPY_YIELD_MS_MAX, queueCostOf, writeTarget } from '../mirror-queue.js';
 import {
   type GuestMutation,
   MirroredWriteFilter,
@@ -272,6 +272,7 @@ export class MirrorCopy {
     await this.context.copier.copyPass(this.toCopy, {
       lock: this.lock,
       supersede: (offset, length) => queue.supersede(offset, length),
+      yieldTo: () => queue.whenQuiet(COPY_YIELD_MS_MAX),
     });
   }
 }

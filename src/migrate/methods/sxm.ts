@@ -59,6 +59,7 @@ import { assert } from '../../util/assert.js';
 import type { Copier } from '../copier.js';
 import type { Method, MethodContext, MethodRun, MirrorStats } from '../method.js';
 import {
+  COPY_YIELD_MS_MAX,
   ENTRY_OVERHEAD_BYTES,
   queueCostOf,
   type Reservation,
@@ -407,6 +408,7 @@ class SxmRun implements MethodRun {
       lock,
       recheckUnderLock: true,
       supersede: (offset, length) => queue.supersede(offset, length),
+      yieldTo: () => queue.whenQuiet(COPY_YIELD_MS_MAX),
     });
   }
 }
