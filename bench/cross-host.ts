@@ -8,6 +8,7 @@ import {
   isNetnsAvailable,
   netnsUnavailableReason,
 } from '../test/cross-host/netns.js';
+import { positiveInteger, sectionsOf } from './bench-options.js';
 import { hasTool, inBenchDir, killChildrenOnExit, runBenchMain, runCommand } from './children.js';
 import { type CrossHostContext, runIdleSection, runTlsSection } from './cross-host-idle.js';
 import type { LinkSpec } from './cross-host-link.js';
@@ -83,27 +84,14 @@ function parseOptions(argv: string[]): Options {
     process.stdout.write(`${USAGE}\n`);
     process.exit(0);
   }
-  const positive = (text: string, what: string): number => {
-    const value = Number(text);
-    if (!Number.isSafeInteger(value) || value <= 0) {
-      throw new Error(`--${what} must be a positive integer`);
-    }
-    return value;
-  };
-  const only = values.only ?? [...SECTIONS];
-  for (const section of only) {
-    if (!(SECTIONS as readonly string[]).includes(section)) {
-      throw new Error(`--only ${section}: expected ${SECTIONS.join(', ')}`);
-    }
-  }
   return {
-    sections: SECTIONS.filter((section) => only.includes(section)),
-    runs: positive(values.runs, 'runs'),
+    sections: sectionsOf(values.only, SECTIONS),
+    runs: positiveInteger(values.runs, 'runs'),
     sizeBytes: parseSize(values.size),
-    delayMs: positive(values['delay-ms'], 'delay-ms'),
-    seconds: positive(values.seconds, 'seconds'),
-    mtu: values.mtu === undefined ? undefined : positive(values.mtu, 'mtu'),
-    stepTimeoutMs: positive(values.timeout, 'timeout') * 1000,
+    delayMs: positiveInteger(values['delay-ms'], 'delay-ms'),
+    seconds: positiveInteger(values.seconds, 'seconds'),
+    mtu: values.mtu === undefined ? undefined : positiveInteger(values.mtu, 'mtu'),
+    stepTimeoutMs: positiveInteger(values.timeout, 'timeout') * 1000,
     isDropCaches: !values['no-drop-caches'],
     parentDir: values.dir,
     isKeep: values.keep,

@@ -3,6 +3,7 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/util/size.js';
+import { positiveInteger, sectionsOf } from './bench-options.js';
 import { hasTool, inBenchDir, killChildrenOnExit, runBenchMain, runCommand } from './children.js';
 import { writeImage } from './image-file.js';
 import type { BenchContext } from './migrate-context.js';
@@ -79,29 +80,16 @@ function parseOptions(argv: string[]): Options {
     process.stdout.write(`${USAGE}\n`);
     process.exit(0);
   }
-  const positive = (text: string, what: string): number => {
-    const value = Number(text);
-    if (!Number.isSafeInteger(value) || value <= 0) {
-      throw new Error(`--${what} must be a positive integer`);
-    }
-    return value;
-  };
-  const only = values.only ?? [...SECTIONS];
-  for (const section of only) {
-    if (!(SECTIONS as readonly string[]).includes(section)) {
-      throw new Error(`--only ${section}: expected ${SECTIONS.join(', ')}`);
-    }
-  }
   if (values.ferry !== 'api' && values.ferry !== 'agent') {
     throw new Error('--ferry must be api or agent');
   }
   return {
-    sections: SECTIONS.filter((section) => only.includes(section)),
-    runs: positive(values.runs, 'runs'),
+    sections: sectionsOf(values.only, SECTIONS),
+    runs: positiveInteger(values.runs, 'runs'),
     idleSizeBytes: parseSize(values.size),
     loadSizeBytes: parseSize(values['load-size']),
-    baselineSeconds: positive(values.seconds, 'seconds'),
-    stepTimeoutMs: positive(values.timeout, 'timeout') * 1000,
+    baselineSeconds: positiveInteger(values.seconds, 'seconds'),
+    stepTimeoutMs: positiveInteger(values.timeout, 'timeout') * 1000,
     ferryDriver: values.ferry,
     isDropCaches: !values['no-drop-caches'],
     parentDir: values.dir,
