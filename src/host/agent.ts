@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { type Provisioning, statAllocatedBytes } from '../block/raw-file.js';
 import type { StatsSnapshot } from '../block/stats.js';
 import { Switch } from '../block/switch.js';
+import { MigrateErrorCode } from '../migrate/errors.js';
 import { METHOD_DEFAULT, type MethodName, type MethodTuning } from '../migrate/method.js';
 import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migration.js';
 import { NbdClientPool } from '../nbd/client-pool.js';
@@ -481,9 +482,27 @@ export class Agent {
       );
       const done = prepared
         .run()
-        .then((result): MoveResult => ({ ...result, disk: request.name, from, to }));
+        .then((result): MoveResult => ({ ...result, disk: request.name, from, to }))
+        .catch((error: unknown) => {
+          if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) this.keepHeld(request.name);
+          throw error;
+        });
       return this.track(prepared, done, [request.name]);
     });
+  }
+
+  /**
+   * A cross-host move ended without knowing whether the peer committed (the agent is closing,
+   * or the commit could not be journaled): the disk's guest I/O stays held and nothing may
+   * move or remove it. The journal keeps the move; the next start asks the peer and finishes
+   * it one way or the other (remote-recovery.ts), merging any redo log first.
+   */
+  private keepHeld(name: string): void {
+    this.held.add(name);
+    this.warn(
+      { disk: name },
+      `disk ${name} is held: its cross-host move's outcome is unknown; restart the agent to resolve it with the peer`,
+    );
   }
 
   /**

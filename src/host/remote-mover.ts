@@ -319,8 +319,19 @@ class RemoteMoveRun {
         `host ${peer.name} did not commit disk ${this.spec.entry.descriptor.name}; it stays here`,
       );
     }
-    this.record = { ...this.record, committed: true };
-    await this.host.journal.write(this.record);
+    // The peer is the authority now, whatever happens here: a journal that cannot say so must
+    // not let the migration roll back to this copy. Held; the next start asks the peer again.
+    const committed: MoveRecord = { ...this.record, committed: true };
+    try {
+      await this.host.journal.write(committed);
+    } catch (error) {
+      throw new MigrateError(
+        MigrateErrorCode.CommitUnknown,
+        `host ${peer.name} committed disk ${this.spec.entry.descriptor.name} but this host could not journal it (${errorMessageOf(error)}); the disk stays held until the agent restarts`,
+        { cause: error },
+      );
+    }
+    this.record = committed;
     this.isCommitted = true;
     this.crashIf('after-commit');
   }

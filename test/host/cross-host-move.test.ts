@@ -347,3 +347,51 @@ test('cross-host move: into a datastore both hosts share, the data goes over the
     assert.equal(shown.host, 'b');
   });
 });
+
+/** A link to b whose resolve never answers, and whose commit reaches b (or not) unanswered. */
+function silentAfterCommit(isCommitDelivered: boolean): PeerWrap {
+  return (link) => ({
+    ...link,
+    async post<T>(path: string, body?: unknown, options?: { timeoutMs?: number }): Promise<T> {
+      const unreachable = Object.assign(new Error('no route to host'), {
+        code: 'ERR_PEER_UNREACHABLE',
+      });
+      if (path.endsWith('/commit')) {
+        if (isCommitDelivered) await link.post(path, body, options);
+        throw unreachable;
+      }
+      if (path.endsWith('/resolve')) throw unreachable;
+      return link.post<T>(path, body, options);
+    },
+  });
+}
+
+for (const isCommitDelivered of [true, false]) {
+  const outcome = isCommitDelivered ? 'committed' : 'not committed';
+  test(`cross-host move: the agent stops while b cannot say how the commit ended (${outcome}); the next start asks b and serves the right copy`, async () => {
+    await withHosts(
+      async (hosts) => {
+        const { a } = hosts;
+        const { model } = await seededDisk(hosts);
+        let isHeld = false;
+        const move = await a.agent.moveDiskToHost({ name: 'vm1', host: 'b' }, (event) => {
+          if (event.type === 'message' && event.message.includes('guest I/O is held'))
+            isHeld = true;
+        });
+        while (!isHeld) await new Promise((resolve) => setTimeout(resolve, 10));
+        await a.agent.close();
+        await assert.rejects(move.done, (error) => errorCodeOf(error) === 'ERR_COMMIT_UNKNOWN');
+        const journal = await readdir(join(a.dataDir, 'journal'));
+        assert.equal(journal.length, 1, 'the move stays journaled for the next start');
+        const reopened = await hosts.reopen('a');
+        const shown = await reopened.getDisk('vm1');
+        assert.equal(shown.host, isCommitDelivered ? 'b' : null);
+        assert.deepEqual(await readdir(join(a.dataDir, 'journal')), []);
+        const served = reopened.exports.lookup('vm1')?.device;
+        assert.ok(served);
+        assertSameBytes(await served.read(0, SIZE), model, 'vm1 after the restart');
+      },
+      { wrapA: silentAfterCommit(isCommitDelivered) },
+    );
+  });
+}
