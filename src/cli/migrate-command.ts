@@ -62,7 +62,9 @@ export function addMigrateCommand(
 ): void {
   program
     .command('migrate')
-    .description('move a disk, or a VM with --vm, to another datastore while its guest runs')
+    .description(
+      'move a disk to another datastore or host, or a VM with --vm to another datastore, while its guest runs',
+    )
     .argument('<name>', 'the disk to move (the VM with --vm)')
     .option('--vm', 'NAME is a VM: move its home directory and all its disks together')
     .option('--to <datastore>', 'the datastore to move it to (with --to-host: a datastore there)')
