@@ -6,12 +6,11 @@ import { Switch } from '../block/switch.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
 import { METHOD_DEFAULT, type MethodName, type MethodTuning } from '../migrate/method.js';
 import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migration.js';
-import { NbdClientPool } from '../nbd/client-pool.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import { DataDirLock } from './data-dir-lock.js';
 import type { Datastore } from './datastore.js';
-import { checkDiskSize, ORPHAN_IMAGE } from './datastore.js';
+import { checkDiskSize, ORPHAN_IMAGE, type Tombstone } from './datastore.js';
 import { DatastoreRegistry, DEFAULT_DATASTORE } from './datastore-registry.js';
 import type { DiskDescriptor } from './descriptor.js';
 import { type CrashPoint, type MoveSpec, type PreparedMove, prepareMove } from './disk-mover.js';
@@ -22,7 +21,7 @@ import type { MoveRecord } from './move-journal.js';
 import { MoveJournal } from './move-journal.js';
 import { recoverMoves } from './move-recovery.js';
 import { checkName } from './names.js';
-import { newPassThrough, type PassThrough, RemoteDevice } from './pass-through.js';
+import { type PassThrough, passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
 import { Receiver, recoverReceives } from './receiver.js';
 import { type PeerLink, prepareRemoteMove } from './remote-mover.js';
 import {
@@ -350,7 +349,7 @@ export class Agent {
           `disk ${name} belongs to VM ${owner.config.name}; remove the VM first`,
         );
       }
-      if (this.held.has(name)) this.checkNotMoving(name);
+      this.checkNotHeld(name);
       const passThrough = this.exports.passThrough(name);
       if (passThrough !== undefined) {
         await this.forgetPassThrough(passThrough);
@@ -702,7 +701,7 @@ export class Agent {
         exports: this.exports,
         journal: this.journal,
         log: this.log,
-        ...(this.crashAt === undefined ? {} : { crashAt: this.crashAt }),
+        ...this.crashSeam(),
       },
       {
         ...spec,
@@ -741,13 +740,17 @@ export class Agent {
     return undefined;
   }
 
-  private checkNotMoving(name: string): void {
+  private checkNotHeld(name: string): void {
     if (this.held.has(name)) {
       throw new HostError(
         HostErrorCode.DiskBusy,
         `disk ${name} is held until its peer host says whether an interrupted move committed`,
       );
     }
+  }
+
+  private checkNotMoving(name: string): void {
+    this.checkNotHeld(name);
     const busy = this.moves.get(name);
     if (busy) {
       throw new HostError(
@@ -801,39 +804,16 @@ export class Agent {
         );
         continue;
       }
-      const fields = {
-        name: tombstone.name,
-        host: tombstone.host ?? '',
-        datastore: tombstone.datastore,
-        generation: tombstone.generation,
-        sizeBytes: tombstone.sizeBytes ?? 0,
-        tombstoneAt: datastore,
-      };
-      const device = new Switch(this.remoteDevice(fields.name, fields.host, fields.sizeBytes));
-      this.exports.addPassThrough(newPassThrough(fields, device));
+      const device = new Switch(
+        this.remoteDisk(tombstone.name, tombstone.host ?? '', tombstone.sizeBytes ?? 0),
+      );
+      this.exports.addPassThrough(passThroughOf(tombstone, datastore, device));
     }
   }
 
-  /**
-   * The device of a disk that lives on `host`: connects to its export there at first use, over
-   * TLS with the peer's key. A peer this host no longer knows fails each request with EIO.
-   */
-  private remoteDevice(name: string, host: string, sizeBytes: number): RemoteDevice {
-    return new RemoteDevice({
-      size: sizeBytes,
-      label: `disk ${name} on host ${host}`,
-      connect: async () => {
-        const peer = this.peerLink(host);
-        if (!peer) throw new Error(`host ${host} is not known here any more (ferry host add)`);
-        const port = await peer.nbdPort();
-        return NbdClientPool.connect({
-          host: peer.nbdHost,
-          port,
-          exportName: name,
-          tls: { psk: peer.psk },
-        });
-      },
-    });
+  /** A disk that lives on `host` (pass-through.ts, `remoteDisk`), reached through this host's peers. */
+  private remoteDisk(name: string, host: string, sizeBytes: number): RemoteDevice {
+    return remoteDisk({ name, host, sizeBytes, peerNamed: this.peerLink });
   }
 
   /**
@@ -873,7 +853,7 @@ export class Agent {
       }
       if (state === 'committed') {
         await this.serialize(async () => {
-          const device = this.remoteDevice(disk.disk, host, entry.descriptor.sizeBytes);
+          const device = this.remoteDisk(disk.disk, host, entry.descriptor.sizeBytes);
           entry.stack.top.repoint(device);
           this.exports.delete(disk.disk);
           await entry.stack.raw.close().catch(() => undefined);
@@ -889,15 +869,15 @@ export class Agent {
             entry.datastore,
             peer,
           );
-          const fields = {
+          // What finishRemote has just written beside the old copy.
+          const tombstone: Tombstone = {
             name: disk.disk,
-            host,
             datastore: record.to,
             generation: disk.generation + 1,
+            host,
             sizeBytes: entry.descriptor.sizeBytes,
-            tombstoneAt: entry.datastore,
           };
-          this.exports.addPassThrough(newPassThrough(fields, entry.stack.top));
+          this.exports.addPassThrough(passThroughOf(tombstone, entry.datastore, entry.stack.top));
           release();
           entry.stack.top.resume();
         });

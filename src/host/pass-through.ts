@@ -8,10 +8,12 @@ import type {
 } from '../block/device.js';
 import { BlockError, BlockErrorCode } from '../block/errors.js';
 import type { Switch } from '../block/switch.js';
+import { NbdClientPool, type PoolOptions } from '../nbd/client-pool.js';
 import type { NbdExport } from '../nbd/exports.js';
 import { errorMessageOf } from '../util/errors.js';
 import { formatSize } from '../util/size.js';
-import type { Datastore } from './datastore.js';
+import type { Datastore, Tombstone } from './datastore.js';
+import type { PeerLink } from './remote-mover.js';
 
 /**
  * A disk that moved to another host, still exported here under its name (issue 7: "the source
@@ -34,19 +36,65 @@ export interface PassThrough {
   readonly export: NbdExport;
 }
 
-export function newPassThrough(
-  fields: Omit<PassThrough, 'export' | 'device'>,
+/**
+ * The pass-through that a tombstone naming a host (`host` and `sizeBytes` set) describes, kept
+ * in datastore `tombstoneAt`, serving `device`.
+ */
+export function passThroughOf(
+  tombstone: Tombstone,
+  tombstoneAt: Datastore,
   device: Switch,
 ): PassThrough {
+  const host = tombstone.host ?? '';
+  const sizeBytes = tombstone.sizeBytes ?? 0;
   return {
-    ...fields,
+    name: tombstone.name,
+    host,
+    datastore: tombstone.datastore,
+    generation: tombstone.generation,
+    sizeBytes,
+    tombstoneAt,
     device,
     export: {
-      name: fields.name,
-      description: `${formatSize(fields.sizeBytes)} raw disk on host ${fields.host} (datastore ${fields.datastore}), passed through`,
+      name: tombstone.name,
+      description: `${formatSize(sizeBytes)} raw disk on host ${host} (datastore ${tombstone.datastore}), passed through`,
       device,
     },
   };
+}
+
+export interface RemoteDiskOptions {
+  readonly name: string;
+  readonly host: string;
+  readonly sizeBytes: number;
+  /** The link to `host` now: a host removed meanwhile fails each connection attempt. */
+  readonly peerNamed: (host: string) => PeerLink | undefined;
+  /** Connections already open to the disk (a move's own), used until they break. */
+  readonly initial?: BlockDevice;
+  readonly pool?: PoolOptions;
+}
+
+/**
+ * Disk `name` on peer `host` as a device: connects to its export there when first used (or
+ * after its connections broke), over TLS with the peer's key, at the NBD port the peer reports
+ * at that moment (a peer that restarted may listen elsewhere).
+ */
+export function remoteDisk(options: RemoteDiskOptions): RemoteDevice {
+  const { name, host } = options;
+  return new RemoteDevice({
+    size: options.sizeBytes,
+    label: `disk ${name} on host ${host}`,
+    ...(options.initial === undefined ? {} : { initial: options.initial }),
+    connect: async () => {
+      const peer = options.peerNamed(host);
+      if (!peer) throw new Error(`host ${host} is not known here any more (ferry host add)`);
+      const port = await peer.nbdPort();
+      return NbdClientPool.connect(
+        { host: peer.nbdHost, port, exportName: name, tls: { psk: peer.psk } },
+        options.pool,
+      );
+    },
+  });
 }
 
 /** The caps of a raw disk served by a peer agent (what its export advertises). */

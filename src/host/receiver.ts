@@ -206,9 +206,14 @@ export class Receiver {
    * as the one that serves the disk, and the source leaves it alone.
    */
   async commit(id: string, isShared = false): Promise<ReceiveState> {
-    return this.host.serialize(async () => {
+    return this.host.serialize(async (): Promise<ReceiveState> => {
       const live = this.live.get(id);
-      if (live === undefined) return this.stateOnDisk(id);
+      if (live === undefined) {
+        throw new HostError(
+          HostErrorCode.NotFound,
+          `no receive ${id} under way here (aborted, or lost when this agent restarted)`,
+        );
+      }
       if (live.isCommitted) return 'committed';
       const { record, datastore, stack } = live;
       await stack.top.flush();
@@ -246,7 +251,7 @@ export class Receiver {
       }
       // Not live: either never committed (aborted, or lost with a restart) or committed and
       // its record finished. The descriptor decides.
-      return (await this.isCommittedOnDisk(disk, generation)) ? 'committed' : 'aborted';
+      return this.isCommittedOnDisk(disk, generation) ? 'committed' : 'aborted';
     });
   }
 
@@ -317,14 +322,8 @@ export class Receiver {
     this.host.log.info({ move: record.id, disk: record.disk }, 'receive aborted');
   }
 
-  private async stateOnDisk(id: string): Promise<ReceiveState> {
-    throw new HostError(
-      HostErrorCode.NotFound,
-      `no receive ${id} under way here (aborted, or lost when this agent restarted)`,
-    );
-  }
-
-  private async isCommittedOnDisk(disk: string, generation: number): Promise<boolean> {
+  /** Served here at a later generation than the source's: the commit happened. */
+  private isCommittedOnDisk(disk: string, generation: number): boolean {
     const entry = this.host.exports.get(disk);
     return entry !== undefined && entry.descriptor.generation > generation;
   }

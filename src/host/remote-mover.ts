@@ -8,7 +8,8 @@ import { NbdClientPool } from '../nbd/client-pool.js';
 import type { PskKey } from '../nbd/psk-file.js';
 import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
-import type { Datastore } from './datastore.js';
+import type { Logger } from '../util/logger.js';
+import type { Datastore, Tombstone } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import {
   type CrashPoint,
@@ -19,7 +20,7 @@ import {
 } from './disk-mover.js';
 import type { DiskEntry } from './export-table.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
-import { newPassThrough, RemoteDevice } from './pass-through.js';
+import { passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
 import type { ReceiveState, ReceiveTicket } from './receiver.js';
 
 /**
@@ -190,7 +191,12 @@ function poolOptions(spec: RemoteMoveSpec): { connections?: number } {
   return spec.connections === undefined ? {} : { connections: spec.connections };
 }
 
-async function abortAtPeer(host: MoverHost, peer: PeerLink, id: string): Promise<void> {
+/** Asks the peer to drop receive `id`; a peer that cannot be reached is logged, not retried. */
+export async function abortAtPeer(
+  host: { readonly log: Logger },
+  peer: PeerLink,
+  id: string,
+): Promise<void> {
   await peer.post(`/v1/receives/${id}/abort`, {}, { timeoutMs: 5000 }).catch((error: unknown) => {
     // Safe to leave: the peer never commits without our request, and forgets the copy at its
     // next start. Only its space is held meanwhile.
@@ -222,15 +228,13 @@ class RemoteMoveRun {
     const name = entry.descriptor.name;
     // After the switchover the guest's Switch forwards to the peer: the connections opened for
     // the move first, and if they break, fresh ones to the disk's export there.
-    this.passThroughDevice = new RemoteDevice({
-      size: target.size,
-      label: `disk ${name} on host ${peer.name}`,
+    this.passThroughDevice = remoteDisk({
+      name,
+      host: peer.name,
+      sizeBytes: target.size,
+      peerNamed: () => peer,
       initial: pool,
-      connect: () =>
-        NbdClientPool.connect(
-          { host: peer.nbdHost, port: answer.nbdPort, exportName: name, tls: { psk: peer.psk } },
-          poolOptions(spec),
-        ),
+      pool: poolOptions(spec),
     });
     this.migration = new Migration(
       [
@@ -375,26 +379,15 @@ class RemoteMoveRun {
     const { name, generation } = entry.descriptor;
     const from = entry.datastore;
     exports.delete(name);
-    exports.addPassThrough(
-      newPassThrough(
-        {
-          name,
-          host: peer.name,
-          datastore: this.answer.datastore,
-          generation: generation + 1,
-          sizeBytes: entry.descriptor.sizeBytes,
-          tombstoneAt: from,
-        },
-        entry.stack.top,
-      ),
-    );
-    await from.writeTombstone({
+    const tombstone: Tombstone = {
       name,
       datastore: this.answer.datastore,
       generation: generation + 1,
       host: peer.name,
       sizeBytes: entry.descriptor.sizeBytes,
-    });
+    };
+    exports.addPassThrough(passThroughOf(tombstone, from, entry.stack.top));
+    await from.writeTombstone(tombstone);
     await entry.stack.raw.close().catch((error: unknown) => {
       log.warn({ disk: name, err: error }, 'closing the old source image failed');
     });

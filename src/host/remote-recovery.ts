@@ -4,7 +4,7 @@ import type { Datastore } from './datastore.js';
 import type { MoveDiskRecord, MoveJournal, MoveRecord } from './move-journal.js';
 import { applyRedoLogs, isRemote } from './move-recovery.js';
 import type { ReceiveState } from './receiver.js';
-import type { PeerLink } from './remote-mover.js';
+import { abortAtPeer, type PeerLink } from './remote-mover.js';
 
 /**
  * Finishes, at start, the cross-host moves this agent left in its journal when it died, as the
@@ -81,11 +81,7 @@ async function recoverOne(
   }
   if (record.commitRequested !== true) {
     const merged = await rollBackRemote(host, record, disk, from);
-    if (peer !== undefined) {
-      await peer
-        .post(`/v1/receives/${record.id}/abort`, {}, { timeoutMs: RESOLVE_TIMEOUT_MS })
-        .catch(() => undefined);
-    }
+    if (peer !== undefined) await abortAtPeer(host, peer, record.id);
     return {
       disk: disk.disk,
       outcome: 'rolled-back',

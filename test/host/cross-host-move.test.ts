@@ -7,7 +7,7 @@ import { METHOD_NAMES } from '../../src/migrate/method.js';
 import type { MigrationEvent } from '../../src/migrate/migration.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { errorCodeOf } from '../../src/util/errors.js';
-import { assertSameBytes, prng, randomBytes } from '../migrate/harness.js';
+import { assertSameBytes, prng, randomBytes, startWriter } from '../migrate/harness.js';
 import { type PeerWrap, startTwoHosts, type TwoHosts } from './two-hosts.js';
 
 const MIB = 1024 * 1024;
@@ -19,31 +19,17 @@ const SIZE = 16 * MIB;
  * assert that writes really raced the copy.
  */
 function startGuest(device: BlockDevice, model: Buffer, seed: number) {
-  const random = prng(seed);
   let phase = 'prepare';
-  let isStopped = false;
-  let writes = 0;
   let racing = 0;
-  const loop = async (): Promise<void> => {
-    while (!isStopped) {
-      const length = 4096 * (1 + Math.floor(random() * 8));
-      const offset = 4096 * Math.floor(random() * ((model.length - length) / 4096));
-      const data = randomBytes(length, random);
-      await device.write(offset, data);
-      data.copy(model, offset);
-      writes += 1;
-      if (phase === 'copy') racing += 1;
-    }
-  };
-  const running = loop();
+  const writer = startWriter(device, model, seed, () => {
+    if (phase === 'copy') racing += 1;
+  });
   return {
     onEvent(event: MigrationEvent): void {
       if (event.type === 'phase') phase = event.phase;
     },
     async stop(): Promise<{ writes: number; racing: number }> {
-      isStopped = true;
-      await running;
-      return { writes, racing };
+      return { writes: await writer.stop(), racing };
     },
   };
 }

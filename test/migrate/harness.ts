@@ -399,6 +399,8 @@ export function startWriter(
   device: BlockDevice,
   model: Buffer,
   seed: number,
+  /** Called after each acknowledged write (and the model updated). */
+  onWrite?: () => void,
 ): { stop: () => Promise<number> } {
   const random = prng(seed);
   let isStopped = false;
@@ -411,6 +413,7 @@ export function startWriter(
       await device.write(offset, data);
       data.copy(model, offset);
       writes += 1;
+      onWrite?.();
     }
   };
   const running = loop();
