@@ -52,6 +52,12 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   // The disk lives on another host: the command belongs there.
   [HostErrorCode.RemoteDisk]: CONFLICT,
   [HostErrorCode.BadUrl]: BAD_USAGE,
+  [HostErrorCode.BadVmConfig]: BAD_USAGE,
+  [HostErrorCode.VmRunning]: CONFLICT,
+  [HostErrorCode.VmStopped]: CONFLICT,
+  // The agent is fine; the QEMU process it drives failed, as an upstream does for a gateway.
+  [HostErrorCode.Qemu]: { httpStatus: 502, exitCode: 1 },
+  [HostErrorCode.MemoryMigration]: { httpStatus: 502, exitCode: 1 },
   [HostErrorCode.BadKey]: BAD_USAGE,
   // The agent is fine; the host it relays to did not answer, or refused what we asked.
   [HostErrorCode.PeerUnreachable]: UNAVAILABLE,

@@ -134,20 +134,80 @@ export interface StartMigrationBody {
   provisioning?: 'thin' | 'thick';
 }
 
+const sizeOrBytesSchema = {
+  anyOf: [
+    { type: 'string', minLength: 1, maxLength: 32 },
+    { type: 'integer', minimum: 1 },
+  ],
+} as const;
+
 export const createVmBodySchema = {
   type: 'object',
   required: ['name', 'disks'],
   additionalProperties: false,
   properties: {
     name: nameSchema,
-    disks: { type: 'array', minItems: 1, maxItems: 64, items: nameSchema },
+    disks: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 64,
+      description: 'NAME of an existing disk, or NAME:SIZE to create it when missing',
+      items: { type: 'string', minLength: 1, maxLength: 100 },
+    },
     datastore: { ...nameSchema, description: "where the home goes; default: the first disk's" },
+    memory: { ...sizeOrBytesSchema, description: 'guest RAM, e.g. "512M"; default 512M' },
+    cpus: { type: 'integer', minimum: 1, maximum: 64 },
+    accel: { type: 'string', enum: ['auto', 'kvm', 'tcg'] },
+    kernel: { type: 'string', minLength: 1, maxLength: 4096, description: 'absolute path' },
+    initrd: { type: 'string', minLength: 1, maxLength: 4096, description: 'absolute path' },
+    append: { type: 'string', maxLength: 4096 },
+    nics: {
+      type: 'array',
+      maxItems: 8,
+      items: {
+        type: 'object',
+        required: ['network'],
+        additionalProperties: false,
+        properties: { network: nameSchema, mac: { type: 'string', maxLength: 17 } },
+      },
+    },
   },
 } as const;
 export interface CreateVmBody {
   name: string;
   disks: string[];
   datastore?: string;
+  memory?: string | number;
+  cpus?: number;
+  accel?: 'auto' | 'kvm' | 'tcg';
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  nics?: { network: string; mac?: string }[];
+}
+
+export const stopVmBodySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    force: { type: 'boolean', description: 'quit QEMU at once instead of an ACPI power-down' },
+    timeoutSeconds: { type: 'integer', minimum: 1, maximum: 3600 },
+  },
+} as const;
+export interface StopVmBody {
+  force?: boolean;
+  timeoutSeconds?: number;
+}
+
+export const addNetworkBodySchema = {
+  type: 'object',
+  required: ['name', 'bridge'],
+  additionalProperties: false,
+  properties: { name: nameSchema, bridge: { type: 'string', minLength: 1, maxLength: 15 } },
+} as const;
+export interface AddNetworkBody {
+  name: string;
+  bridge: string;
 }
 
 export const jobParamsSchema = {

@@ -20,7 +20,8 @@ import { readPackageVersion } from '../util/package-version.js';
  *   Agent.open (locks the data dir, opens every disk)
  *     → PeerRegistry.load (the other hosts and their keys, from the same data dir)
  *     → NbdServer over the agent's export table (removing a disk drops its connections)
- *     → NBD listens on TCP (and a Unix socket) → the API listens, admitting the peers' keys
+ *     → NBD listens on TCP (and a Unix socket), and on the local socket of this host's guests
+ *     → the API listens, admitting the peers' keys
  *     → log "ready" with the bound addresses (port 0 in tests: this is how they find them)
  *
  * On SIGINT/SIGTERM: stop the API (no new changes; event streams end), cancel the running jobs
@@ -79,6 +80,8 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
   try {
     const nbd = await nbdServer.listenTcp(options.nbd.host, options.nbd.port);
     if (options.socketPath !== undefined) await nbdServer.listenUnix(options.socketPath);
+    // This host's QEMU guests reach their disks here (vm-runtime.ts).
+    await nbdServer.listenUnix(agent.nbdSocket, { isLocal: true });
     const nbdUrl = `nbd://${formatHostPort(nbd)}`;
     api = createApi({
       agent,

@@ -1,5 +1,5 @@
 import { mkdir, realpath } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { type Provisioning, statAllocatedBytes } from '../block/raw-file.js';
 import type { StatsSnapshot } from '../block/stats.js';
 import { Switch } from '../block/switch.js';
@@ -21,6 +21,7 @@ import type { MoveRecord } from './move-journal.js';
 import { MoveJournal } from './move-journal.js';
 import { recoverMoves } from './move-recovery.js';
 import { checkName } from './names.js';
+import { NetworkRegistry } from './networks.js';
 import { type PassThrough, passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
 import { Receiver, recoverReceives } from './receiver.js';
 import { type PeerLink, prepareRemoteMove } from './remote-mover.js';
@@ -30,15 +31,11 @@ import {
   type RemoteOutcome,
   recoverRemoteMoves,
 } from './remote-recovery.js';
-import {
-  createHome,
-  homePath,
-  removeHome,
-  scanHomes,
-  VM_CONFIG_VERSION,
-  type VmConfig,
-} from './vm-home.js';
-import { type VmEntry, VmTable } from './vm-table.js';
+import { VmRuntime } from './vm-runtime.js';
+import { type CreateVmRequest, type VmInfo, VmService } from './vm-service.js';
+import type { VmEntry } from './vm-table.js';
+
+export type { CreateVmRequest, VmInfo } from './vm-service.js';
 
 /**
  * The agent's storage side: its datastores, the disks in them, and the table of exports the NBD
@@ -67,6 +64,13 @@ export interface AgentOptions {
   readonly hostName?: string;
   /** The link to a peer host by name (hosts.ts); without it, cross-host moves are refused. */
   readonly peerLink?: (name: string) => PeerLink | undefined;
+  /**
+   * The NBD server's local Unix socket, where this host's QEMU guests reach their disks
+   * (default `<dataDir>/nbd.sock`; the entry makes the server listen on it).
+   */
+  readonly nbdSocket?: string;
+  /** The QEMU binary VMs run with; default `qemu-system-x86_64`. */
+  readonly qemuBinary?: string;
 }
 
 export interface CreateDiskRequest {
@@ -144,26 +148,6 @@ export interface VmMoveResult extends MoveOutcome {
 export type DiskMove = Move<MoveResult>;
 export type VmMove = Move<VmMoveResult>;
 
-export interface CreateVmRequest {
-  readonly name: string;
-  /** Where the home directory goes; default: the first disk's datastore. */
-  readonly datastore?: string;
-  /** Existing disks, none another VM's. */
-  readonly disks: readonly string[];
-}
-
-export interface VmInfo {
-  readonly name: string;
-  /** The datastore of the VM's home directory. */
-  readonly datastore: string;
-  /** Absolute path of the home directory. */
-  readonly home: string;
-  readonly disks: readonly string[];
-  /** Sum of the sizes of the VM's disks that are served. */
-  readonly sizeBytes: number;
-  readonly createdAt: string;
-}
-
 export interface DiskInfo {
   readonly name: string;
   readonly datastore: string;
@@ -200,7 +184,10 @@ export class Agent {
   readonly warnings: string[] = [];
   private readonly registry: DatastoreRegistry;
   private readonly journal: MoveJournal;
-  private readonly vms = new VmTable();
+  /** The VMs: homes, configs, QEMU processes, networks (vm-service.ts). */
+  readonly vms: VmService;
+  /** The NBD server's local Unix socket for this host's guests. */
+  readonly nbdSocket: string;
   /** Moves in progress, by disk name (a VM's move under each of its disks). */
   private readonly moves = new Map<string, Move<MoveOutcome>>();
   /** VM moves in progress, by VM name. */
@@ -225,6 +212,7 @@ export class Agent {
     registry: DatastoreRegistry,
     journal: MoveJournal,
     lock: DataDirLock,
+    networks: NetworkRegistry,
     options: AgentOptions,
   ) {
     this.dataDir = dataDir;
@@ -236,6 +224,30 @@ export class Agent {
     this.crashAt = options.crashAt;
     this.hostName = options.hostName ?? 'localhost';
     this.peerLink = options.peerLink ?? (() => undefined);
+    this.nbdSocket = options.nbdSocket ?? join(dataDir, 'nbd.sock');
+    const runtime = new VmRuntime({
+      nbdSocket: this.nbdSocket,
+      networks,
+      log: this.log,
+      ...(options.qemuBinary === undefined ? {} : { qemuBinary: options.qemuBinary }),
+    });
+    this.vms = new VmService(
+      {
+        log: this.log,
+        entryOf: (name) => this.entryOf(name),
+        datastoreNamed: (name) => this.pickDatastore(name),
+        createDisk: async (name, sizeBytes, datastore) => {
+          this.checkNameFree(name);
+          const descriptor = await datastore.createDisk(name, sizeBytes, 'thin');
+          return this.publishNew(descriptor, datastore);
+        },
+        checkNotMoving: (vm) => this.checkVmNotMoving(vm),
+        serialize: (task) => this.serialize(task),
+        warn: (fields, message) => this.warn(fields, message),
+      },
+      runtime,
+      networks,
+    );
     this.receiver = new Receiver({
       dataDir,
       hostName: this.hostName,
@@ -262,7 +274,8 @@ export class Agent {
     try {
       const registry = await DatastoreRegistry.load(dataDir);
       const journal = await MoveJournal.open(dataDir);
-      const agent = new Agent(dataDir, registry, journal, lock, options);
+      const networks = await NetworkRegistry.load(dataDir);
+      const agent = new Agent(dataDir, registry, journal, lock, networks, options);
       // Moves a crash interrupted are finished before any disk is opened, so the right copy serves.
       const recovered = await recoverMoves(journal, (name) => registry.get(name), agent.log);
       for (const outcome of recovered) agent.warnings.push(outcome.message);
@@ -335,21 +348,14 @@ export class Agent {
    */
   async removeDisk(name: string): Promise<void> {
     await this.serialize(async () => {
-      const move = this.moves.get(name);
-      if (move) {
-        throw new HostError(
-          HostErrorCode.DiskBusy,
-          `disk ${name} is being moved (job ${move.id}); cancel the job first`,
-        );
-      }
+      this.checkNotMoving(name);
       const owner = this.vms.ownerOf(name);
       if (owner) {
         throw new HostError(
           HostErrorCode.DiskBusy,
-          `disk ${name} belongs to VM ${owner.config.name}; remove the VM first`,
+          `disk ${name} belongs to VM ${owner.config.name}; remove the VM first (ferry vm rm ${owner.config.name})`,
         );
       }
-      this.checkNotHeld(name);
       const passThrough = this.exports.passThrough(name);
       if (passThrough !== undefined) {
         await this.forgetPassThrough(passThrough);
@@ -513,7 +519,7 @@ export class Agent {
    */
   async moveVm(request: MoveVmRequest, onEvent: (event: MigrationEvent) => void): Promise<VmMove> {
     return this.serialize(async () => {
-      const vm = this.vmOf(request.name);
+      const vm = this.vms.entryOf(request.name);
       const to = this.registry.get(request.datastore);
       if (!to) throw notFound('datastore', request.datastore);
       this.checkVmMovable(vm, to);
@@ -529,7 +535,7 @@ export class Agent {
         'VM move started',
       );
       const done = prepared.run().then((result): VmMoveResult => {
-        this.vms.set({ config: vm.config, datastore: to });
+        this.vms.table.set({ config: vm.config, datastore: to });
         return { ...result, vm: request.name, disks, from: from.name, to: to.name };
       });
       const move = this.track(prepared, done, disks);
@@ -539,58 +545,22 @@ export class Agent {
     });
   }
 
-  /** Registers VM `name`: a home directory naming existing disks, none another VM's. */
+  /** Registers VM `name` (vm-service.ts). */
   async createVm(request: CreateVmRequest): Promise<VmInfo> {
-    checkName(request.name, 'vm');
-    return this.serialize(async () => {
-      const existing = this.vms.get(request.name);
-      if (existing) {
-        throw new HostError(
-          HostErrorCode.Exists,
-          `VM ${request.name} already exists in datastore ${existing.datastore.name}`,
-        );
-      }
-      const disks = this.checkVmDisks(request.disks);
-      const first = this.entryOf(disks[0] ?? '');
-      const datastore =
-        request.datastore === undefined ? first.datastore : this.pickDatastore(request.datastore);
-      const config: VmConfig = {
-        version: VM_CONFIG_VERSION,
-        name: request.name,
-        disks,
-        createdAt: new Date().toISOString(),
-      };
-      await createHome(datastore, config);
-      const entry = { config, datastore };
-      this.vms.add(entry);
-      this.log.info({ vm: request.name, datastore: datastore.name, disks }, 'VM created');
-      return this.describeVm(entry);
-    });
+    return this.vms.create(request);
   }
 
   async listVms(): Promise<VmInfo[]> {
-    return this.vms.all().map((entry) => this.describeVm(entry));
+    return this.vms.list();
   }
 
   async getVm(name: string): Promise<VmInfo> {
-    return this.describeVm(this.vmOf(name));
+    return this.vms.get(name);
   }
 
   /** Unregisters VM `name`: deletes its home directory; its disks stay and are served. */
   async removeVm(name: string): Promise<void> {
-    await this.serialize(async () => {
-      const vm = this.vmOf(name);
-      const move = this.vmMoves.get(name);
-      if (move) {
-        throw new HostError(
-          HostErrorCode.DiskBusy,
-          `VM ${name} is being moved (job ${move.id}); cancel the job first`,
-        );
-      }
-      await removeHome(homePath(vm.datastore, name));
-      this.vms.delete(name);
-      this.log.info({ vm: name, datastore: vm.datastore.name }, 'VM removed');
-    });
+    await this.vms.remove(name);
   }
 
   /** Disks that live here, then disks that moved to other hosts and are passed through. */
@@ -670,6 +640,8 @@ export class Agent {
     for (const move of moves) move.migration.cancel();
     await Promise.all([...moves].map((move) => move.done.catch(() => undefined)));
     const failures: unknown[] = [];
+    // The guests run on: a restarted agent takes them back (vm-runtime.ts).
+    await this.vms.runtime.release();
     await this.receiver.close();
     for (const entry of this.exports.allPassThroughs()) {
       this.exports.deletePassThrough(entry.name);
@@ -749,13 +721,14 @@ export class Agent {
     }
   }
 
-  private checkNotMoving(name: string): void {
+  /** The one busy check of a disk: held after a crash, or a move under way (`which`: whose). */
+  private checkNotMoving(name: string, which = ''): void {
     this.checkNotHeld(name);
     const busy = this.moves.get(name);
     if (busy) {
       throw new HostError(
         HostErrorCode.DiskBusy,
-        `disk ${name} is already being moved (job ${busy.id}); wait for it or cancel it`,
+        `disk ${name} ${which}is being moved (job ${busy.id}); wait for it or cancel it`,
       );
     }
   }
@@ -899,23 +872,8 @@ export class Agent {
         `VM ${name} is already in datastore ${to.name}; name another datastore`,
       );
     }
-    const busy = this.vmMoves.get(name);
-    if (busy) {
-      throw new HostError(
-        HostErrorCode.DiskBusy,
-        `VM ${name} is already being moved (job ${busy.id}); wait for it or cancel it`,
-      );
-    }
+    this.checkVmNotMoving(vm);
     const entries = vm.config.disks.map((disk) => this.entryOf(disk));
-    for (const entry of entries) {
-      const move = this.moves.get(entry.descriptor.name);
-      if (move) {
-        throw new HostError(
-          HostErrorCode.DiskBusy,
-          `disk ${entry.descriptor.name} of VM ${name} is being moved (job ${move.id}); wait for it or cancel it`,
-        );
-      }
-    }
     if (entries.every((entry) => entry.datastore.name === to.name)) {
       throw new HostError(
         HostErrorCode.SameDatastore,
@@ -924,70 +882,17 @@ export class Agent {
     }
   }
 
-  /** The disk names of a new VM, checked: at least one, no repeats, served, none another VM's. */
-  private checkVmDisks(disks: readonly string[]): string[] {
-    if (disks.length === 0 || new Set(disks).size !== disks.length) {
+  /** `ERR_DISK_BUSY` if a move holds VM `vm` or any of its disks. */
+  private checkVmNotMoving(vm: VmEntry): void {
+    const name = vm.config.name;
+    const busy = this.vmMoves.get(name);
+    if (busy) {
       throw new HostError(
-        HostErrorCode.BadVmDisks,
-        `a VM needs one or more disks, each named once; got ${JSON.stringify(disks)}`,
+        HostErrorCode.DiskBusy,
+        `VM ${name} is being moved (job ${busy.id}); wait for it or cancel it`,
       );
     }
-    for (const disk of disks) {
-      this.entryOf(disk);
-      const owner = this.vms.ownerOf(disk);
-      if (owner) {
-        throw new HostError(
-          HostErrorCode.Exists,
-          `disk ${disk} already belongs to VM ${owner.config.name}`,
-        );
-      }
-    }
-    return [...disks];
-  }
-
-  private vmOf(name: string): VmEntry {
-    const vm = this.vms.get(name);
-    if (!vm) throw notFound('VM', name);
-    return vm;
-  }
-
-  private describeVm(entry: VmEntry): VmInfo {
-    const { config, datastore } = entry;
-    const sizeBytes = config.disks.reduce(
-      (sum, disk) => sum + (this.exports.get(disk)?.descriptor.sizeBytes ?? 0),
-      0,
-    );
-    return {
-      name: config.name,
-      datastore: datastore.name,
-      home: homePath(datastore, config.name),
-      disks: config.disks,
-      sizeBytes,
-      createdAt: config.createdAt,
-    };
-  }
-
-  /** Registers the VM homes of `datastore`, skipping with a warning a bad one or a duplicate. */
-  private async openVms(datastore: Datastore): Promise<void> {
-    const scan = await scanHomes(datastore);
-    for (const problem of scan.problems) {
-      this.warn({ datastore: datastore.name, file: problem.file }, problem.message);
-    }
-    for (const config of scan.configs) {
-      const twin = this.vms.get(config.name);
-      const owned = config.disks.find((disk) => this.vms.ownerOf(disk) !== undefined);
-      if (twin || owned !== undefined) {
-        const why = twin
-          ? `a VM of that name is in datastore ${twin.datastore.name}`
-          : `its disk ${owned} belongs to another VM`;
-        this.warn(
-          { datastore: datastore.name, vm: config.name },
-          `VM ${config.name} in datastore ${datastore.name} is skipped: ${why}`,
-        );
-        continue;
-      }
-      this.vms.add({ config, datastore });
-    }
+    for (const disk of vm.config.disks) this.checkNotMoving(disk, `of VM ${name} `);
   }
 
   /** Opens every disk of `datastore`, skipping with a warning whatever cannot be served. */
@@ -1034,7 +939,7 @@ export class Agent {
         `pass-throughs are skipped: ${errorMessageOf(error)}`,
       );
     });
-    await this.openVms(datastore).catch((error: unknown) => {
+    await this.vms.open(datastore).catch((error: unknown) => {
       this.warn({ datastore: datastore.name }, `VMs are skipped: ${errorMessageOf(error)}`);
     });
   }

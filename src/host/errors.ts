@@ -48,6 +48,16 @@ export const HostErrorCode = {
   PeerRefused: 'ERR_PEER_REFUSED',
   /** A peer host's agent refused our credential: the two hosts' key files differ. */
   PeerUnauthorized: 'ERR_PEER_UNAUTHORIZED',
+  /** A VM setting that cannot run: memory, CPUs, a NIC, a MAC, a kernel file, an accelerator. */
+  BadVmConfig: 'ERR_BAD_VM_CONFIG',
+  /** The VM runs, and what was asked needs it stopped (remove it, move one of its disks alone). */
+  VmRunning: 'ERR_VM_RUNNING',
+  /** The VM does not run, and what was asked needs it running. */
+  VmStopped: 'ERR_VM_STOPPED',
+  /** QEMU refused to start, died, or answered a QMP command with an error. */
+  Qemu: 'ERR_QEMU',
+  /** QEMU's memory migration failed or did not converge: the guest runs on where it ran. */
+  MemoryMigration: 'ERR_MEMORY_MIGRATION',
 } as const;
 export type HostErrorCode = (typeof HostErrorCode)[keyof typeof HostErrorCode];
 

@@ -1,7 +1,7 @@
 import { HostError, HostErrorCode } from './errors.js';
 
 /**
- * Names of datastores, disks, VMs and peer hosts. A disk name is also its NBD export name and the stem of its
+ * Names of datastores, disks, VMs, networks and peer hosts. A disk name is also its NBD export name and the stem of its
  * files, so the alphabet is the one that is safe in a file name, a URI path and a shell word
  * alike. A leading '.' is refused because the agent's temporary files start with one (so they can
  * never collide with a disk's files), and a leading '-' because it reads as an option on a
@@ -12,7 +12,7 @@ const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
 export const NAME_HELP =
   '1 to 64 characters of A-Z, a-z, 0-9, ".", "_" and "-", not starting with "." or "-"';
 
-export type NameKind = 'datastore' | 'disk' | 'vm' | 'host';
+export type NameKind = 'datastore' | 'disk' | 'vm' | 'host' | 'network';
 
 export function isValidName(name: string): boolean {
   return NAME_PATTERN.test(name);

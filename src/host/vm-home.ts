@@ -4,7 +4,7 @@ import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import type { Datastore, DatastoreProblem } from './datastore.js';
 import { HostError, HostErrorCode } from './errors.js';
-import { isValidName } from './names.js';
+import { parseVmConfig, type VmConfig } from './vm-config.js';
 
 /**
  * A VM's home directory: `<datastore>/<vm>/`, holding `vm.json` (which makes the directory a VM:
@@ -15,16 +15,7 @@ import { isValidName } from './names.js';
  * no scan takes for a VM: it starts with '.'), and renames it into place at the commit
  * (disk-mover.ts). Only directories holding a `vm.json` are VMs; others are left alone.
  */
-export const VM_CONFIG_VERSION = 1;
 export const VM_CONFIG_FILE = 'vm.json';
-
-export interface VmConfig {
-  readonly version: typeof VM_CONFIG_VERSION;
-  readonly name: string;
-  /** The VM's disks, by name; a disk belongs to at most one VM. */
-  readonly disks: readonly string[];
-  readonly createdAt: string;
-}
 
 export interface HomeScan {
   readonly configs: readonly VmConfig[];
@@ -134,20 +125,4 @@ export async function pathIsDirectory(path: string): Promise<boolean> {
     if (errorCodeOf(error) === 'ENOENT' || errorCodeOf(error) === 'ENOTDIR') return false;
     throw error;
   }
-}
-
-function parseVmConfig(value: unknown, source: string, expectedName: string): VmConfig {
-  const config = value as Partial<VmConfig> | null;
-  const fail = (what: string): never => {
-    throw new HostError(HostErrorCode.BadDescriptor, `VM config ${source}: ${what}`);
-  };
-  if (config === null || typeof config !== 'object') return fail('not a JSON object');
-  if (config.version !== VM_CONFIG_VERSION) fail(`version is not ${VM_CONFIG_VERSION}`);
-  if (config.name !== expectedName) fail(`names VM ${JSON.stringify(config.name)}`);
-  const disks = config.disks;
-  if (!Array.isArray(disks) || disks.length === 0 || !disks.every((d) => isValidName(d))) {
-    fail(`bad disks ${JSON.stringify(disks)}`);
-  }
-  if (typeof config.createdAt !== 'string') fail('bad createdAt');
-  return config as VmConfig;
 }

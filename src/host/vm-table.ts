@@ -1,6 +1,6 @@
 import { assert } from '../util/assert.js';
 import type { Datastore } from './datastore.js';
-import type { VmConfig } from './vm-home.js';
+import type { VmConfig } from './vm-config.js';
 
 /**
  * The VMs this agent knows, by name: each is its home directory's `vm.json` and the datastore

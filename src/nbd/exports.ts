@@ -22,10 +22,18 @@ export interface ExportAccess {
   readonly isTls: boolean;
   /** The TLS-PSK identity the client proved it holds the key of; null otherwise. */
   readonly pskIdentity: string | null;
+  /**
+   * The connection came in on a local Unix socket that only this host's root can open (the one
+   * the agent's own QEMU guests use): it may see a VM's disks arriving from another host.
+   */
+  readonly isLocal?: boolean;
 }
 
 /** A plain connection: no TLS, no identity. */
 export const PLAIN_ACCESS: ExportAccess = { isTls: false, pskIdentity: null };
+
+/** A connection on the agent's local Unix socket. */
+export const LOCAL_ACCESS: ExportAccess = { isTls: false, pskIdentity: null, isLocal: true };
 
 export interface ExportProvider {
   lookup(name: string, access: ExportAccess): NbdExport | undefined;

@@ -45,6 +45,7 @@ export type HandshakeTlsMode = 'off' | 'allow' | 'require';
 export function newNegotiatedState(
   isNoZeroes: boolean,
   tlsMode: HandshakeTlsMode = 'off',
+  access: ExportAccess = PLAIN_ACCESS,
 ): NegotiatedState {
   return {
     isNoZeroes,
@@ -52,7 +53,7 @@ export function newNegotiatedState(
     metaExportName: null,
     isBaseAllocation: false,
     tlsMode,
-    access: PLAIN_ACCESS,
+    access,
   };
 }
 

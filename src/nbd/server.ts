@@ -1,7 +1,7 @@
-import { rm } from 'node:fs/promises';
+import { chmod, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { type Logger, silentLogger } from '../util/logger.js';
-import type { ExportProvider } from './exports.js';
+import { type ExportProvider, LOCAL_ACCESS, PLAIN_ACCESS } from './exports.js';
 import { PayloadPool } from './payload-pool.js';
 import { DEFAULT_SESSION_LIMITS, NbdSession, type SessionLimits } from './session.js';
 import { createServerTlsContext, type NbdServerTls, type ServerTlsContext } from './tls.js';
@@ -58,11 +58,16 @@ export class NbdServer {
     return { host: address.address, port: address.port };
   }
 
-  /** Listens on a Unix socket at `path`, replacing a stale socket file left by a crash. */
-  async listenUnix(path: string): Promise<void> {
+  /**
+   * Listens on a Unix socket at `path`, replacing a stale socket file left by a crash. `isLocal`:
+   * the agent's own socket for its QEMU guests, made 0600 — no TLS there, and its connections
+   * get `LOCAL_ACCESS`.
+   */
+  async listenUnix(path: string, options: { readonly isLocal?: boolean } = {}): Promise<void> {
     await rm(path, { force: true });
-    const server = this.newListener();
+    const server = this.newListener(options.isLocal === true);
     await listen(server, () => server.listen({ path }));
+    if (options.isLocal === true) await chmod(path, 0o600);
     this.unixPaths.push(path);
     this.log.info({ path }, 'nbd listening on unix socket');
   }
@@ -84,13 +89,13 @@ export class NbdServer {
     await Promise.all(this.unixPaths.map((path) => rm(path, { force: true })));
   }
 
-  private newListener(): Server {
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+  private newListener(isLocal = false): Server {
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket, isLocal));
     this.listeners.push(server);
     return server;
   }
 
-  private accept(socket: Socket): void {
+  private accept(socket: Socket, isLocal: boolean): void {
     if (this.isClosing || this.sessions.size >= this.connectionsMax) {
       this.log.warn({ connections: this.sessions.size }, 'nbd connection refused');
       socket.destroy();
@@ -102,7 +107,8 @@ export class NbdServer {
       this.log,
       this.limits,
       this.payloads,
-      this.tls,
+      isLocal ? undefined : this.tls,
+      isLocal ? LOCAL_ACCESS : PLAIN_ACCESS,
     );
     this.sessions.add(session);
     socket.once('close', () => this.sessions.delete(session));

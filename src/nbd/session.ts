@@ -17,7 +17,7 @@ import {
   type RequestHeader,
 } from './codec.js';
 import { NbdProtocolError } from './errors.js';
-import type { ExportProvider, NbdExport } from './exports.js';
+import { type ExportAccess, type ExportProvider, type NbdExport, PLAIN_ACCESS } from './exports.js';
 import {
   BASE_ALLOCATION_ID,
   handleOption,
@@ -132,6 +132,8 @@ export class NbdSession {
     payloads?: PayloadPool,
     /** Absent: NOTLS mode, STARTTLS is refused. */
     private readonly tls?: ServerTlsContext,
+    /** What the connection is known to be before any option (a local socket's: `LOCAL_ACCESS`). */
+    private readonly initialAccess: ExportAccess = PLAIN_ACCESS,
   ) {
     this.socket = socket;
     this.payloads = payloads ?? new PayloadPool(limits.inFlightBytesMax);
@@ -221,6 +223,7 @@ export class NbdSession {
     this.negotiated = newNegotiatedState(
       (flags & ClientFlag.NoZeroes) !== 0,
       this.tls?.config.mode ?? 'off',
+      this.initialAccess,
     );
     this.transition('options');
   }

@@ -38,7 +38,7 @@ test('cli: vm create, list, show, migrate --vm, rm against ferry serve', async (
     assert.equal((await runFerry(['vm', 'create', 'x'], env)).code, 2);
 
     const list = await ok(['vm', 'list']);
-    assert.match(list, /db\s+local\s+3M\s+db-os,db-data/);
+    assert.match(list, /db\s+stopped\s+local\s+512M\s+1\s+3M\s+db-os,db-data/);
     const listed = JSON.parse(await ok(['vm', 'ls', '--json'])) as VmInfo[];
     assert.deepEqual(
       listed.map((vm) => vm.name),

@@ -1,0 +1,261 @@
+import { constants } from 'node:fs';
+import { access, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { errorMessageOf } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { HostError, HostErrorCode } from './errors.js';
+import type { NetworkRegistry } from './networks.js';
+import type { QemuSpec } from './qemu/qemu-command-line.js';
+import { QemuProcess } from './qemu/qemu-process.js';
+import { createTap, deleteTap, tapName } from './taps.js';
+import type { VmConfig } from './vm-config.js';
+
+/**
+ * The QEMU processes of this host's VMs (issue 8). A running VM is a daemonized
+ * `qemu-system-x86_64` whose files are all in the VM's home directory:
+ *
+ *   qemu.pid      its pid (QEMU writes it)           qmp.sock     its QMP socket
+ *   console.log   the serial console, appended to    qemu.log     QEMU's own messages
+ *
+ * Each disk is attached through this host's own NBD export of it, on the agent's local Unix
+ * socket (nbd/server.ts, `isLocal`), as virtio-blk in the config's order (/dev/vda first); each
+ * NIC is a tap on its network's bridge (taps.ts). Nothing lives only in the agent: a restarted
+ * agent finds each VM's QEMU from its pid file, checks it is that VM's QEMU, and takes it back
+ * over QMP (`adopt`). The agent closing never stops a guest; QEMU's NBD client reconnects to
+ * the agent's socket when it comes back (`reconnect-delay`), and the guest's I/O waits meanwhile.
+ */
+export const QEMU_PID_FILE = 'qemu.pid';
+export const QMP_SOCKET_FILE = 'qmp.sock';
+export const CONSOLE_LOG_FILE = 'console.log';
+
+/** What a running VM's status is, as QEMU says (`query-status`), or `stopped`. */
+export type VmPowerState = string;
+
+export interface VmRuntimeOptions {
+  /** The agent's local NBD socket (`<dataDir>/nbd.sock`). */
+  readonly nbdSocket: string;
+  readonly networks: NetworkRegistry;
+  readonly log: Logger;
+  /** Default `qemu-system-x86_64`; tests may name another. */
+  readonly qemuBinary?: string;
+}
+
+/** How to start a VM beyond its config. */
+export interface StartOptions {
+  /**
+   * Start as the destination of a live migration: QEMU waits for `migrate-incoming` (`defer`)
+   * and the guest runs only once the memory has arrived.
+   */
+  readonly incoming?: boolean;
+  /** Networks by the config's names → this host's, for an incoming VM whose config is the source's. */
+  readonly networkOf?: (name: string) => string;
+}
+
+interface RunningVm {
+  readonly process: QemuProcess;
+  readonly taps: readonly string[];
+}
+
+const STOP_TIMEOUT_MS = 30_000;
+const NBD_RECONNECT_DELAY_SECONDS = 60;
+
+export class VmRuntime {
+  private readonly running = new Map<string, RunningVm>();
+  /** Exit watchers are told apart from a VM's later incarnation by this. */
+  private readonly options: VmRuntimeOptions;
+
+  constructor(options: VmRuntimeOptions) {
+    this.options = options;
+  }
+
+  /** Whether VM `name` has a QEMU process this runtime drives. */
+  isRunning(name: string): boolean {
+    return this.running.has(name);
+  }
+
+  /** The QEMU of VM `name`; `ERR_VM_STOPPED` if it has none. */
+  processOf(name: string): QemuProcess {
+    const vm = this.running.get(name);
+    if (vm === undefined) {
+      throw new HostError(
+        HostErrorCode.VmStopped,
+        `VM ${name} is not running; start it with: ferry vm start ${name}`,
+      );
+    }
+    return vm.process;
+  }
+
+  /** QEMU's run state of VM `name` (`running`, `paused`, `inmigrate`...), or `stopped`. */
+  async powerState(name: string): Promise<VmPowerState> {
+    const vm = this.running.get(name);
+    if (vm === undefined) return 'stopped';
+    return vm.process.status().catch(() => 'unknown');
+  }
+
+  pidOf(name: string): number | null {
+    return this.running.get(name)?.process.pid ?? null;
+  }
+
+  /** Starts QEMU for `config` with its files in `home`; rejects with QEMU's own words. */
+  async start(config: VmConfig, home: string, options: StartOptions = {}): Promise<void> {
+    if (this.running.has(config.name)) {
+      throw new HostError(HostErrorCode.VmRunning, `VM ${config.name} is already running`);
+    }
+    const taps: string[] = [];
+    try {
+      for (const [index, nic] of config.nics.entries()) {
+        const networkName = options.networkOf?.(nic.network) ?? nic.network;
+        const network = this.options.networks.get(networkName);
+        if (network === undefined) {
+          throw new HostError(
+            HostErrorCode.NotFound,
+            `VM ${config.name}'s NIC ${index} is on network ${networkName}, which this host does not have; add it with: ferry network add ${networkName} --bridge BRIDGE`,
+          );
+        }
+        const tap = tapName(config.name, index);
+        await createTap(tap, network.bridge);
+        taps.push(tap);
+      }
+      const spec = await this.specOf(config, home, taps, options.incoming === true);
+      await rm(join(home, QEMU_PID_FILE), { force: true });
+      const process = await QemuProcess.launch(spec, {
+        ...(this.options.qemuBinary === undefined ? {} : { binary: this.options.qemuBinary }),
+      }).catch((error: unknown) => {
+        throw new HostError(
+          HostErrorCode.Qemu,
+          `QEMU did not start VM ${config.name}: ${errorMessageOf(error)}`,
+          { cause: error },
+        );
+      });
+      this.track(config.name, { process, taps });
+      this.options.log.info(
+        { vm: config.name, pid: process.pid, incoming: options.incoming === true },
+        'VM started',
+      );
+    } catch (error) {
+      for (const tap of taps) await deleteTap(tap);
+      throw error;
+    }
+  }
+
+  /**
+   * Takes back the QEMU a previous agent started for `config`, if it still runs (its pid file
+   * names a live QEMU of this VM); otherwise cleans what it left. Resolves whether it runs.
+   */
+  async adopt(config: VmConfig, home: string): Promise<boolean> {
+    const process = await QemuProcess.attach({
+      pidFile: join(home, QEMU_PID_FILE),
+      qmpSocket: join(home, QMP_SOCKET_FILE),
+    }).catch((error: unknown) => {
+      this.options.log.warn(
+        { vm: config.name, err: error },
+        `VM ${config.name}'s QEMU could not be taken back: ${errorMessageOf(error)}`,
+      );
+      return undefined;
+    });
+    const taps = config.nics.map((_, index) => tapName(config.name, index));
+    if (process === undefined) {
+      for (const tap of taps) await deleteTap(tap);
+      return false;
+    }
+    this.track(config.name, { process, taps });
+    this.options.log.info({ vm: config.name, pid: process.pid }, 'VM taken back');
+    return true;
+  }
+
+  /**
+   * Stops VM `name`: ACPI power-down, and after `timeoutMs` (or at once with `force`) QEMU is
+   * told to quit, which flushes its disks. Resolves once the process is gone.
+   */
+  async stop(name: string, options: { force?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    const process = this.processOf(name);
+    if (options.force === true) await process.quit();
+    else await process.powerdown({ timeoutMs: options.timeoutMs ?? STOP_TIMEOUT_MS });
+    await this.exited(name);
+  }
+
+  /** SIGKILLs VM `name`'s QEMU (a migration destination that must not run) and cleans up. */
+  async kill(name: string): Promise<void> {
+    const vm = this.running.get(name);
+    if (vm === undefined) return;
+    await vm.process.kill();
+    await this.exited(name);
+  }
+
+  /** Resolves once VM `name`'s QEMU is gone and its taps deleted. */
+  async exited(name: string): Promise<void> {
+    const vm = this.running.get(name);
+    if (vm === undefined) return;
+    await vm.process.exited;
+    await this.forget(name, vm);
+  }
+
+  /** Lets go of every QEMU without stopping any (the agent is closing: they run on). */
+  async release(): Promise<void> {
+    for (const vm of this.running.values()) await vm.process.release();
+    this.running.clear();
+  }
+
+  private track(name: string, vm: RunningVm): void {
+    this.running.set(name, vm);
+    void vm.process.exited.then(() => this.forget(name, vm));
+  }
+
+  private async forget(name: string, vm: RunningVm): Promise<void> {
+    if (this.running.get(name) !== vm) return;
+    this.running.delete(name);
+    for (const tap of vm.taps) await deleteTap(tap);
+    this.options.log.info({ vm: name }, 'VM stopped');
+  }
+
+  private async specOf(
+    config: VmConfig,
+    home: string,
+    taps: readonly string[],
+    incoming: boolean,
+  ): Promise<QemuSpec> {
+    return {
+      name: config.name,
+      memoryBytes: config.memoryBytes,
+      cpus: config.cpus,
+      accel: await resolveAccel(config),
+      ...(config.kernel === null ? {} : { kernel: join(home, config.kernel) }),
+      ...(config.initrd === null ? {} : { initrd: join(home, config.initrd) }),
+      ...(config.append === null ? {} : { append: config.append }),
+      disks: config.disks.map((disk, index) => ({
+        node: `disk${index}`,
+        nbdSocket: this.options.nbdSocket,
+        exportName: disk,
+        bus: 'virtio' as const,
+        // An agent restart closes the socket: the guest's I/O waits this long for it to return.
+        reconnectDelaySeconds: NBD_RECONNECT_DELAY_SECONDS,
+      })),
+      nics: config.nics.map((nic, index) => ({
+        id: `nic${index}`,
+        tap: taps[index] ?? '',
+        mac: nic.mac,
+      })),
+      qmpSocket: join(home, QMP_SOCKET_FILE),
+      serialLog: join(home, CONSOLE_LOG_FILE),
+      pidFile: join(home, QEMU_PID_FILE),
+      ...(incoming ? { incoming: 'defer' } : {}),
+    };
+  }
+}
+
+/** `auto`: KVM where /dev/kvm opens for reading and writing, TCG otherwise. */
+async function resolveAccel(config: VmConfig): Promise<'kvm' | 'tcg'> {
+  if (config.accel === 'tcg') return 'tcg';
+  const hasKvm = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
+  if (hasKvm) return 'kvm';
+  if (config.accel === 'kvm') {
+    throw new HostError(
+      HostErrorCode.BadVmConfig,
+      `VM ${config.name} asks for KVM, but /dev/kvm cannot be opened on this host; use --accel tcg or auto`,
+    );
+  }
+  return 'tcg';
+}
