@@ -48,8 +48,7 @@ const run = promisify(execFile);
 export async function guestImage(): Promise<GuestImage> {
   const cacheRoot = process.env.FERRY_GUEST_CACHE ?? '/var/cache/ferry-guest';
   const init = await readFile(INIT_SCRIPT_URL);
-  const kernelPackage = await aptDepends(KERNEL_META_PACKAGE, /^linux-image-\d\S*$/);
-  const busyboxVersion = await aptVersion(BUSYBOX_PACKAGE);
+  const { kernelPackage, busyboxVersion } = await aptCandidates();
   const release = kernelPackage.slice('linux-image-'.length);
   const hash = createHash('sha256')
     .update(`layout ${LAYOUT_VERSION}\nbusybox ${busyboxVersion}\n`)
@@ -142,31 +141,37 @@ async function busyboxPath(root: string): Promise<string> {
   throw new Error(`${BUSYBOX_PACKAGE} holds no busybox binary`);
 }
 
-/** The dependency of `pkg`'s candidate version that matches `pattern`. */
-async function aptDepends(pkg: string, pattern: RegExp): Promise<string> {
-  const fields = await aptShow(pkg);
-  const depends = (fields.get('Depends') ?? '').split(/[,|]/).map((d) => d.trim().split(' ')[0]!);
-  const match = depends.find((d) => pattern.test(d));
-  if (match === undefined) throw new Error(`${pkg} depends on nothing matching ${pattern}`);
-  return match;
-}
-
-async function aptVersion(pkg: string): Promise<string> {
-  const version = (await aptShow(pkg)).get('Version');
-  if (version === undefined) throw new Error(`apt-cache show ${pkg} gave no Version`);
-  return version;
-}
-
-/** The candidate's control fields; runs `apt-get update` once if the package lists lack it. */
-async function aptShow(pkg: string): Promise<Map<string, string>> {
-  const show = () => run('apt-cache', ['show', '--no-all-versions', pkg]);
+/** The candidates' control fields by package; runs `apt-get update` once if the lists lack one. */
+async function aptShow(packages: readonly string[]): Promise<Map<string, Map<string, string>>> {
+  const show = () => run('apt-cache', ['show', '--no-all-versions', ...packages]);
   const { stdout } = await show().catch(async () => {
     await aptUpdate();
     return show();
   });
-  const fields = new Map<string, string>();
-  for (const match of stdout.matchAll(/^([\w-]+): (.*)$/gm)) fields.set(match[1]!, match[2]!);
-  return fields;
+  const stanzas = new Map<string, Map<string, string>>();
+  for (const stanza of stdout.split(/\n\n+/)) {
+    const fields = new Map<string, string>();
+    for (const match of stanza.matchAll(/^([\w-]+): (.*)$/gm)) fields.set(match[1]!, match[2]!);
+    const name = fields.get('Package');
+    if (name !== undefined) stanzas.set(name, fields);
+  }
+  return stanzas;
+}
+
+/** The package `linux-image-cloud-amd64` depends on, and busybox-static's version. */
+async function aptCandidates(): Promise<{ kernelPackage: string; busyboxVersion: string }> {
+  const stanzas = await aptShow([KERNEL_META_PACKAGE, BUSYBOX_PACKAGE]);
+  const depends = (stanzas.get(KERNEL_META_PACKAGE)?.get('Depends') ?? '')
+    .split(/[,|]/)
+    .map((d) => d.trim().split(' ')[0]!);
+  const kernelPackage = depends.find((d) => /^linux-image-\d\S*$/.test(d));
+  const busyboxVersion = stanzas.get(BUSYBOX_PACKAGE)?.get('Version');
+  if (kernelPackage === undefined || busyboxVersion === undefined) {
+    throw new Error(
+      `apt-cache show ${KERNEL_META_PACKAGE} ${BUSYBOX_PACKAGE}: no kernel package or version`,
+    );
+  }
+  return { kernelPackage, busyboxVersion };
 }
 
 async function aptDownload(dir: string, packages: readonly string[]): Promise<void> {

@@ -2,13 +2,14 @@
 # /init of the Ferry test guest: busybox ash as PID 1 in an initramfs (guest-image.ts builds it).
 #
 # Kernel command line knobs (all optional):
-#   ferry.guest=writer|idle|shell  what to run; default shell (a root shell on the console)
+#   ferry.guest=writer|idle|shell  what to run; default shell (a root shell on the console);
+#                                  idle only prints boot and tick lines (for memory-only moves)
 #   ferry.blocks=B                 writer: the region is blocks 0..B-1 of /dev/vda (default 4096)
 #   ferry.interval_ms=I            writer: at least I ms between writes (default 0, 10 ms steps)
 #   ferry.check_every=C            writer: re-read one live block after every C-th write (default 16)
 #
 # Console lines of the writer (guest-log.ts parses them; anything else is ignored):
-#   ferry-guest boot <id>                       once, before the first write
+#   ferry-guest boot <id>                       once per boot (writer and idle)
 #   ferry-guest writer blocks <B> interval_ms <I> check_every <C>
 #   tick <counter> <acked>                      every loop, so a pause shows as a gap
 #   ack <N> <block>                             write N is acknowledged (after O_DIRECT + fsync)
@@ -48,6 +49,17 @@ for arg in $cmdline; do
   esac
 done
 
+# A knob that is not a number would end the shell at its first arithmetic (and so the guest).
+for knob in "blocks=$blocks" "interval_ms=$interval_ms" "check_every=$check_every"; do
+  case "${knob#*=}" in
+  '' | *[!0-9]* | 0 | 0?*)
+    [ "$knob" = interval_ms=0 ] && continue
+    echo "ferry-guest bad knob ferry.$knob: need a positive integer"
+    poweroff -f
+    ;;
+  esac
+done
+
 # Sets $fill to "<n>." repeated to at least 4096 characters: the padding of write n's block.
 make_fill() {
   fill="$1."
@@ -62,10 +74,12 @@ $fill"
   printf '%s' "${block_text:0:4096}" >"$3"
 }
 
-# Centiseconds since boot, without a fork (the shell's read is a builtin).
+# Centiseconds since boot, without a fork (the shell's read is a builtin). The leading 0 of
+# the fraction goes: $((08)) is a bad octal number, and an arithmetic error ends the shell.
 now_cs() {
   read -r up _ </proc/uptime
-  now=$((${up%.*} * 100 + ${up#*.}))
+  frac=${up#*.}
+  now=$((${up%.*} * 100 + ${frac#0}))
 }
 
 # Re-reads a random block still holding one of the last B writes and compares it.
@@ -90,8 +104,6 @@ writer() {
     [ $tries -eq 50 ] && echo "ferry-guest waiting for /dev/vda"
     sleep 0.1
   done
-  read -r id </proc/sys/kernel/random/uuid
-  echo "ferry-guest boot $id"
   echo "ferry-guest writer blocks $blocks interval_ms $interval_ms check_every $check_every"
   counter=0 acked=0 due=0 interval_cs=$((interval_ms / 10))
   while :; do
@@ -131,9 +143,13 @@ idle() {
   done
 }
 
+# A random id per boot: after a live migration the same id must carry on.
+read -r id </proc/sys/kernel/random/uuid
 case "$guest" in
-writer) writer ;;
-idle) idle ;;
+writer | idle)
+  echo "ferry-guest boot $id"
+  $guest
+  ;;
 *)
   echo "ferry-guest shell (ferry.guest=writer|idle for the test guests); exit powers off"
   setsid cttyhack sh
