@@ -14,7 +14,7 @@ import {
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
-import { guestModules } from './kernel-modules.js';
+import { GUEST_DRIVERS, guestModules } from './kernel-modules.js';
 import { type CpioEntry, newcArchive } from './newc-cpio.js';
 
 /**
@@ -39,7 +39,8 @@ export interface GuestImage {
 
 const KERNEL_META_PACKAGE = 'linux-image-cloud-amd64';
 const BUSYBOX_PACKAGE = 'busybox-static';
-/** Bump when the way the image is put together changes, so old cache entries are not used. */
+/** Bump when the way the image is put together changes, so old cache entries are not used
+ * (init.sh, the busybox version and the driver list are in the key already). */
 const LAYOUT_VERSION = 1;
 const INIT_SCRIPT_URL = new URL('../../../test/guest/init.sh', import.meta.url);
 
@@ -52,6 +53,7 @@ export async function guestImage(): Promise<GuestImage> {
   const release = kernelPackage.slice('linux-image-'.length);
   const hash = createHash('sha256')
     .update(`layout ${LAYOUT_VERSION}\nbusybox ${busyboxVersion}\n`)
+    .update(JSON.stringify(GUEST_DRIVERS))
     .update(init)
     .digest('hex')
     .slice(0, 16);
