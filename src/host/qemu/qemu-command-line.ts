@@ -14,7 +14,7 @@ import { QemuError, QemuErrorCode } from './qemu-errors.js';
  *   same *versioned* type, so a caller that migrates across versions passes `machine`.
  * - `-nodefaults -no-user-config -display none`: only the devices listed here exist, and no
  *   host file changes the machine, so the machine is what the spec says and nothing more.
- * - The serial port writes to a file chardev with `append=on` (QEMU >= 2.x, checked on 7.2): the
+ * - The serial port writes to a file chardev with `append=on` (accepted by QEMU 7.2): the
  *   log of a VM survives a restart of its QEMU (and is where a guest's last words are).
  * - QMP on a Unix socket with `server=on,wait=off`: QEMU starts without waiting for a client,
  *   and the agent may (re)connect at any time (one client at a time).
