@@ -24,6 +24,9 @@ import type { PassThrough } from './pass-through.js';
  *   - receiving exports: the image a peer agent is copying a disk into. Each is shown only to a
  *     connection that proved, over TLS, the pre-shared key identity of that peer; to anyone else
  *     it does not exist.
+ *   - incoming disks (issue 8): a disk of a VM arriving from another host, under the disk's own
+ *     name, for the destination QEMU only (it waits for the VM's memory): shown only on the
+ *     agent's local socket, and its I/O held until the move commits (vm-receiver.ts).
  */
 export interface DiskEntry {
   readonly descriptor: DiskDescriptor;
@@ -42,10 +45,12 @@ export class ExportTable implements ExportProvider {
   private readonly entries = new Map<string, DiskEntry>();
   private readonly passThroughs = new Map<string, PassThrough>();
   private readonly receiving = new Map<string, ReceivingExport>();
+  private readonly incoming = new Map<string, NbdExport>();
 
   lookup(name: string, access: ExportAccess = PLAIN_ACCESS): NbdExport | undefined {
     const found = this.entries.get(name)?.export ?? this.passThroughs.get(name)?.export;
     if (found !== undefined) return found;
+    if (access.isLocal === true && this.incoming.has(name)) return this.incoming.get(name);
     const receiving = this.receiving.get(name);
     return receiving !== undefined && mayReceive(receiving, access) ? receiving.export : undefined;
   }
@@ -57,6 +62,7 @@ export class ExportTable implements ExportProvider {
       ...[...this.receiving.values()]
         .filter((entry) => mayReceive(entry, access))
         .map((entry) => entry.export),
+      ...(access.isLocal === true ? [...this.incoming.values()] : []),
     ];
   }
 
@@ -128,8 +134,24 @@ export class ExportTable implements ExportProvider {
     this.receiving.delete(name);
   }
 
-  private isTaken(name: string): boolean {
-    return this.entries.has(name) || this.passThroughs.has(name) || this.receiving.has(name);
+  /** A disk arriving for a VM, served under its own name on the local socket only. */
+  addIncoming(nbdExport: NbdExport): void {
+    assert(!this.isTaken(nbdExport.name), `export ${nbdExport.name} is already in the table`);
+    this.incoming.set(nbdExport.name, nbdExport);
+  }
+
+  deleteIncoming(name: string): void {
+    this.incoming.delete(name);
+  }
+
+  /** Whether `name` is taken by an export of any kind. */
+  isTaken(name: string): boolean {
+    return (
+      this.entries.has(name) ||
+      this.passThroughs.has(name) ||
+      this.receiving.has(name) ||
+      this.incoming.has(name)
+    );
   }
 }
 

@@ -132,7 +132,13 @@ export class Receiver {
   /** Step 1. `pskIdentity` is the peer identity that authenticated the request. */
   async receive(request: ReceiveRequest, pskIdentity: string): Promise<ReceiveTicket> {
     checkName(request.disk, 'disk');
-    return this.host.serialize(async () => {
+    return this.host.serialize(() => this.receiveInQueue(request, pskIdentity));
+  }
+
+  /** Step 1 in the caller's turn of the agent's change queue (a VM's disks, together). */
+  async receiveInQueue(request: ReceiveRequest, pskIdentity: string): Promise<ReceiveTicket> {
+    checkName(request.disk, 'disk');
+    {
       if (this.live.has(request.id)) {
         throw new HostError(HostErrorCode.Exists, `receive ${request.id} is already under way`);
       }
@@ -196,7 +202,7 @@ export class Receiver {
         datastoreId: await datastore.identity(),
         image: descriptor.image,
       };
-    });
+    }
   }
 
   /**
@@ -235,6 +241,58 @@ export class Receiver {
       );
       return 'committed';
     });
+  }
+
+  /**
+   * Commits receives `ids` as one (a VM's disks, vm-receiver.ts): every one flushed, then
+   * `commitPoint` — the caller's one durable write that makes them all committed — then each
+   * descriptor at its next generation, `beforePublish` (the caller lets go of the disk's name),
+   * and the disk served. Runs in the caller's turn of the agent's change queue.
+   */
+  async commitAllInQueue(
+    ids: readonly string[],
+    commitPoint: () => Promise<void>,
+    beforePublish: (disk: string) => void,
+  ): Promise<void> {
+    const lives = ids.map((id) => {
+      const live = this.live.get(id);
+      if (live === undefined) {
+        throw new HostError(HostErrorCode.NotFound, `no receive ${id} under way here`);
+      }
+      return live;
+    });
+    await Promise.all(lives.map((live) => live.stack.top.flush()));
+    await commitPoint();
+    for (const live of lives) {
+      const descriptor: DiskDescriptor = {
+        ...descriptorOf(live.record),
+        generation: live.record.generation + 1,
+      };
+      await live.datastore.commitDescriptor(descriptor);
+      live.isCommitted = true;
+      beforePublish(live.record.disk);
+      await this.host.publishReceived(descriptor, live.datastore, live.stack);
+    }
+  }
+
+  /** What receive `id` writes into, while it is under way. */
+  stackOf(id: string): DiskStack | undefined {
+    return this.live.get(id)?.stack;
+  }
+
+  /** Aborts receive `id` in the caller's turn of the change queue (a VM's disks, together). */
+  async abortInQueue(id: string): Promise<void> {
+    const live = this.live.get(id);
+    if (live !== undefined && !live.isCommitted) await this.discard(live);
+  }
+
+  /** Step 4 in the caller's turn of the change queue. */
+  async finishInQueue(id: string): Promise<void> {
+    const live = this.live.get(id);
+    if (live === undefined || !live.isCommitted) return;
+    this.host.exports.deleteReceiving(live.exportName);
+    this.live.delete(id);
+    await this.removeRecord(id);
   }
 
   /**

@@ -58,6 +58,13 @@ export interface MigrationOptions {
   readonly tuning?: Partial<MethodTuning>;
   /** Makes the destinations the authority, durably; called with guest I/O held. */
   readonly commit: () => Promise<void>;
+  /**
+   * Runs once every disk is in step, just before the switchover, while the mirrors keep the
+   * destinations in step (a VM's memory migration, vm-motion.ts: it returns with the guest
+   * stopped). A rejection rolls every disk back as any failure before the commit does; the
+   * signal fires when the migration is cancelled.
+   */
+  readonly beforeSwitchover?: (signal: AbortSignal) => Promise<void>;
   readonly onEvent?: (event: MigrationEvent) => void;
   readonly log?: Logger;
 }
@@ -238,6 +245,10 @@ export class Migration {
 
   /** The stun: every disk paused and drained, final copies, flush, commit, re-point, resume. */
   private async switchover(): Promise<number> {
+    if (this.options.beforeSwitchover !== undefined) {
+      await this.options.beforeSwitchover(this.abort.signal);
+      this.checkCancelled();
+    }
     this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
     // An async mirror's backlog is sent before the stun, not inside it.
     await Promise.all(this.runs.map((run) => run.settle?.()));

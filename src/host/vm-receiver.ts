@@ -1,0 +1,548 @@
+import { mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Provisioning } from '../block/raw-file.js';
+import { Switch } from '../block/switch.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import type { Datastore } from './datastore.js';
+import { DESCRIPTOR_VERSION } from './descriptor.js';
+import { HostError, HostErrorCode } from './errors.js';
+import type { ExportTable } from './export-table.js';
+import { checkName, isValidName } from './names.js';
+import { announceSelf, queryMigration, startIncoming } from './qemu/live-migration.js';
+import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
+import type { VmConfig } from './vm-config.js';
+import { parseVmConfig } from './vm-config.js';
+import { homePath, VM_CONFIG_FILE } from './vm-home.js';
+import { QEMU_PID_FILE } from './vm-runtime.js';
+import type { VmService } from './vm-service.js';
+
+/**
+ * The destination side of moving a running VM to this host (issue 8; vm-motion.ts drives it
+ * from the source, as Storage XenMotion's source host does). Steps, each asked by the source:
+ *
+ *   1. `receive`: a record under `<data>/vm-receives/` (durable); the VM's home directory made
+ *      here with the files the source sent (console log, kernel, initrd) but no `vm.json`, so
+ *      no scan takes it for a VM yet; each disk received as a cross-host disk move is
+ *      (receiver.ts), and also offered under its own name to this host's QEMU only (the local
+ *      socket), its I/O held until the commit. The config is rewritten for this host: each
+ *      NIC's network mapped (`--network-map`), and it must exist here.
+ *   2. `incoming`: QEMU started for the VM with `-incoming defer`, its disks on those exports,
+ *      listening for the memory on a port it picks.
+ *   3. `commit`, the source's guest stopped: every disk flushed, then `committed: true` in the
+ *      record — THE commit point for all of the VM's disks together — then each descriptor,
+ *      the held exports let go, `vm.json` written, the VM registered.
+ *   4. `finish`: QEMU's memory migration completed; the guest runs here. Its MAC is announced
+ *      (`announce-self`) and the record goes. If the memory migration failed after the commit,
+ *      the guest runs on at the source over the disks here: the incoming QEMU is killed, the VM
+ *      unregistered here, its disks kept.
+ *
+ * Or `abort` (before the commit): the QEMU killed, the disks' copies, the home and the record
+ * deleted. `resolve` answers a source that lost the answer to its commit, as receiver.ts does.
+ * At start (`recoverVmReceives`, before receiver.ts's own recovery): a committed record gets
+ * its descriptors and `vm.json` (the QEMU, if it runs, is taken back with the VM); an
+ * uncommitted one has its QEMU killed and its home deleted.
+ */
+export interface VmReceiveRequest {
+  /** The source's move id. */
+  readonly id: string;
+  /** The VM's config on the source. */
+  readonly config: VmConfig;
+  readonly sourceHost: string;
+  /** The home's datastore here; default: the default one. */
+  readonly datastore?: string;
+  /** The datastore here for each source datastore of a disk; default: `datastore`. */
+  readonly datastoreMap?: Readonly<Record<string, string>>;
+  /** The network here for each of the source's; default: the same name. */
+  readonly networkMap?: Readonly<Record<string, string>>;
+  readonly disks: readonly {
+    readonly disk: string;
+    readonly sizeBytes: number;
+    readonly provisioning: Provisioning;
+    readonly generation: number;
+    readonly createdAt: string;
+    /** Its datastore on the source (for `datastoreMap`). */
+    readonly from: string;
+  }[];
+  /** The home's files (not `vm.json`), base64. */
+  readonly files: readonly { readonly name: string; readonly data: string }[];
+}
+
+export interface VmReceiveTicket {
+  readonly id: string;
+  readonly datastore: string;
+  /** One per disk, in the request's order. */
+  readonly disks: readonly ReceiveTicket[];
+}
+
+interface VmReceiveRecord {
+  readonly version: 1;
+  readonly id: string;
+  readonly vm: string;
+  readonly datastore: string;
+  /** As it will run here (networks mapped). */
+  readonly config: VmConfig;
+  readonly sourceHost: string;
+  readonly receives: readonly string[];
+  readonly committed: boolean;
+}
+
+interface LiveVmReceive {
+  record: VmReceiveRecord;
+  readonly datastore: Datastore;
+  /** The held exports of the disks under their own names, by disk. */
+  readonly held: Map<string, Switch>;
+}
+
+export interface VmReceiverHost {
+  readonly dataDir: string;
+  readonly log: Logger;
+  readonly exports: ExportTable;
+  readonly receiver: Receiver;
+  readonly vms: VmService;
+  datastoreNamed(name: string | undefined): Datastore;
+  serialize<T>(task: () => Promise<T>): Promise<T>;
+}
+
+const VM_RECEIVES_DIR = 'vm-receives';
+/** A home's file sent with the VM: kernel, initrd, console log. */
+const HOME_FILE_MAX_BYTES = 256 * 1024 * 1024;
+const RUNNING_WAIT_MS = 30_000;
+
+export class VmReceiver {
+  private readonly live = new Map<string, LiveVmReceive>();
+
+  constructor(private readonly host: VmReceiverHost) {}
+
+  /** Step 1. */
+  async receive(request: VmReceiveRequest, pskIdentity: string): Promise<VmReceiveTicket> {
+    const name = request.config.name;
+    checkName(name, 'vm');
+    const config = this.configHere(request);
+    return this.host.serialize(async () => {
+      if (this.live.has(request.id)) {
+        throw new HostError(HostErrorCode.Exists, `VM receive ${request.id} is already under way`);
+      }
+      const twin = this.host.vms.table.get(name);
+      if (twin !== undefined) {
+        throw new HostError(
+          HostErrorCode.Exists,
+          `a VM named ${name} already exists on this host (datastore ${twin.datastore.name})`,
+        );
+      }
+      const datastore = this.host.datastoreNamed(request.datastore);
+      const home = homePath(datastore, name);
+      const record: VmReceiveRecord = {
+        version: 1,
+        id: request.id,
+        vm: name,
+        datastore: datastore.name,
+        config,
+        sourceHost: request.sourceHost,
+        receives: request.disks.map((_, index) => `${request.id}-d${index}`),
+        committed: false,
+      };
+      await this.writeRecord(record);
+      const live: LiveVmReceive = { record, datastore, held: new Map() };
+      const tickets: ReceiveTicket[] = [];
+      try {
+        await mkdir(home).catch((error: unknown) => {
+          if (errorCodeOf(error) !== 'EEXIST') throw error;
+          throw new HostError(
+            HostErrorCode.Exists,
+            `${home} already exists on this host; VM ${name}'s home needs a fresh directory`,
+          );
+        });
+        await writeHomeFiles(home, request.files);
+        for (const [index, disk] of request.disks.entries()) {
+          const target = request.datastoreMap?.[disk.from] ?? request.datastore;
+          tickets.push(
+            await this.host.receiver.receiveInQueue(
+              {
+                id: record.receives[index] ?? '',
+                disk: disk.disk,
+                sizeBytes: disk.sizeBytes,
+                provisioning: disk.provisioning,
+                generation: disk.generation,
+                createdAt: disk.createdAt,
+                sourceHost: request.sourceHost,
+                ...(target === undefined ? {} : { datastore: target }),
+              },
+              pskIdentity,
+            ),
+          );
+          await this.holdForQemu(live, disk.disk, record.receives[index] ?? '');
+        }
+      } catch (error) {
+        await this.discard(live).catch((cleanup: unknown) => {
+          this.host.log.warn({ move: request.id, err: cleanup }, 'VM receive cleanup failed');
+        });
+        throw error;
+      }
+      this.live.set(request.id, live);
+      this.host.log.info(
+        { move: request.id, vm: name, from: request.sourceHost, datastore: datastore.name },
+        'receiving a VM',
+      );
+      return { id: request.id, datastore: datastore.name, disks: tickets };
+    });
+  }
+
+  /** Step 2: QEMU waiting for the memory; resolves with the TCP port it listens on. */
+  async incoming(id: string): Promise<{ port: number }> {
+    const live = this.liveOf(id);
+    const { config } = live.record;
+    const runtime = this.host.vms.runtime;
+    await runtime.start(config, homePath(live.datastore, config.name), { incoming: true });
+    const qmp = runtime.processOf(config.name).qmp;
+    try {
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [{ capability: 'events', state: true }],
+      });
+      await startIncoming(qmp, 'tcp:0.0.0.0:0');
+      const info = await queryMigration(qmp);
+      const port = listeningPort(info);
+      this.host.log.info({ move: id, vm: config.name, port }, 'VM waiting for its memory');
+      return { port };
+    } catch (error) {
+      await runtime.kill(config.name);
+      throw new HostError(
+        HostErrorCode.Qemu,
+        `the incoming QEMU of VM ${config.name} could not listen: ${errorMessageOf(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /** Step 3: the commit point of every disk of the VM. Idempotent. */
+  async commit(id: string): Promise<ReceiveState> {
+    return this.host.serialize(async (): Promise<ReceiveState> => {
+      const live = this.live.get(id);
+      if (live === undefined) {
+        throw new HostError(
+          HostErrorCode.NotFound,
+          `no VM receive ${id} under way here (aborted, or lost when this agent restarted)`,
+        );
+      }
+      if (live.record.committed) return 'committed';
+      const committed = { ...live.record, committed: true };
+      await this.host.receiver.commitAllInQueue(
+        live.record.receives,
+        async () => {
+          await this.writeRecord(committed);
+          live.record = committed;
+        },
+        (disk) => {
+          const held = live.held.get(disk);
+          this.host.exports.deleteIncoming(disk);
+          live.held.delete(disk);
+          held?.resume();
+        },
+      );
+      await registerHome(live.datastore, committed.config);
+      this.host.vms.table.add({ config: committed.config, datastore: live.datastore });
+      this.host.log.info(
+        { move: id, vm: committed.vm, from: committed.sourceHost },
+        'received VM committed: its disks live here',
+      );
+      return 'committed';
+    });
+  }
+
+  /** As receiver.ts's `resolve`, for the VM's commit. */
+  async resolve(id: string, vm: string): Promise<ReceiveState> {
+    return this.host.serialize(async (): Promise<ReceiveState> => {
+      const live = this.live.get(id);
+      if (live?.record.committed) return 'committed';
+      if (live !== undefined) {
+        await this.discard(live);
+        return 'aborted';
+      }
+      return this.host.vms.table.get(vm) !== undefined ? 'committed' : 'aborted';
+    });
+  }
+
+  /** Before the commit: drop everything. Refused once committed (`ERR_DISK_BUSY`). */
+  async abort(id: string): Promise<void> {
+    await this.host.serialize(async () => {
+      const live = this.live.get(id);
+      if (live === undefined) return;
+      if (live.record.committed) {
+        throw new HostError(
+          HostErrorCode.DiskBusy,
+          `VM receive ${id} is committed: VM ${live.record.vm}'s disks live here now`,
+        );
+      }
+      await this.discard(live);
+    });
+  }
+
+  /**
+   * Step 4. `memoryMoved`: the memory migration completed, so the guest runs here (its MAC is
+   * announced); false: it failed after the commit and the guest runs on at the source, over
+   * the disks here (the incoming QEMU is killed and the VM unregistered here; the disks stay).
+   */
+  async finish(id: string, memoryMoved: boolean): Promise<{ state: string }> {
+    const live = this.live.get(id);
+    if (live === undefined) return { state: 'finished' };
+    if (!live.record.committed) {
+      throw new HostError(HostErrorCode.DiskBusy, `VM receive ${id} is not committed`);
+    }
+    const { vm } = live.record;
+    const runtime = this.host.vms.runtime;
+    let state = 'stopped';
+    if (memoryMoved) {
+      state = await waitForRunning(this.host.vms, vm);
+      if (state === 'running') {
+        await announceSelf(runtime.processOf(vm).qmp).catch((error: unknown) => {
+          this.host.log.warn({ vm, err: error }, 'announce-self failed');
+        });
+      }
+    } else {
+      await runtime.kill(vm);
+    }
+    await this.host.serialize(async () => {
+      for (const receive of live.record.receives) await this.host.receiver.finishInQueue(receive);
+      if (!memoryMoved) {
+        this.host.vms.table.delete(vm);
+        await rm(homePath(live.datastore, vm), { recursive: true, force: true });
+      }
+      this.live.delete(id);
+      await this.removeRecord(id);
+    });
+    this.host.log.info({ move: id, vm, state }, 'VM receive finished');
+    return { state };
+  }
+
+  /** Closes at shutdown: the QEMU of an uncommitted receive is left for `recoverVmReceives`. */
+  close(): void {
+    this.live.clear();
+  }
+
+  private configHere(request: VmReceiveRequest): VmConfig {
+    const config = parseVmConfig(
+      request.config,
+      `from host ${request.sourceHost}`,
+      request.config.name,
+    );
+    const nics = config.nics.map((nic) => {
+      const network = request.networkMap?.[nic.network] ?? nic.network;
+      this.host.vms.networkNamed(network);
+      return { ...nic, network };
+    });
+    return { ...config, nics };
+  }
+
+  /** Offers the disk to this host's QEMU under its name, its I/O held until the commit. */
+  private async holdForQemu(live: LiveVmReceive, disk: string, receive: string): Promise<void> {
+    const stack = this.host.receiver.stackOf(receive);
+    if (stack === undefined) throw new Error(`receive ${receive} has no stack`);
+    const held = new Switch(stack.top);
+    await held.pause();
+    this.host.exports.addIncoming({
+      name: disk,
+      description: `disk ${disk} of VM ${live.record.vm}, arriving (held until the move commits)`,
+      device: held,
+    });
+    live.held.set(disk, held);
+  }
+
+  private async discard(live: LiveVmReceive): Promise<void> {
+    const { record, datastore } = live;
+    const runtime = this.host.vms.runtime;
+    if (runtime.isRunning(record.vm) && this.host.vms.table.get(record.vm) === undefined) {
+      await runtime.kill(record.vm);
+    }
+    for (const [disk, held] of live.held) {
+      this.host.exports.deleteIncoming(disk);
+      held.resume();
+    }
+    live.held.clear();
+    for (const receive of record.receives) await this.host.receiver.abortInQueue(receive);
+    await rm(homePath(datastore, record.vm), { recursive: true, force: true });
+    this.live.delete(record.id);
+    await this.removeRecord(record.id);
+    this.host.log.info({ move: record.id, vm: record.vm }, 'VM receive aborted');
+  }
+
+  private liveOf(id: string): LiveVmReceive {
+    const live = this.live.get(id);
+    if (live === undefined) {
+      throw new HostError(HostErrorCode.NotFound, `no VM receive ${id} under way here`);
+    }
+    return live;
+  }
+
+  private dir(): string {
+    return join(this.host.dataDir, VM_RECEIVES_DIR);
+  }
+
+  private async writeRecord(record: VmReceiveRecord): Promise<void> {
+    await mkdir(this.dir(), { recursive: true });
+    await writeJsonAtomic(join(this.dir(), `${record.id}.json`), record);
+  }
+
+  private async removeRecord(id: string): Promise<void> {
+    await unlink(join(this.dir(), `${id}.json`)).catch((error: unknown) => {
+      if (errorCodeOf(error) !== 'ENOENT') throw error;
+    });
+    await syncDirectory(this.dir());
+  }
+}
+
+/** Writes the home's files the source sent, each fsynced; names are plain file names. */
+async function writeHomeFiles(
+  home: string,
+  files: readonly { readonly name: string; readonly data: string }[],
+): Promise<void> {
+  for (const file of files) {
+    if (!isValidName(file.name) || file.name === VM_CONFIG_FILE) {
+      throw new HostError(HostErrorCode.BadPath, `${JSON.stringify(file.name)} is not a home file`);
+    }
+    const data = Buffer.from(file.data, 'base64');
+    if (data.length > HOME_FILE_MAX_BYTES) {
+      throw new HostError(HostErrorCode.BadSize, `home file ${file.name} is too large`);
+    }
+    const handle = await open(join(home, file.name), 'w', 0o644);
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+  await syncDirectory(home);
+}
+
+/** `vm.json` in a home made by `receive`: from now on the directory is the VM. */
+async function registerHome(datastore: Datastore, config: VmConfig): Promise<void> {
+  await writeJsonAtomic(join(homePath(datastore, config.name), VM_CONFIG_FILE), config);
+}
+
+/** The port `migrate-incoming tcp:...:0` bound, from `query-migrate`'s `socket-address`. */
+function listeningPort(info: Readonly<Record<string, unknown>>): number {
+  const addresses = info['socket-address'] as { port?: string }[] | undefined;
+  const port = Number(addresses?.[0]?.port);
+  if (!Number.isSafeInteger(port) || port <= 0) {
+    throw new Error(`QEMU did not say which port it listens on (${JSON.stringify(addresses)})`);
+  }
+  return port;
+}
+
+async function waitForRunning(vms: VmService, vm: string): Promise<string> {
+  const deadline = Date.now() + RUNNING_WAIT_MS;
+  for (;;) {
+    const state = await vms.runtime.powerState(vm);
+    if (state === 'running' || state === 'stopped' || Date.now() > deadline) return state;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * At start, before receiver.ts's recovery and before the datastores are opened: every VM
+ * receive a restart interrupted. Committed: descriptors and `vm.json` written where missing (the
+ * scan then serves the disks and takes the QEMU back). Not committed: its QEMU killed (found by
+ * its pid file, checked to be that home's QEMU), its home deleted; receiver.ts deletes the
+ * disks' partial copies.
+ */
+export async function recoverVmReceives(
+  dataDir: string,
+  datastoreNamed: (name: string) => Datastore | undefined,
+  log: Logger,
+): Promise<string[]> {
+  const dir = join(dataDir, VM_RECEIVES_DIR);
+  const messages: string[] = [];
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    if (errorCodeOf(error) === 'ENOENT') return messages;
+    throw error;
+  }
+  for (const fileName of names.filter((name) => name.endsWith('.json') && !name.startsWith('.'))) {
+    const path = join(dir, fileName);
+    try {
+      const record = (await readJson(path)) as VmReceiveRecord;
+      const datastore = datastoreNamed(record.datastore);
+      if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
+      const home = homePath(datastore, record.vm);
+      let message: string;
+      if (record.committed) {
+        await commitDescriptorsOf(dataDir, record, datastoreNamed);
+        await registerHome(datastore, record.config);
+        message = `VM ${record.vm} received from host ${record.sourceHost} had committed before a restart; it lives here`;
+      } else {
+        await killQemuOfHome(home);
+        await rm(home, { recursive: true, force: true });
+        message = `receive of VM ${record.vm} from host ${record.sourceHost} was cut by a restart before its commit; its copy here is deleted (the source still runs it)`;
+      }
+      await unlink(path);
+      log.warn({ move: record.id, vm: record.vm }, message);
+      messages.push(message);
+    } catch (error) {
+      const message = `VM receive record ${path} cannot be resolved now and is left: ${errorMessageOf(error)}`;
+      log.error({ file: path, err: error }, message);
+      messages.push(message);
+    }
+  }
+  await syncDirectory(dir).catch(() => undefined);
+  return messages;
+}
+
+/** The descriptor at generation + 1 of each disk of a committed VM receive, where missing. */
+async function commitDescriptorsOf(
+  dataDir: string,
+  record: VmReceiveRecord,
+  datastoreNamed: (name: string) => Datastore | undefined,
+): Promise<void> {
+  for (const receive of record.receives) {
+    const path = join(dataDir, 'receives', `${receive}.json`);
+    const disk = (await readJson(path).catch(() => undefined)) as
+      | {
+          disk: string;
+          datastore: string;
+          generation: number;
+          sizeBytes: number;
+          provisioning: Provisioning;
+          createdAt: string;
+        }
+      | undefined;
+    if (disk === undefined) continue;
+    const datastore = datastoreNamed(disk.datastore);
+    if (datastore === undefined) throw new Error(`datastore ${disk.datastore} is not known`);
+    const found = await datastore.readDescriptorOf(disk.disk);
+    if (found !== undefined && found.generation > disk.generation) continue;
+    await datastore.commitDescriptor({
+      version: DESCRIPTOR_VERSION,
+      name: disk.disk,
+      sizeBytes: disk.sizeBytes,
+      format: 'raw',
+      provisioning: disk.provisioning,
+      generation: disk.generation + 1,
+      image: `${disk.disk}.raw`,
+      createdAt: disk.createdAt,
+    });
+  }
+}
+
+/** SIGKILLs the QEMU whose pid file is in `home`, if that pid is a QEMU naming that home. */
+export async function killQemuOfHome(home: string): Promise<void> {
+  const pid = Number((await readFile(join(home, QEMU_PID_FILE), 'utf8').catch(() => '')).trim());
+  if (!Number.isSafeInteger(pid) || pid <= 1) return;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  if (!cmdline.includes('qemu') || !cmdline.includes(home)) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return;
+  }
+  for (let waited = 0; waited < 5000; waited += 50) {
+    const alive = await readFile(`/proc/${pid}/stat`, 'utf8').then(
+      (stat) => !/\) [ZX] /.test(stat),
+      () => false,
+    );
+    if (!alive) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
