@@ -16,6 +16,7 @@ import { registerHostRoutes } from './routes/hosts.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
 import { registerJobRoutes } from './routes/jobs.js';
 import { registerReceiveRoutes } from './routes/receives.js';
+import { registerVmReceiveRoutes } from './routes/vm-receives.js';
 import { registerVmRoutes } from './routes/vms.js';
 
 export interface ApiOptions {
@@ -79,6 +80,7 @@ export function createApi(options: ApiOptions): FastifyInstance {
   registerDiskRoutes(app, options.agent, nbd);
   registerVmRoutes(app, options.agent);
   registerReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
+  registerVmReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
   if (options.jobs) {
     // The destination of a cross-host move shows the source's job of it (remote-jobs.ts).
     const agent = options.agent;

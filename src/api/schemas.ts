@@ -91,6 +91,13 @@ const speedSchema = {
   ],
 } as const;
 
+const nameMapSchema = {
+  type: 'object',
+  maxProperties: 64,
+  propertyNames: { maxLength: 64 },
+  additionalProperties: nameSchema,
+} as const;
+
 export const startMigrationBodySchema = {
   type: 'object',
   // A disk, or a VM (its home directory and every disk, switched together); never both. The
@@ -120,6 +127,20 @@ export const startMigrationBodySchema = {
     method: { type: 'string', enum: [...METHOD_NAMES] },
     speed: speedSchema,
     provisioning: { type: 'string', enum: ['thin', 'thick'] },
+    networkMap: {
+      ...nameMapSchema,
+      description: "a VM moved to another host: each of its networks here → that host's",
+    },
+    datastoreMap: {
+      ...nameMapSchema,
+      description: "a VM moved to another host: each datastore of its disks here → that host's",
+    },
+    maxDowntimeMs: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 600_000,
+      description: "a running VM moved to another host: QEMU's downtime limit, ms (default 300)",
+    },
   },
 } as const;
 export interface StartMigrationBody {
@@ -132,6 +153,9 @@ export interface StartMigrationBody {
   method?: MethodName;
   speed?: string | number;
   provisioning?: 'thin' | 'thick';
+  networkMap?: Record<string, string>;
+  datastoreMap?: Record<string, string>;
+  maxDowntimeMs?: number;
 }
 
 const sizeOrBytesSchema = {

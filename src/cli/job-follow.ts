@@ -113,10 +113,18 @@ export function describeSuccess(record: JobRecord): string {
       : `${record.method} (${record.requestedMethod} handed over)`;
   const passes = record.passes === 1 ? '1 pass' : `${record.passes} passes`;
   const downtime = record.downtimeMs === null ? 'unknown' : formatDuration(record.downtimeMs);
+  const { memory } = record;
+  // A running VM that moved host: the guest's whole pause, and what it was made of.
+  const pause =
+    memory === null || memory === undefined
+      ? `downtime ${downtime}.`
+      : `guest paused ${formatDuration(memory.pauseMs)} (QEMU downtime ` +
+        `${formatDuration(memory.qemuDowntimeMs)}, storage switchover ` +
+        `${formatDuration(memory.storageSwitchoverMs)}; ${formatSize(memory.ramBytes)} of memory sent).`;
   return (
     `Moved ${describeSubject(record)} from ${record.from} to ${record.to} with ${method}: copied ` +
     `${formatSize(record.bytesCopied)} in ${passes} in ${formatDuration(record.durationMs)}; ` +
-    `downtime ${downtime}.`
+    pause
   );
 }
 

@@ -20,6 +20,10 @@ Examples:
   Move VM web — its home directory and every disk, switched over together:
     $ ferry migrate web --vm --to fast
 
+  Move running VM web1 to host b: home, disks, then memory, with one switchover; its NICs
+  join network br1 there:
+    $ ferry migrate web1 --vm --to-host b --network-map br0=br1 --max-downtime 300ms
+
   Copy at most 200 MiB/s, make the new image thick, and return at once:
     $ ferry migrate vm1 --to fast --speed 200M --thick --detach
     $ ferry job watch JOB        (follow it later)
@@ -49,6 +53,9 @@ interface MigrateOptions {
   detach?: boolean;
   json?: boolean;
   vm?: boolean;
+  networkMap?: Record<string, string>;
+  datastoreMap?: Record<string, string>;
+  maxDowntime?: number;
 }
 
 /**
@@ -68,7 +75,22 @@ export function addMigrateCommand(
     .argument('<name>', 'the disk to move (the VM with --vm)')
     .option('--vm', 'NAME is a VM: move its home directory and all its disks together')
     .option('--to <datastore>', 'the datastore to move it to (with --to-host: a datastore there)')
-    .option('--to-host <host>', 'move the disk to another host (default datastore there)')
+    .option('--to-host <host>', 'move the disk (or VM) to another host (default datastore there)')
+    .option(
+      '--network-map <src=dst,...>',
+      'a VM to another host: the network there for each of its networks here (default: same name)',
+      parseNameMap,
+    )
+    .option(
+      '--datastore-map <src=dst,...>',
+      'a VM to another host: the datastore there for each datastore of its disks here',
+      parseNameMap,
+    )
+    .option(
+      '--max-downtime <ms>',
+      "a running VM to another host: QEMU's downtime limit for the memory's last round, e.g. 300ms or 1s (default 300ms)",
+      parseDurationMs,
+    )
     .addOption(
       new Option(
         '--mirror <mode>',
@@ -106,6 +128,9 @@ export function addMigrateCommand(
         ...(options.method === undefined ? {} : { method: options.method }),
         ...(options.speed === undefined ? {} : { speed: options.speed }),
         ...provisioningOf(options),
+        ...(options.networkMap === undefined ? {} : { networkMap: options.networkMap }),
+        ...(options.datastoreMap === undefined ? {} : { datastoreMap: options.datastoreMap }),
+        ...(options.maxDowntime === undefined ? {} : { maxDowntimeMs: options.maxDowntime }),
       });
       if (options.detach) {
         if (options.json) return printJson(context, job);
@@ -125,6 +150,31 @@ function provisioningOf(options: MigrateOptions): { provisioning?: 'thin' | 'thi
   if (options.thick) return { provisioning: 'thick' };
   if (options.thin) return { provisioning: 'thin' };
   return {};
+}
+
+/** `a=b,c=d`. */
+export function parseNameMap(text: string): Record<string, string> {
+  const map: Record<string, string> = {};
+  for (const pair of text.split(',')) {
+    const [from, to, extra] = pair.split('=');
+    if (!from || !to || extra !== undefined) {
+      throw new InvalidArgumentError(
+        `${JSON.stringify(pair)}: write SRC=DST, pairs separated by commas`,
+      );
+    }
+    map[from] = to;
+  }
+  return map;
+}
+
+/** `300ms`, `1s`, `1.5s`, or a bare number of milliseconds. */
+export function parseDurationMs(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text.trim());
+  const value = match === null ? Number.NaN : Number(match[1]) * (match[2] === 's' ? 1000 : 1);
+  if (!Number.isFinite(value) || value < 1 || value > 600_000) {
+    throw new InvalidArgumentError(`${text}: write a time such as 300ms or 1s (1 ms to 10 min)`);
+  }
+  return Math.round(value);
 }
 
 function parseSizeOption(text: string): number {

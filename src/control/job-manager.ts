@@ -6,6 +6,7 @@ import type {
   MoveDiskToHostRequest,
   MoveOutcome,
   MoveVmRequest,
+  MoveVmToHostRequest,
   VmInfo,
   VmMove,
 } from '../host/agent.js';
@@ -28,6 +29,11 @@ export interface JobAgent {
   ): Promise<DiskMove>;
   getDisk(name: string): Promise<Pick<DiskInfo, 'datastore' | 'sizeBytes'>>;
   moveVm(request: MoveVmRequest, onEvent: (event: MigrationEvent) => void): Promise<VmMove>;
+  /** Absent in agents that cannot move VMs to other hosts (test doubles). */
+  moveVmToHost?(
+    request: MoveVmToHostRequest,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<VmMove>;
   getVm(name: string): Promise<Pick<VmInfo, 'datastore' | 'sizeBytes' | 'disks'>>;
 }
 
@@ -47,8 +53,14 @@ export type MigrationRequest =
 interface MigrationOptions {
   /** The destination datastore: on this host, or with `host` on that one (default: its default). */
   readonly datastore?: string;
-  /** Another host to move to (a disk only; cross-host VM moves are issue 8). */
+  /** Another host to move to. */
   readonly host?: string;
+  /** A VM to another host: the network there for each of its networks here. */
+  readonly networkMap?: Readonly<Record<string, string>>;
+  /** A VM to another host: the datastore there for each datastore of its disks here. */
+  readonly datastoreMap?: Readonly<Record<string, string>>;
+  /** A running VM to another host: QEMU's downtime limit, ms. */
+  readonly maxDowntimeMs?: number;
   /** How mirrored writes reach the destination; default `sync` here, `auto` across hosts. */
   readonly mirror?: MirrorMode;
   /** The async mirror's buffer, bytes; default 64 MiB. */
@@ -158,19 +170,39 @@ export class JobManager {
     );
   }
 
+  private moveVmToHost(
+    name: string,
+    host: string,
+    request: MigrationOptions,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<VmMove> {
+    if (this.agent.moveVmToHost === undefined) {
+      throw new HostError(HostErrorCode.NotFound, 'this agent cannot move VMs to other hosts');
+    }
+    const { datastore, ...rest } = toMoveRequest(name, request);
+    return this.agent.moveVmToHost(
+      {
+        ...rest,
+        host,
+        ...(datastore === '' ? {} : { datastore }),
+        ...(request.networkMap === undefined ? {} : { networkMap: request.networkMap }),
+        ...(request.datastoreMap === undefined ? {} : { datastoreMap: request.datastoreMap }),
+        ...(request.maxDowntimeMs === undefined ? {} : { maxDowntimeMs: request.maxDowntimeMs }),
+      },
+      onEvent,
+    );
+  }
+
   private async beginVmMove(
     name: string,
     request: MigrationOptions,
     onEvent: (event: MigrationEvent) => void,
   ): Promise<Begun> {
-    if (request.host !== undefined) {
-      throw new HostError(
-        HostErrorCode.BadVmDisks,
-        `moving VM ${name} to another host is not supported yet; move its disks one by one with --to-host`,
-      );
-    }
     const vm = await this.agent.getVm(name);
-    const move: VmMove = await this.agent.moveVm(toMoveRequest(name, request), onEvent);
+    const move: VmMove =
+      request.host === undefined
+        ? await this.agent.moveVm(toMoveRequest(name, request), onEvent)
+        : await this.moveVmToHost(name, request.host, request, onEvent);
     const subject = { disk: name, vm: name, disks: vm.disks, from: vm.datastore };
     return { move, subject: { ...subject, sizeBytes: vm.sizeBytes } };
   }

@@ -46,6 +46,17 @@ export interface JobStatus {
   readonly durationMs: number;
   /** Time guest I/O was held at the switchover; null until it happened. */
   readonly downtimeMs: number | null;
+  /**
+   * A running VM moved to another host, once done: its pause in parts — QEMU's own downtime,
+   * the storage switchover, and from the guest stopping here to it running there.
+   */
+  readonly memory: {
+    readonly qemuDowntimeMs: number;
+    readonly storageSwitchoverMs: number;
+    readonly pauseMs: number;
+    readonly ramBytes: number;
+    readonly attempts: number;
+  } | null;
   readonly error: { readonly code: string; readonly message: string } | null;
   /** The verbs the job's state allows now (job-states.ts). */
   readonly allowed: readonly JobVerb[];

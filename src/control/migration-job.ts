@@ -72,6 +72,7 @@ export class MigrationJob {
   private mode: 'sync' | 'async' | null = null;
   private speedBytesPerSecond: number;
   private downtimeMs: number | null = null;
+  private memory: JobStatus['memory'] = null;
   private from: string;
   private to: string;
   private finishedAt: Date | null = null;
@@ -172,6 +173,7 @@ export class MigrationJob {
     this.from = result.from;
     this.to = result.to;
     this.downtimeMs = result.downtimeMs;
+    this.memory = result.memory ?? null;
     this.finish({ ...this.counters(), method: result.method, durationMs: result.durationMs });
     this.moveTo(
       'succeeded',
@@ -219,6 +221,7 @@ export class MigrationJob {
       finishedAt: this.finishedAt?.toISOString() ?? null,
       durationMs: counters.durationMs,
       downtimeMs: this.downtimeMs,
+      memory: this.memory,
       error: this.error,
       allowed: JOB_VERBS[this.stateNow],
     };

@@ -31,11 +31,17 @@ import {
   type RemoteOutcome,
   recoverRemoteMoves,
 } from './remote-recovery.js';
+import { homePath, removeHome } from './vm-home.js';
+import { prepareVmMotion, type VmDowntime } from './vm-motion.js';
+import { recoverVmReceives, VmReceiver } from './vm-receiver.js';
 import { VmRuntime } from './vm-runtime.js';
 import { type CreateVmRequest, type VmInfo, VmService } from './vm-service.js';
 import type { VmEntry } from './vm-table.js';
 
 export type { CreateVmRequest, VmInfo } from './vm-service.js';
+
+/** QEMU's own default `downtime-limit`, which vMotion's sub-second stun also aims under. */
+const MAX_DOWNTIME_DEFAULT_MS = 300;
 
 /**
  * The agent's storage side: its datastores, the disks in them, and the table of exports the NBD
@@ -130,6 +136,8 @@ export interface Move<R extends MoveOutcome> {
 }
 
 export interface MoveOutcome extends MigrationResult {
+  /** For a running VM moved to another host: where its pause went. */
+  readonly memory?: VmDowntime | null;
   /** Datastore moved from (a VM's: its home's) and to. */
   readonly from: string;
   readonly to: string;
@@ -137,6 +145,22 @@ export interface MoveOutcome extends MigrationResult {
 
 export interface MoveResult extends MoveOutcome {
   readonly disk: string;
+}
+
+/** A request to move a VM — home, disks and, while it runs, its memory — to another host. */
+export interface MoveVmToHostRequest extends Omit<MoveVmRequest, 'datastore'> {
+  /** The peer host, by the name `ferry host add` gave it. */
+  readonly host: string;
+  /** The datastore there for the home and every disk; default: its default. */
+  readonly datastore?: string;
+  /** The datastore there for the disks of each datastore here (`--datastore-map A=B`). */
+  readonly datastoreMap?: Readonly<Record<string, string>>;
+  /** The network there for each network here (`--network-map br0=br1`). */
+  readonly networkMap?: Readonly<Record<string, string>>;
+  /** QEMU's downtime limit for the memory's last round; default 300 ms. */
+  readonly maxDowntimeMs?: number;
+  /** NBD connections to the peer per disk; default 4. */
+  readonly connections?: number;
 }
 
 export interface VmMoveResult extends MoveOutcome {
@@ -204,6 +228,8 @@ export class Agent {
   private readonly peerLink: (name: string) => PeerLink | undefined;
   /** The destination side of cross-host moves. */
   readonly receiver: Receiver;
+  /** The destination side of VMs moving here from another host. */
+  readonly vmReceiver: VmReceiver;
   /** Disks held at start until a peer says where their cross-host move ended. */
   private readonly held = new Set<string>();
 
@@ -261,6 +287,15 @@ export class Agent {
       serialize: (task) => this.serialize(task),
       isCrashAtCommit: this.crashAt === 'receive-commit',
     });
+    this.vmReceiver = new VmReceiver({
+      dataDir,
+      log: this.log,
+      exports: this.exports,
+      receiver: this.receiver,
+      vms: this.vms,
+      datastoreNamed: (name) => this.pickDatastore(name),
+      serialize: (task) => this.serialize(task),
+    });
   }
 
   /**
@@ -280,6 +315,8 @@ export class Agent {
       const recovered = await recoverMoves(journal, (name) => registry.get(name), agent.log);
       for (const outcome of recovered) agent.warnings.push(outcome.message);
       const datastoreNamed = (name: string): Datastore | undefined => registry.get(name);
+      // A VM's receive first: its commit point decides its disks' receives too.
+      agent.warnings.push(...(await recoverVmReceives(dataDir, datastoreNamed, agent.log)));
       agent.warnings.push(...(await recoverReceives(dataDir, datastoreNamed, agent.log)));
       const remote = await recoverRemoteMoves({
         journal,
@@ -545,6 +582,90 @@ export class Agent {
     });
   }
 
+  /**
+   * Starts moving VM `name` to another host (vm-motion.ts has the steps): its home, its disks
+   * and, while it runs, its memory, with one switchover. Rejects at once for an unknown VM or
+   * host, a VM or disk already moving, a disk that lives elsewhere already, a network the peer
+   * lacks, or a peer that refuses.
+   */
+  async moveVmToHost(
+    request: MoveVmToHostRequest,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<VmMove> {
+    return this.serialize(async () => {
+      const vm = this.vms.entryOf(request.name);
+      const peer = this.peerLink(request.host);
+      if (!peer) {
+        throw new HostError(
+          HostErrorCode.NotFound,
+          `no host named ${request.host}; add it with: ferry host add ${request.host} URL --key-file FILE`,
+        );
+      }
+      this.checkVmNotMoving(vm);
+      const entries = vm.config.disks.map((disk) => this.entryOf(disk));
+      const runtime = this.vms.runtime;
+      const qemu = runtime.isRunning(request.name) ? runtime.processOf(request.name) : undefined;
+      if (qemu !== undefined && (await qemu.status()) !== 'running') {
+        throw new HostError(
+          HostErrorCode.VmRunning,
+          `VM ${request.name} is ${await qemu.status()}, not running; resume or stop it before moving it`,
+        );
+      }
+      const prepared = await prepareVmMotion(
+        {
+          exports: this.exports,
+          journal: this.journal,
+          log: this.log,
+          ...this.crashSeam(),
+          forgetVm: async (moved) => {
+            await removeHome(homePath(moved.datastore, moved.config.name));
+            this.vms.table.delete(moved.config.name);
+          },
+        },
+        {
+          vm,
+          entries,
+          home: homePath(vm.datastore, request.name),
+          qemu,
+          peer,
+          selfName: this.hostName,
+          ...(request.datastore === undefined ? {} : { datastore: request.datastore }),
+          ...(request.datastoreMap === undefined ? {} : { datastoreMap: request.datastoreMap }),
+          ...(request.networkMap === undefined ? {} : { networkMap: request.networkMap }),
+          method: request.method ?? METHOD_DEFAULT,
+          speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
+          ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+          tuning: { mirrorMode: 'auto', ...request.tuning },
+          ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
+          ...(request.connections === undefined ? {} : { connections: request.connections }),
+          maxDowntimeMs: request.maxDowntimeMs ?? MAX_DOWNTIME_DEFAULT_MS,
+          closing: this.closing.signal,
+        },
+        onEvent,
+      );
+      const disks = entries.map((entry) => entry.descriptor.name);
+      const from = vm.datastore.name;
+      const to = `${request.host}:${request.datastore ?? 'default'}`;
+      this.log.info(
+        {
+          vm: request.name,
+          disks,
+          host: request.host,
+          move: prepared.id,
+          running: qemu !== undefined,
+        },
+        'cross-host VM move started',
+      );
+      const done = prepared
+        .run()
+        .then((result): VmMoveResult => ({ ...result, vm: request.name, disks, from, to }));
+      const move = this.track(prepared, done, disks);
+      this.vmMoves.set(request.name, move);
+      void done.catch(() => undefined).finally(() => this.vmMoves.delete(request.name));
+      return move;
+    });
+  }
+
   /** Registers VM `name` (vm-service.ts). */
   async createVm(request: CreateVmRequest): Promise<VmInfo> {
     return this.vms.create(request);
@@ -642,6 +763,7 @@ export class Agent {
     const failures: unknown[] = [];
     // The guests run on: a restarted agent takes them back (vm-runtime.ts).
     await this.vms.runtime.release();
+    this.vmReceiver.close();
     await this.receiver.close();
     for (const entry of this.exports.allPassThroughs()) {
       this.exports.deletePassThrough(entry.name);

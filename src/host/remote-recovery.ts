@@ -44,7 +44,8 @@ const RESOLVE_TIMEOUT_MS = 5000;
 export async function recoverRemoteMoves(host: RemoteRecoveryHost): Promise<RemoteOutcome[]> {
   const { records } = await host.journal.list();
   const outcomes: RemoteOutcome[] = [];
-  for (const record of records.filter(isRemote)) {
+  // A VM's moves to another host are vm-motion-recovery.ts's.
+  for (const record of records.filter((each) => isRemote(each) && each.vm === null)) {
     const disk = record.disks[0];
     if (disk === undefined) continue;
     try {

@@ -1,7 +1,7 @@
 import { mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Provisioning } from '../block/raw-file.js';
-import { Switch } from '../block/switch.js';
+import { WriteGate } from '../block/write-gate.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
@@ -91,8 +91,8 @@ interface VmReceiveRecord {
 interface LiveVmReceive {
   record: VmReceiveRecord;
   readonly datastore: Datastore;
-  /** The held exports of the disks under their own names, by disk. */
-  readonly held: Map<string, Switch>;
+  /** The gated exports of the disks under their own names, by disk. */
+  readonly held: Map<string, WriteGate>;
 }
 
 export interface VmReceiverHost {
@@ -237,7 +237,7 @@ export class VmReceiver {
           const held = live.held.get(disk);
           this.host.exports.deleteIncoming(disk);
           live.held.delete(disk);
-          held?.resume();
+          held?.open();
         },
       );
       await registerHome(live.datastore, committed.config);
@@ -334,15 +334,14 @@ export class VmReceiver {
     return { ...config, nics };
   }
 
-  /** Offers the disk to this host's QEMU under its name, its I/O held until the commit. */
+  /** Offers the disk to this host's QEMU under its name, its changes held until the commit. */
   private async holdForQemu(live: LiveVmReceive, disk: string, receive: string): Promise<void> {
     const stack = this.host.receiver.stackOf(receive);
     if (stack === undefined) throw new Error(`receive ${receive} has no stack`);
-    const held = new Switch(stack.top);
-    await held.pause();
+    const held = new WriteGate(stack.top);
     this.host.exports.addIncoming({
       name: disk,
-      description: `disk ${disk} of VM ${live.record.vm}, arriving (held until the move commits)`,
+      description: `disk ${disk} of VM ${live.record.vm}, arriving (changes held until the move commits)`,
       device: held,
     });
     live.held.set(disk, held);
@@ -354,10 +353,8 @@ export class VmReceiver {
     if (runtime.isRunning(record.vm) && this.host.vms.table.get(record.vm) === undefined) {
       await runtime.kill(record.vm);
     }
-    for (const [disk, held] of live.held) {
-      this.host.exports.deleteIncoming(disk);
-      held.resume();
-    }
+    // Held changes are never let through: the QEMU that sent them is gone, the copy deleted.
+    for (const disk of live.held.keys()) this.host.exports.deleteIncoming(disk);
     live.held.clear();
     for (const receive of record.receives) await this.host.receiver.abortInQueue(receive);
     await rm(homePath(datastore, record.vm), { recursive: true, force: true });

@@ -39,6 +39,7 @@ function status(patch: Partial<JobStatus> & { done?: number; total?: number }): 
     finishedAt: null,
     durationMs: 0,
     downtimeMs: null,
+    memory: null,
     error: null,
     allowed: ['cancel', 'speed'],
     ...rest,

@@ -33,6 +33,7 @@ export function registerJobRoutes(
     async (request, reply) => {
       const { disk, vm, datastore, host, method, speed, provisioning, mirror, mirrorBuffer } =
         request.body;
+      const { networkMap, datastoreMap, maxDowntimeMs } = request.body;
       // The schema let exactly one of `disk` and `vm` through.
       const subject = vm === undefined ? { disk: disk ?? '' } : { vm };
       const job = await jobs.startMigration({
@@ -44,6 +45,9 @@ export function registerJobRoutes(
         ...(method === undefined ? {} : { method }),
         ...(speed === undefined ? {} : { speedBytesPerSecond: speedOf(speed) }),
         ...(provisioning === undefined ? {} : { provisioning }),
+        ...(networkMap === undefined ? {} : { networkMap }),
+        ...(datastoreMap === undefined ? {} : { datastoreMap }),
+        ...(maxDowntimeMs === undefined ? {} : { maxDowntimeMs }),
       });
       // 202: the move runs on; the record says where to follow it.
       return reply.status(202).header('location', `/v1/jobs/${job.id}`).send(job);

@@ -137,7 +137,7 @@ export function registerReceiveRoutes(app: FastifyInstance, agent: Agent, nbdPor
 }
 
 /** The peer identity that signed the request; a call without one is refused. */
-function peerOf(request: FastifyRequest): string {
+export function peerOf(request: FastifyRequest): string {
   const identity = request.peerIdentity;
   if (identity === null) {
     throw new FerryError(

@@ -1,0 +1,634 @@
+import { randomUUID } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { createRawImage, openRawFile } from '../block/raw-file.js';
+import { MigrateError, MigrateErrorCode } from '../migrate/errors.js';
+import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
+import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
+import { NbdClientPool } from '../nbd/client-pool.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import type { Datastore, Tombstone } from './datastore.js';
+import type { DiskDescriptor } from './descriptor.js';
+import { crashIf, type MoverHost, runWithCrashSeam } from './disk-mover.js';
+import { HostError, HostErrorCode } from './errors.js';
+import type { DiskEntry } from './export-table.js';
+import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
+import { passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
+import {
+  cancelMigration,
+  continueMigration,
+  enableMigrationCapabilities,
+  type MigrationInfo,
+  queryMigration,
+  setMigrationParameters,
+  startMigration,
+  waitForMigrationStatus,
+} from './qemu/live-migration.js';
+import type { QemuProcess } from './qemu/qemu-process.js';
+import type { ReceiveState } from './receiver.js';
+import type { PeerLink } from './remote-mover.js';
+import type { VmReceiveTicket } from './vm-receiver.js';
+import { CONSOLE_LOG_FILE } from './vm-runtime.js';
+import type { VmEntry } from './vm-table.js';
+
+/**
+ * Moves a VM — home, disks and, while it runs, its memory and execution — to another host, live
+ * (issue 8): vSphere 5.1's vMotion without shared storage, Storage XenMotion across pools. This
+ * host, the source, drives; the peer's VM receiver (vm-receiver.ts) creates and commits. In
+ * order:
+ *
+ *   1. journal record here (`vm`, `toHost`), then the peer receives the home's files and makes
+ *      an empty image per disk; the VM's config is rewritten there for its networks
+ *   2. one migration of every disk, each entering its mirror in turn (migration.ts), over NBD
+ *      with TLS to the peer; the guest keeps running and writing here
+ *   3. every disk in step: the peer starts the VM's QEMU waiting for memory (`-incoming`), and
+ *      QEMU here sends it with `pause-before-switchover`, the disks' mirrors keeping them in
+ *      step meanwhile. At `pre-switchover` QEMU has stopped the guest and drained its I/O
+ *   4. the storage switchover of all disks together: final copy, flush, then `commitRequested`
+ *      journaled, the peer's one commit point for all disks, `committed` journaled; the disks'
+ *      exports here now pass through to the peer
+ *   5. `migrate-continue`: QEMU sends the device state; the guest runs at the peer, which
+ *      announces its MAC; QEMU here exits; the VM, its disks and its home are deleted here
+ *
+ * A failure or cancel before (4)'s commit rolls back: QEMU's migration cancelled (the guest
+ * resumes here, on its own disks, which never stopped being the authority), the peer told to
+ * drop everything (its QEMU killed). After the commit the move goes forward: if the memory
+ * migration then fails, the guest resumes here with its disks passed through to the peer.
+ */
+export interface VmMotionSpec {
+  readonly vm: VmEntry;
+  /** The VM's disks, in its order. */
+  readonly entries: readonly DiskEntry[];
+  readonly home: string;
+  /** The VM's QEMU, or undefined if it is stopped (then only the disks and home move). */
+  readonly qemu: QemuProcess | undefined;
+  readonly peer: PeerLink;
+  readonly selfName: string;
+  readonly datastore?: string;
+  readonly datastoreMap?: Readonly<Record<string, string>>;
+  readonly networkMap?: Readonly<Record<string, string>>;
+  readonly method: MethodName;
+  readonly speedBytesPerSecond: number;
+  readonly provisioning?: DiskDescriptor['provisioning'];
+  readonly tuning?: Partial<MethodTuning>;
+  readonly chunkBytes?: number;
+  readonly connections?: number;
+  /** QEMU's `downtime-limit` for the memory's last round. */
+  readonly maxDowntimeMs: number;
+  readonly closing: AbortSignal;
+}
+
+/** Where the guest's pause went (the parts of vMotion's stun). */
+export interface VmDowntime {
+  /** QEMU's own measure: guest stopped here to the end of the migration stream. */
+  readonly qemuDowntimeMs: number;
+  /** Guest I/O held for the storage switchover (final copy, flush, commit). */
+  readonly storageSwitchoverMs: number;
+  /** From QEMU stopping the guest here (pre-switchover) to the guest running at the peer. */
+  readonly pauseMs: number;
+  readonly ramBytes: number;
+  /** Attempts of the memory migration (a second one runs with auto-converge). */
+  readonly attempts: number;
+}
+
+export interface VmMotionResult extends MigrationResult {
+  readonly memory: VmDowntime | null;
+}
+
+/** What a VM motion asks of its agent at the end. */
+export interface VmMotionHost extends MoverHost {
+  /** The guest runs at the peer: forget the VM here (home, record), its QEMU has exited. */
+  forgetVm(vm: VmEntry): Promise<void>;
+}
+
+const CALL_TIMEOUT_MS = 10_000;
+const RECEIVE_TIMEOUT_MS = 120_000;
+const INCOMING_TIMEOUT_MS = 60_000;
+const RESOLVE_RETRY_MS = [250, 500, 1000, 2000, 5000] as const;
+/** Dirty-sync rounds a memory migration gets before it counts as not converging. */
+const MEMORY_ROUNDS_MAX = 30;
+const MEMORY_TIMEOUT_MS = 10 * 60_000;
+const COMPLETE_TIMEOUT_MS = 120_000;
+/** The stream's cap when no speed is set: QEMU's default (128 MiB/s) would be the bottleneck. */
+const MEMORY_BANDWIDTH_UNLIMITED = 64 * 1024 * 1024 * 1024;
+/** Home files never carried: QEMU's runtime files, remade at the peer. */
+const RUNTIME_FILES = new Set(['qemu.pid', 'qmp.sock', 'vm.json']);
+
+export interface PreparedVmMotion {
+  readonly id: string;
+  readonly migration: Migration;
+  run(): Promise<VmMotionResult>;
+}
+
+/** Steps 1 and the connections, the migration ready to run. On failure, nothing is left. */
+export async function prepareVmMotion(
+  host: VmMotionHost,
+  spec: VmMotionSpec,
+  onEvent: (event: MigrationEvent) => void,
+): Promise<PreparedVmMotion> {
+  const { peer, vm } = spec;
+  const record: MoveRecord = {
+    version: JOURNAL_VERSION,
+    id: randomUUID().slice(0, 8),
+    vm: vm.config.name,
+    homeFrom: vm.datastore.name,
+    to: spec.datastore ?? 'default',
+    disks: spec.entries.map((entry) => ({
+      disk: entry.descriptor.name,
+      from: entry.datastore.name,
+      generation: entry.descriptor.generation,
+      sourceImage: entry.descriptor.image,
+      image: entry.descriptor.image,
+      redoLogs: [],
+    })),
+    committed: false,
+    method: spec.method,
+    startedAt: new Date().toISOString(),
+    toHost: peer.name,
+    commitRequested: false,
+  };
+  await host.journal.write(record);
+  let ticket: VmReceiveTicket | undefined;
+  const pools: NbdClientPool[] = [];
+  try {
+    ticket = await peer.post<VmReceiveTicket>(
+      '/v1/vm-receives',
+      {
+        id: record.id,
+        config: vm.config,
+        sourceHost: spec.selfName,
+        ...(spec.datastore === undefined ? {} : { datastore: spec.datastore }),
+        ...(spec.datastoreMap === undefined ? {} : { datastoreMap: spec.datastoreMap }),
+        ...(spec.networkMap === undefined ? {} : { networkMap: spec.networkMap }),
+        disks: spec.entries.map((entry) => ({
+          disk: entry.descriptor.name,
+          sizeBytes: entry.descriptor.sizeBytes,
+          provisioning: spec.provisioning ?? entry.descriptor.provisioning,
+          generation: entry.descriptor.generation,
+          createdAt: entry.descriptor.createdAt,
+          from: entry.datastore.name,
+        })),
+        files: await readHomeFiles(spec.home),
+      },
+      { timeoutMs: RECEIVE_TIMEOUT_MS },
+    );
+    const journaled: MoveRecord = { ...record, to: ticket.datastore };
+    await host.journal.write(journaled);
+    const port = await peer.nbdPort();
+    for (const disk of ticket.disks) {
+      pools.push(
+        await NbdClientPool.connect(
+          { host: peer.nbdHost, port, exportName: disk.exportName, tls: { psk: peer.psk } },
+          spec.connections === undefined ? {} : { connections: spec.connections },
+        ),
+      );
+    }
+    const run = new VmMotionRun(host, spec, journaled, pools, onEvent);
+    return { id: record.id, migration: run.migration, run: () => run.run() };
+  } catch (error) {
+    for (const pool of pools) await pool.close().catch(() => undefined);
+    if (ticket !== undefined) await abortVmAtPeer(host, peer, record.id);
+    await host.journal.remove(record.id);
+    throw error;
+  }
+}
+
+class VmMotionRun {
+  readonly migration: Migration;
+  private record: MoveRecord;
+  private isCommitted = false;
+  private readonly passThroughs: RemoteDevice[];
+  /** Set once QEMU's memory migration has started: a rollback must cancel it. */
+  private isMemoryMoving = false;
+  private memoryInfo: MigrationInfo | undefined;
+  private attempts = 0;
+  private stoppedAtMs = 0;
+  private storageSwitchoverMs = 0;
+
+  constructor(
+    private readonly host: VmMotionHost,
+    private readonly spec: VmMotionSpec,
+    record: MoveRecord,
+    private readonly pools: readonly NbdClientPool[],
+    private readonly onEvent: (event: MigrationEvent) => void,
+  ) {
+    this.record = record;
+    const { peer } = spec;
+    this.passThroughs = spec.entries.map((entry, index) =>
+      remoteDisk({
+        name: entry.descriptor.name,
+        host: peer.name,
+        sizeBytes: entry.descriptor.sizeBytes,
+        peerNamed: () => peer,
+        initial: pools[index] as NbdClientPool,
+        pool: spec.connections === undefined ? {} : { connections: spec.connections },
+      }),
+    );
+    this.migration = new Migration(
+      spec.entries.map((entry, index) => ({
+        name: entry.descriptor.name,
+        switch: entry.stack.top,
+        source: entry.stack.stats,
+        target: pools[index] as NbdClientPool,
+        targetTop: this.passThroughs[index] as RemoteDevice,
+        createScratch: (label: string) => this.createRedoLog(index, label),
+      })),
+      {
+        method: spec.method,
+        speedBytesPerSecond: spec.speedBytesPerSecond,
+        ...(spec.tuning === undefined ? {} : { tuning: spec.tuning }),
+        ...(spec.chunkBytes === undefined ? {} : { chunkBytes: spec.chunkBytes }),
+        commit: () => this.commit(),
+        ...(spec.qemu === undefined
+          ? {}
+          : { beforeSwitchover: (signal: AbortSignal) => this.moveMemory(signal) }),
+        onEvent: (event) => {
+          if (event.type === 'phase' && event.phase === 'switchover') this.crashIf('final-copy');
+          if (event.type === 'switchover') this.storageSwitchoverMs = event.downtimeMs;
+          onEvent(event);
+        },
+        log: host.log,
+      },
+    );
+  }
+
+  async run(): Promise<VmMotionResult> {
+    const { peer } = this.spec;
+    this.onEvent({
+      type: 'message',
+      message: `moving VM ${this.spec.vm.config.name} to host ${peer.name}: ${this.spec.entries.length} disk(s) over NBD with TLS, then ${this.spec.qemu === undefined ? 'no memory (the VM is stopped)' : 'its memory'}`,
+    });
+    let result: MigrationResult;
+    try {
+      result = await runWithCrashSeam(this.host, this.record.id, this.migration);
+    } catch (error) {
+      if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
+      if (!this.isCommitted) {
+        await this.discard();
+        throw error;
+      }
+      this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
+      throw error;
+    }
+    const memory = await this.finish();
+    return { ...result, memory };
+  }
+
+  private crashIf(point: Parameters<typeof crashIf>[2]): void {
+    crashIf(this.host, this.record.id, point);
+  }
+
+  /**
+   * Step 3: QEMU's memory migration until `pre-switchover` (guest stopped, its I/O drained).
+   * One attempt as it is; if it does not converge, one more with auto-converge (QEMU throttles
+   * the guest's CPUs); then it fails with the reason, the guest running here.
+   */
+  private async moveMemory(signal: AbortSignal): Promise<void> {
+    const qemu = this.spec.qemu;
+    if (qemu === undefined) return;
+    this.onEvent({ type: 'phase', phase: 'memory' });
+    for (let attempt = 1; attempt <= 2; attempt += 1) {
+      this.attempts = attempt;
+      const autoConverge = attempt > 1;
+      const { port } = await this.spec.peer.post<{ port: number }>(
+        `/v1/vm-receives/${this.record.id}/incoming`,
+        {},
+        { timeoutMs: INCOMING_TIMEOUT_MS },
+      );
+      await enableMigrationCapabilities(qemu.qmp, {
+        pauseBeforeSwitchover: true,
+        events: true,
+        autoConverge,
+      });
+      await setMigrationParameters(qemu.qmp, {
+        downtimeLimitMs: this.spec.maxDowntimeMs,
+        maxBandwidthBytes:
+          this.spec.speedBytesPerSecond > 0
+            ? this.spec.speedBytesPerSecond
+            : MEMORY_BANDWIDTH_UNLIMITED,
+      });
+      const uri = `tcp:${formatUriHost(this.spec.peer.nbdHost)}:${port}`;
+      this.onEvent({
+        type: 'message',
+        message: `memory migration to ${uri}${autoConverge ? ' with auto-converge' : ''}, downtime limit ${this.spec.maxDowntimeMs} ms`,
+      });
+      this.isMemoryMoving = true;
+      await startMigration(qemu.qmp, uri);
+      const outcome = await this.waitForPreSwitchover(qemu, signal);
+      if (outcome === 'ready') {
+        this.stoppedAtMs = performance.now();
+        const ram = this.memoryInfo?.ram;
+        this.onEvent({
+          type: 'message',
+          message: `memory in step (${ram?.['dirty-sync-count'] ?? '?'} rounds, ${Math.round((ram?.transferred ?? 0) / (1024 * 1024))} MiB sent): guest stopped for the switchover`,
+        });
+        return;
+      }
+      // Not converging: stop this attempt (the guest keeps running here) and try harder.
+      await this.cancelMemory(qemu);
+      this.onEvent({
+        type: 'message',
+        message: `memory migration did not converge within ${MEMORY_ROUNDS_MAX} rounds (expected downtime ${this.memoryInfo?.['expected-downtime'] ?? '?'} ms > ${this.spec.maxDowntimeMs} ms)${autoConverge ? '' : '; retrying with auto-converge'}`,
+      });
+    }
+    throw new HostError(
+      HostErrorCode.MemoryMigration,
+      `the memory of VM ${this.spec.vm.config.name} did not converge within --max-downtime ${this.spec.maxDowntimeMs} ms, even with auto-converge (expected downtime ${this.memoryInfo?.['expected-downtime'] ?? '?'} ms, dirty rate ${this.memoryInfo?.ram?.['dirty-pages-rate'] ?? '?'} pages/s); the VM keeps running here. Allow a longer --max-downtime, or move it when it writes less memory`,
+    );
+  }
+
+  /** `ready` at pre-switchover; `not-converging` after too many rounds; throws on failure. */
+  private async waitForPreSwitchover(
+    qemu: QemuProcess,
+    signal: AbortSignal,
+  ): Promise<'ready' | 'not-converging'> {
+    const notConverging = new AbortController();
+    const both = AbortSignal.any([signal, notConverging.signal]);
+    try {
+      this.memoryInfo = await waitForMigrationStatus(qemu.qmp, ['pre-switchover'], {
+        timeoutMs: MEMORY_TIMEOUT_MS,
+        signal: both,
+        onProgress: (info) => {
+          this.memoryInfo = info;
+          if ((info.ram?.['dirty-sync-count'] ?? 0) > MEMORY_ROUNDS_MAX) notConverging.abort();
+        },
+      });
+      return 'ready';
+    } catch (error) {
+      if (notConverging.signal.aborted && !signal.aborted) return 'not-converging';
+      throw new HostError(
+        HostErrorCode.MemoryMigration,
+        `the memory migration of VM ${this.spec.vm.config.name} failed: ${errorMessageOf(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /** Cancels QEMU's migration; QEMU resumes the guest itself if it ran before. */
+  private async cancelMemory(qemu: QemuProcess): Promise<void> {
+    if (!this.isMemoryMoving) return;
+    this.isMemoryMoving = false;
+    try {
+      const info = await queryMigration(qemu.qmp);
+      if (!['completed', 'failed', 'cancelled', 'none'].includes(info.status)) {
+        await cancelMigration(qemu.qmp);
+        await waitForMigrationStatus(qemu.qmp, ['cancelled', 'failed'], { timeoutMs: 30_000 });
+      }
+      if ((await qemu.status()) !== 'running') await qemu.qmp.execute('cont');
+    } catch (error) {
+      this.host.log.error(
+        { vm: this.spec.vm.config.name, err: error },
+        `the memory migration could not be cancelled cleanly: ${errorMessageOf(error)}`,
+      );
+    }
+  }
+
+  /** Step 4, guest stopped and its I/O held: the peer's commit, and its outcome whatever it costs. */
+  private async commit(): Promise<void> {
+    const { peer } = this.spec;
+    const id = this.record.id;
+    this.crashIf('before-commit');
+    this.record = { ...this.record, commitRequested: true };
+    await this.host.journal.write(this.record);
+    let state: ReceiveState | undefined;
+    try {
+      const answer = await peer.post<{ state: ReceiveState }>(
+        `/v1/vm-receives/${id}/commit`,
+        {},
+        { timeoutMs: CALL_TIMEOUT_MS },
+      );
+      state = answer.state;
+    } catch (error) {
+      this.onEvent({
+        type: 'message',
+        message: `host ${peer.name} did not confirm the commit (${errorMessageOf(error)}); the guest stays stopped until it answers`,
+      });
+      state = await this.resolve();
+    }
+    if (state !== 'committed') {
+      throw new MigrateError(
+        MigrateErrorCode.TargetFailed,
+        `host ${peer.name} did not commit VM ${this.spec.vm.config.name}; it stays here`,
+      );
+    }
+    const committed: MoveRecord = { ...this.record, committed: true };
+    try {
+      await this.host.journal.write(committed);
+    } catch (error) {
+      throw new MigrateError(
+        MigrateErrorCode.CommitUnknown,
+        `host ${peer.name} committed VM ${this.spec.vm.config.name}'s disks but this host could not journal it (${errorMessageOf(error)}); restart the agent to finish the move`,
+        { cause: error },
+      );
+    }
+    this.record = committed;
+    this.isCommitted = true;
+    this.crashIf('after-commit');
+  }
+
+  private async resolve(): Promise<ReceiveState> {
+    const { peer, closing, vm } = this.spec;
+    for (let attempt = 0; ; attempt += 1) {
+      if (closing.aborted) {
+        throw new MigrateError(
+          MigrateErrorCode.CommitUnknown,
+          `the outcome of VM ${vm.config.name}'s commit at host ${peer.name} is unknown; restart the agent to ask again`,
+        );
+      }
+      try {
+        const answer = await peer.post<{ state: ReceiveState }>(
+          `/v1/vm-receives/${this.record.id}/resolve`,
+          { vm: vm.config.name },
+          { timeoutMs: CALL_TIMEOUT_MS },
+        );
+        return answer.state;
+      } catch {
+        const waitMs = RESOLVE_RETRY_MS[Math.min(attempt, RESOLVE_RETRY_MS.length - 1)] ?? 5000;
+        await sleep(waitMs, closing);
+      }
+    }
+  }
+
+  /**
+   * Step 5: the memory's last part, the guest running at the peer, everything here deleted. If
+   * the memory migration fails now, the guest resumes here over its disks at the peer.
+   */
+  private async finish(): Promise<VmDowntime | null> {
+    const { peer, qemu, vm, entries } = this.spec;
+    let memory: VmDowntime | null = null;
+    let memoryMoved = qemu === undefined;
+    if (qemu !== undefined) {
+      try {
+        await continueMigration(qemu.qmp);
+        const info = await waitForMigrationStatus(qemu.qmp, ['completed'], {
+          timeoutMs: COMPLETE_TIMEOUT_MS,
+        });
+        memoryMoved = true;
+        this.memoryInfo = info;
+      } catch (error) {
+        this.host.log.error(
+          { vm: vm.config.name, err: error },
+          'memory migration failed after the commit',
+        );
+        await this.cancelMemory(qemu);
+      }
+    }
+    const answer = await peer
+      .post<{ state: string }>(
+        `/v1/vm-receives/${this.record.id}/finish`,
+        { memoryMoved },
+        { timeoutMs: 60_000 },
+      )
+      .catch((error: unknown) => {
+        this.host.log.warn(
+          { move: this.record.id, err: error },
+          'the peer could not be told to finish',
+        );
+        return { state: 'unknown' };
+      });
+    if (qemu !== undefined && memoryMoved) {
+      const pauseMs = Math.round(performance.now() - this.stoppedAtMs);
+      memory = {
+        qemuDowntimeMs: Number(this.memoryInfo?.downtime ?? 0),
+        storageSwitchoverMs: this.storageSwitchoverMs,
+        pauseMs,
+        ramBytes: Number(this.memoryInfo?.ram?.transferred ?? 0),
+        attempts: this.attempts,
+      };
+      this.onEvent({
+        type: 'message',
+        message: `VM ${vm.config.name} runs on host ${peer.name} (${answer.state}): paused ${pauseMs} ms, QEMU downtime ${memory.qemuDowntimeMs} ms, storage switchover ${memory.storageSwitchoverMs} ms`,
+      });
+      await qemu.quit().catch(() => qemu.kill());
+    }
+    // The disks live at the peer. With the guest gone from here, so do their exports; if the
+    // guest still runs here (memory failed), they pass through to the peer.
+    for (const [index, entry] of entries.entries()) {
+      await this.retire(entry, this.passThroughs[index] as RemoteDevice, !memoryMoved);
+    }
+    if (memoryMoved) await this.host.forgetVm(vm);
+    await this.host.journal.remove(this.record.id);
+    if (!memoryMoved) {
+      throw new HostError(
+        HostErrorCode.MemoryMigration,
+        `VM ${vm.config.name}'s disks moved to host ${peer.name}, but its memory did not: the guest runs on here, with its disks passed through to host ${peer.name}`,
+      );
+    }
+    return memory;
+  }
+
+  /** A disk that moved: its old copy deleted here; passed through, or closed with the VM gone. */
+  private async retire(
+    entry: DiskEntry,
+    passThrough: RemoteDevice,
+    keepPassThrough: boolean,
+  ): Promise<void> {
+    const { exports, log } = this.host;
+    const { name, generation, sizeBytes } = entry.descriptor;
+    const from: Datastore = entry.datastore;
+    exports.delete(name);
+    if (keepPassThrough) {
+      const tombstone: Tombstone = {
+        name,
+        datastore: this.record.to,
+        generation: generation + 1,
+        host: this.spec.peer.name,
+        sizeBytes,
+      };
+      exports.addPassThrough(passThroughOf(tombstone, from, entry.stack.top));
+      await from.writeTombstone(tombstone);
+    } else {
+      await passThrough.close().catch(() => undefined);
+    }
+    await entry.stack.raw.close().catch((error: unknown) => {
+      log.warn({ disk: name, err: error }, 'closing the old source image failed');
+    });
+    const leftover = await from.removeDisk(entry.descriptor);
+    if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
+    const disk = this.record.disks.find((each) => each.disk === name);
+    for (const redoLog of disk?.redoLogs ?? []) await from.removeFile(redoLog);
+  }
+
+  /** Before the commit, on failure or cancel: the guest back on its disks here; drop the rest. */
+  private async discard(): Promise<void> {
+    if (this.spec.qemu !== undefined) await this.cancelMemory(this.spec.qemu);
+    for (const device of this.passThroughs) await device.close().catch(() => undefined);
+    for (const pool of this.pools) await pool.close().catch(() => undefined);
+    try {
+      for (const [index, disk] of this.record.disks.entries()) {
+        const entry = this.spec.entries[index];
+        for (const redoLog of disk.redoLogs) await entry?.datastore.removeFile(redoLog);
+      }
+      await abortVmAtPeer(this.host, this.spec.peer, this.record.id);
+      await this.host.journal.remove(this.record.id);
+    } catch (error) {
+      this.host.log.warn(
+        { move: this.record.id, err: error },
+        `the cancelled VM move's leftovers could not be removed yet: ${errorMessageOf(error)}`,
+      );
+    }
+  }
+
+  /** A redo log for the snapshot method, in the disk's own datastore here, journaled first. */
+  private async createRedoLog(index: number, label: string): Promise<Scratch> {
+    const entry = this.spec.entries[index] as DiskEntry;
+    const disks = [...this.record.disks];
+    const disk = disks[index];
+    if (disk === undefined) throw new Error(`no disk ${index} in move ${this.record.id}`);
+    const fileName = entry.datastore.redoLogName(disk.disk, disk.redoLogs.length + 1);
+    disks[index] = { ...disk, redoLogs: [...disk.redoLogs, fileName] };
+    this.record = { ...this.record, disks };
+    await this.host.journal.write(this.record);
+    const path = join(entry.datastore.path, fileName);
+    await createRawImage(path, entry.descriptor.sizeBytes, 'thin');
+    const device = await openRawFile(path, { provisioning: 'thin' });
+    this.host.log.debug({ disk: disk.disk, file: fileName, label }, 'redo log created');
+    return { device, remove: () => device.close() };
+  }
+}
+
+/** Asks the peer to drop VM receive `id`; one that cannot be reached forgets it at its restart. */
+export async function abortVmAtPeer(
+  host: { readonly log: MoverHost['log'] },
+  peer: PeerLink,
+  id: string,
+): Promise<void> {
+  await peer
+    .post(`/v1/vm-receives/${id}/abort`, {}, { timeoutMs: 15_000 })
+    .catch((error: unknown) => {
+      host.log.warn(
+        { move: id, host: peer.name, err: error },
+        `host ${peer.name} could not be told to drop its copy of the VM: ${errorMessageOf(error)}`,
+      );
+    });
+}
+
+/** The home's files to carry (config excepted: the peer writes its own), base64. */
+async function readHomeFiles(home: string): Promise<{ name: string; data: string }[]> {
+  const files: { name: string; data: string }[] = [];
+  for (const entry of await readdir(home, { withFileTypes: true })) {
+    if (!entry.isFile() || RUNTIME_FILES.has(entry.name) || entry.name.startsWith('.')) continue;
+    const data = await readFile(join(home, entry.name));
+    files.push({ name: entry.name, data: data.toString('base64') });
+  }
+  // The console log goes last: it is the one that grows while the others are read.
+  files.sort((a, b) => Number(a.name === CONSOLE_LOG_FILE) - Number(b.name === CONSOLE_LOG_FILE));
+  return files;
+}
+
+function formatUriHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,165 @@
+import type { ChildProcess } from 'node:child_process';
+import { open } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { guestImage } from '../guest/guest-image.js';
+import { parseGuestLog } from '../guest/guest-log.js';
+import type { Host } from './netns.js';
+import type { ServedHost } from './two-serves.js';
+
+/**
+ * The test guest (test/guest/) as a Ferry VM on a namespace host, and what the VM-motion tests
+ * read of it: its console log followed from the host side, and its MAC announced on a bridge.
+ */
+export interface VmJson {
+  readonly name: string;
+  readonly state: string;
+  readonly pid: number | null;
+  readonly console: string;
+  readonly disks: readonly string[];
+  readonly nics: readonly { network: string; mac: string }[];
+}
+
+/** Makes bridge `bridge` in `host`'s namespace and names it network `bridge` in its agent. */
+export async function addBridge(served: ServedHost, bridge: string): Promise<void> {
+  for (const args of [
+    ['link', 'add', bridge, 'type', 'bridge'],
+    ['link', 'set', bridge, 'up'],
+  ]) {
+    const result = await served.host.exec('ip', args);
+    if (result.code !== 0) throw new Error(`ip ${args.join(' ')}: ${result.stderr}`);
+  }
+  await served.ferryOk(['network', 'add', bridge, '--bridge', bridge]);
+}
+
+/**
+ * Creates and starts VM `name` on `served`: 256 MiB, TCG, the writer guest on a fresh disk
+ * `NAME-os` of `diskMiB`, one NIC on `network`. Resolves once its console shows `minAcks` acks.
+ */
+export async function startWriterVm(
+  served: ServedHost,
+  name: string,
+  options: { network: string; diskMiB?: number; minAcks?: number; blocks?: number },
+): Promise<VmJson> {
+  const image = await guestImage();
+  const append = [
+    'console=ttyS0',
+    'quiet',
+    'panic=-1',
+    'ferry.guest=writer',
+    `ferry.blocks=${options.blocks ?? 2048}`,
+  ].join(' ');
+  await served.ferryOk([
+    'vm',
+    'create',
+    name,
+    '--disk',
+    `${name}-os:${options.diskMiB ?? 32}M`,
+    '--memory',
+    '256M',
+    '--accel',
+    'tcg',
+    '--kernel',
+    image.kernel,
+    '--initrd',
+    image.initrd,
+    '--append',
+    append,
+    '--nic',
+    `network=${options.network}`,
+  ]);
+  await served.ferryOk(['vm', 'start', name]);
+  const vm = await vmOn(served, name);
+  await waitFor(async () => (await ackCount(vm.console)) >= (options.minAcks ?? 30), 60_000);
+  return vm;
+}
+
+export async function vmOn(served: ServedHost, name: string): Promise<VmJson> {
+  return JSON.parse(await served.ferryOk(['vm', 'show', name, '--json'])) as VmJson;
+}
+
+export async function ackCount(consolePath: string): Promise<number> {
+  const text = await readText(consolePath);
+  return parseGuestLog(text).lastAcked;
+}
+
+async function readText(path: string): Promise<string> {
+  try {
+    const handle = await open(path, 'r');
+    try {
+      return (await handle.readFile()).toString('utf8');
+    } finally {
+      await handle.close();
+    }
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Follows a console log from the host side through one open descriptor, so it can be read to
+ * its end even after the agent deletes the file (the VM's home on the source goes at the end of
+ * a move).
+ */
+export interface ConsoleTail {
+  text(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function tailConsole(path: string): Promise<ConsoleTail> {
+  const handle = await open(path, 'r');
+  return {
+    async text() {
+      const { size } = await handle.stat();
+      const buffer = Buffer.alloc(size);
+      await handle.read(buffer, 0, size, 0);
+      return buffer.toString('utf8');
+    },
+    close: () => handle.close(),
+  };
+}
+
+/**
+ * The destination's console log starts with the source's as it was copied with the home; what
+ * follows is the destination QEMU's. The whole story: the source's full log, then that suffix.
+ */
+export function joinConsoles(source: string, destination: string): string {
+  let common = 0;
+  const limit = Math.min(source.length, destination.length);
+  while (common < limit && source.charCodeAt(common) === destination.charCodeAt(common)) {
+    common += 1;
+  }
+  // From the start of the line where they part: a line both begin alike ("ack 1...") is the
+  // destination's own.
+  const lineStart = destination.lastIndexOf('\n', common - 1) + 1;
+  return `${source}\n${destination.slice(lineStart)}`;
+}
+
+/** tcpdump on `bridge` in `host`, resolving with the first frame line from `mac`. */
+export function watchAnnouncement(
+  host: Host,
+  bridge: string,
+  mac: string,
+): { seen: Promise<string>; stop(): void } {
+  const child: ChildProcess = host.spawn(
+    'tcpdump',
+    ['-i', bridge, '-n', '-e', '-l', '-c', '1', 'ether', 'src', mac],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  const seen = new Promise<string>((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout! });
+    lines.once('line', (line) => resolve(line));
+    child.once('exit', () =>
+      reject(new Error(`tcpdump on ${bridge} ended without a frame from ${mac}`)),
+    );
+  });
+  seen.catch(() => undefined);
+  return { seen, stop: () => child.kill('SIGTERM') };
+}
+
+export async function waitFor(check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not reached within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
