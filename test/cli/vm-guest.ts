@@ -24,7 +24,12 @@ export const VM_TOOLS = ['qemu-system-x86_64', 'ip', 'apt-get', 'dpkg-deb'] as c
  */
 export function vmTest(
   name: string,
-  options: { readonly timeoutMs: number; readonly blocker?: () => string | undefined },
+  options: {
+    readonly timeoutMs: number;
+    readonly blocker?: () => string | undefined;
+    /** Runs, but a failure is reported as TODO: for a known bug, named here. */
+    readonly todo?: string;
+  },
   body: (t: TestContext) => Promise<void>,
 ): void {
   const missing = VM_TOOLS.filter((tool) => !hasTool(tool));
@@ -33,7 +38,8 @@ export function vmTest(
     test(name, { skip: reason }, () => undefined);
     return;
   }
-  test(name, { timeout: options.timeoutMs }, async (t) => {
+  const todo = options.todo === undefined ? {} : { todo: options.todo };
+  test(name, { timeout: options.timeoutMs, ...todo }, async (t) => {
     if (reason !== undefined) throw new Error(`${reason}; CI=true, so VM tests may not skip`);
     await body(t);
   });
