@@ -6,7 +6,12 @@ import { createApi } from '../api/index.js';
 import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
 import { JobManager } from '../control/index.js';
-import { CRASH_POINTS, type CrashPoint, RECEIVE_CRASH_POINTS } from '../host/disk-mover.js';
+import {
+  CRASH_POINTS,
+  type CrashPoint,
+  RECEIVE_CRASH_POINTS,
+  VM_CRASH_POINTS,
+} from '../host/disk-mover.js';
 import { Agent, checkName, PeerRegistry } from '../host/index.js';
 import { peerLinks } from '../host/peer-link.js';
 import { NbdServer } from '../nbd/index.js';
@@ -218,7 +223,7 @@ function watchSignals(log: PinoLogger): SignalWatch {
 function crashPointFromEnv(log: PinoLogger): { crashAt?: CrashPoint } {
   const value = process.env.FERRY_CRASH_AT;
   if (value === undefined || value === '') return {};
-  const points: readonly string[] = [...CRASH_POINTS, ...RECEIVE_CRASH_POINTS];
+  const points: readonly string[] = [...CRASH_POINTS, ...RECEIVE_CRASH_POINTS, ...VM_CRASH_POINTS];
   if (!points.includes(value)) {
     throw new Error(`FERRY_CRASH_AT=${value}: expected one of ${points.join(', ')}`);
   }

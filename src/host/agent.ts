@@ -33,6 +33,7 @@ import {
 } from './remote-recovery.js';
 import { homePath, removeHome } from './vm-home.js';
 import { prepareVmMotion, type VmDowntime } from './vm-motion.js';
+import { driveVmMotion, type PendingVmMotion, settleVmMotions } from './vm-motion-recovery.js';
 import { recoverVmReceives, VmReceiver } from './vm-receiver.js';
 import { VmRuntime } from './vm-runtime.js';
 import { type CreateVmRequest, type VmInfo, VmService } from './vm-service.js';
@@ -232,6 +233,8 @@ export class Agent {
   readonly vmReceiver: VmReceiver;
   /** Disks held at start until a peer says where their cross-host move ended. */
   private readonly held = new Set<string>();
+  /** VMs whose move a restart interrupted, while their QEMU is driven to the end of it. */
+  private readonly recovering = new Set<string>();
 
   private constructor(
     dataDir: string,
@@ -253,6 +256,7 @@ export class Agent {
     this.nbdSocket = options.nbdSocket ?? join(dataDir, 'nbd.sock');
     const runtime = new VmRuntime({
       nbdSocket: this.nbdSocket,
+      runDir: join(dataDir, 'run'),
       networks,
       log: this.log,
       ...(options.qemuBinary === undefined ? {} : { qemuBinary: options.qemuBinary }),
@@ -325,8 +329,16 @@ export class Agent {
         peerNamed: (name) => agent.peerLink(name),
       });
       for (const outcome of remote) agent.warnings.push(outcome.message);
+      const vmMotions = await settleVmMotions({
+        journal,
+        log: agent.log,
+        datastoreNamed,
+        peerNamed: (name) => agent.peerLink(name),
+      });
+      agent.warnings.push(...vmMotions.messages);
       for (const datastore of registry.list()) await agent.openDatastore(datastore);
       await agent.holdUnresolved(remote);
+      agent.driveVmMotions(vmMotions.pending);
       agent.log.info(
         { dataDir, datastores: registry.list().length, disks: agent.exports.all().length },
         'agent opened',
@@ -571,8 +583,16 @@ export class Agent {
         { vm: request.name, disks, from: from.name, to: to.name, move: prepared.id },
         'VM move started',
       );
-      const done = prepared.run().then((result): VmMoveResult => {
+      const done = prepared.run().then(async (result): Promise<VmMoveResult> => {
         this.vms.table.set({ config: vm.config, datastore: to });
+        await this.vms.runtime
+          .moveConsole(request.name, homePath(to, request.name))
+          .catch((error: unknown) => {
+            this.log.warn(
+              { vm: request.name, err: error },
+              'the console could not follow the home',
+            );
+          });
         return { ...result, vm: request.name, disks, from: from.name, to: to.name };
       });
       const move = this.track(prepared, done, disks);
@@ -986,6 +1006,45 @@ export class Agent {
     }
   }
 
+  /**
+   * The QEMU side of VM moves a crash interrupted (vm-motion-recovery.ts), in the background:
+   * it needs this agent serving the disks, which it does once `open` has returned.
+   */
+  private driveVmMotions(pending: readonly PendingVmMotion[]): void {
+    for (const motion of pending) {
+      const vm = motion.record.vm ?? '';
+      this.recovering.add(vm);
+      void driveVmMotion(
+        {
+          journal: this.journal,
+          log: this.log,
+          datastoreNamed: (name) => this.registry.get(name),
+          peerNamed: this.peerLink,
+          qemuOf: (name) =>
+            this.vms.runtime.isRunning(name) ? this.vms.runtime.processOf(name) : undefined,
+          forgetVm: (record) => this.serialize(() => this.forgetMovedVm(record)),
+        },
+        motion,
+      )
+        .catch((error: unknown) => {
+          this.log.error({ vm, err: error }, `finishing VM ${vm}'s interrupted move failed`);
+        })
+        .finally(() => this.recovering.delete(vm));
+    }
+  }
+
+  /** VM `record.vm` runs at the peer now: its home, its record and its disks' pass-throughs go. */
+  private async forgetMovedVm(record: MoveRecord): Promise<void> {
+    for (const disk of record.disks) {
+      const passThrough = this.exports.passThrough(disk.disk);
+      if (passThrough !== undefined) await this.forgetPassThrough(passThrough);
+    }
+    const vm = this.vms.table.get(record.vm ?? '');
+    if (vm === undefined) return;
+    await removeHome(homePath(vm.datastore, vm.config.name));
+    this.vms.table.delete(vm.config.name);
+  }
+
   private checkVmMovable(vm: VmEntry, to: Datastore): void {
     const name = vm.config.name;
     if (vm.datastore.name === to.name) {
@@ -1007,6 +1066,12 @@ export class Agent {
   /** `ERR_DISK_BUSY` if a move holds VM `vm` or any of its disks. */
   private checkVmNotMoving(vm: VmEntry): void {
     const name = vm.config.name;
+    if (this.recovering.has(name)) {
+      throw new HostError(
+        HostErrorCode.DiskBusy,
+        `VM ${name} is finishing a move a restart interrupted; wait for it`,
+      );
+    }
     const busy = this.vmMoves.get(name);
     if (busy) {
       throw new HostError(

@@ -74,7 +74,12 @@ export const CRASH_POINTS = ['copy', 'final-copy', 'before-commit', 'after-commi
  * descriptor durable, before it answers the source, which then cannot learn the outcome.
  */
 export const RECEIVE_CRASH_POINTS = ['receive-commit'] as const;
-export type CrashPoint = (typeof CRASH_POINTS)[number] | (typeof RECEIVE_CRASH_POINTS)[number];
+/** A VM's move to another host (issue 8): once QEMU has started sending the memory. */
+export const VM_CRASH_POINTS = ['memory'] as const;
+export type CrashPoint =
+  | (typeof CRASH_POINTS)[number]
+  | (typeof RECEIVE_CRASH_POINTS)[number]
+  | (typeof VM_CRASH_POINTS)[number];
 
 export interface PreparedMove {
   readonly id: string;

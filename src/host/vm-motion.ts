@@ -108,12 +108,17 @@ const INCOMING_TIMEOUT_MS = 60_000;
 const RESOLVE_RETRY_MS = [250, 500, 1000, 2000, 5000] as const;
 /** Dirty-sync rounds a memory migration gets before it counts as not converging. */
 const MEMORY_ROUNDS_MAX = 30;
+/**
+ * A memory stream that sends nothing for this long has lost its link: QEMU itself would wait
+ * for TCP to give up, which takes many minutes.
+ */
+const MEMORY_STALL_MS = 20_000;
 const MEMORY_TIMEOUT_MS = 10 * 60_000;
 const COMPLETE_TIMEOUT_MS = 120_000;
 /** The stream's cap when no speed is set: QEMU's default (128 MiB/s) would be the bottleneck. */
 const MEMORY_BANDWIDTH_UNLIMITED = 64 * 1024 * 1024 * 1024;
-/** Home files never carried: QEMU's runtime files, remade at the peer. */
-const RUNTIME_FILES = new Set(['qemu.pid', 'qmp.sock', 'vm.json']);
+/** The config is not carried as a file: the peer writes its own, rewritten for it. */
+const NOT_CARRIED = new Set(['vm.json']);
 
 export interface PreparedVmMotion {
   readonly id: string;
@@ -315,6 +320,7 @@ class VmMotionRun {
       });
       this.isMemoryMoving = true;
       await startMigration(qemu.qmp, uri);
+      this.crashIf('memory');
       const outcome = await this.waitForPreSwitchover(qemu, signal);
       if (outcome === 'ready') {
         this.stoppedAtMs = performance.now();
@@ -344,22 +350,36 @@ class VmMotionRun {
     signal: AbortSignal,
   ): Promise<'ready' | 'not-converging'> {
     const notConverging = new AbortController();
-    const both = AbortSignal.any([signal, notConverging.signal]);
+    const stalled = new AbortController();
+    const all = AbortSignal.any([signal, notConverging.signal, stalled.signal]);
+    let sentBytes = -1;
+    let sentAtMs = performance.now();
     try {
       this.memoryInfo = await waitForMigrationStatus(qemu.qmp, ['pre-switchover'], {
         timeoutMs: MEMORY_TIMEOUT_MS,
-        signal: both,
+        signal: all,
         onProgress: (info) => {
           this.memoryInfo = info;
           if ((info.ram?.['dirty-sync-count'] ?? 0) > MEMORY_ROUNDS_MAX) notConverging.abort();
+          const sent = info.ram?.transferred ?? 0;
+          if (sent !== sentBytes) {
+            sentBytes = sent;
+            sentAtMs = performance.now();
+          } else if (performance.now() - sentAtMs > MEMORY_STALL_MS) {
+            stalled.abort();
+          }
         },
       });
       return 'ready';
     } catch (error) {
-      if (notConverging.signal.aborted && !signal.aborted) return 'not-converging';
+      if (signal.aborted) throw signal.reason;
+      if (notConverging.signal.aborted) return 'not-converging';
+      const why = stalled.signal.aborted
+        ? `nothing was sent for ${MEMORY_STALL_MS / 1000} s (is the link to host ${this.spec.peer.name} down?)`
+        : errorMessageOf(error);
       throw new HostError(
         HostErrorCode.MemoryMigration,
-        `the memory migration of VM ${this.spec.vm.config.name} failed: ${errorMessageOf(error)}`,
+        `the memory migration of VM ${this.spec.vm.config.name} failed: ${why}; the VM keeps running here`,
         { cause: error },
       );
     }
@@ -608,7 +628,7 @@ export async function abortVmAtPeer(
 async function readHomeFiles(home: string): Promise<{ name: string; data: string }[]> {
   const files: { name: string; data: string }[] = [];
   for (const entry of await readdir(home, { withFileTypes: true })) {
-    if (!entry.isFile() || RUNTIME_FILES.has(entry.name) || entry.name.startsWith('.')) continue;
+    if (!entry.isFile() || NOT_CARRIED.has(entry.name) || entry.name.startsWith('.')) continue;
     const data = await readFile(join(home, entry.name));
     files.push({ name: entry.name, data: data.toString('base64') });
   }

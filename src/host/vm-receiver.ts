@@ -470,7 +470,7 @@ export async function recoverVmReceives(
         await registerHome(datastore, record.config);
         message = `VM ${record.vm} received from host ${record.sourceHost} had committed before a restart; it lives here`;
       } else {
-        await killQemuOfHome(home);
+        await killQemuOf(join(dataDir, 'run', record.vm));
         await rm(home, { recursive: true, force: true });
         message = `receive of VM ${record.vm} from host ${record.sourceHost} was cut by a restart before its commit; its copy here is deleted (the source still runs it)`;
       }
@@ -523,12 +523,15 @@ async function commitDescriptorsOf(
   }
 }
 
-/** SIGKILLs the QEMU whose pid file is in `home`, if that pid is a QEMU naming that home. */
-export async function killQemuOfHome(home: string): Promise<void> {
-  const pid = Number((await readFile(join(home, QEMU_PID_FILE), 'utf8').catch(() => '')).trim());
+/**
+ * SIGKILLs the QEMU whose pid file is in `runDir` (vm-runtime.ts), if that pid is a QEMU whose
+ * command line names that directory (a pid the kernel gave to another process since is not).
+ */
+async function killQemuOf(runDir: string): Promise<void> {
+  const pid = Number((await readFile(join(runDir, QEMU_PID_FILE), 'utf8').catch(() => '')).trim());
   if (!Number.isSafeInteger(pid) || pid <= 1) return;
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (!cmdline.includes('qemu') || !cmdline.includes(home)) return;
+  if (!cmdline.includes('qemu') || !cmdline.includes(runDir)) return;
   try {
     process.kill(pid, 'SIGKILL');
   } catch {

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { access, rm } from 'node:fs/promises';
+import { access, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -12,10 +12,10 @@ import type { VmConfig } from './vm-config.js';
 
 /**
  * The QEMU processes of this host's VMs (issue 8). A running VM is a daemonized
- * `qemu-system-x86_64` whose files are all in the VM's home directory:
- *
- *   qemu.pid      its pid (QEMU writes it)           qmp.sock     its QMP socket
- *   console.log   the serial console, appended to    qemu.log     QEMU's own messages
+ * `qemu-system-x86_64` with its serial console appended to `console.log` in the VM's home, and
+ * its pid file and QMP socket in `<dataDir>/run/<vm>/`: not in the home, because a home moves
+ * while the VM runs (a live move to another datastore) and a listening socket cannot move with
+ * it. At such a move the console is switched to the new home (`moveConsole`).
  *
  * Each disk is attached through this host's own NBD export of it, on the agent's local Unix
  * socket (nbd/server.ts, `isLocal`), as virtio-blk in the config's order (/dev/vda first); each
@@ -27,6 +27,8 @@ import type { VmConfig } from './vm-config.js';
 export const QEMU_PID_FILE = 'qemu.pid';
 export const QMP_SOCKET_FILE = 'qmp.sock';
 export const CONSOLE_LOG_FILE = 'console.log';
+/** `sun_path` holds 108 bytes, the terminating NUL included. */
+const UNIX_PATH_MAX_BYTES = 107;
 
 /** What a running VM's status is, as QEMU says (`query-status`), or `stopped`. */
 export type VmPowerState = string;
@@ -34,6 +36,8 @@ export type VmPowerState = string;
 export interface VmRuntimeOptions {
   /** The agent's local NBD socket (`<dataDir>/nbd.sock`). */
   readonly nbdSocket: string;
+  /** Where each running VM's pid file and QMP socket go (`<dataDir>/run`). */
+  readonly runDir: string;
   readonly networks: NetworkRegistry;
   readonly log: Logger;
   /** Default `qemu-system-x86_64`; tests may name another. */
@@ -57,6 +61,8 @@ interface RunningVm {
 }
 
 const STOP_TIMEOUT_MS = 30_000;
+/** The serial console's chardev id in QEMU's command line (qemu-command-line.ts). */
+const SERIAL_CHARDEV = 'serial0';
 const NBD_RECONNECT_DELAY_SECONDS = 60;
 
 export class VmRuntime {
@@ -116,8 +122,10 @@ export class VmRuntime {
         await createTap(tap, network.bridge);
         taps.push(tap);
       }
+      const files = this.filesOf(config.name);
+      await mkdir(files.dir, { recursive: true });
       const spec = await this.specOf(config, home, taps, options.incoming === true);
-      await rm(join(home, QEMU_PID_FILE), { force: true });
+      await rm(files.pidFile, { force: true });
       const process = await QemuProcess.launch(spec, {
         ...(this.options.qemuBinary === undefined ? {} : { binary: this.options.qemuBinary }),
       }).catch((error: unknown) => {
@@ -129,7 +137,7 @@ export class VmRuntime {
       });
       this.track(config.name, { process, taps });
       this.options.log.info(
-        { vm: config.name, pid: process.pid, incoming: options.incoming === true },
+        { vm: config.name, qemuPid: process.pid, incoming: options.incoming === true },
         'VM started',
       );
     } catch (error) {
@@ -142,11 +150,9 @@ export class VmRuntime {
    * Takes back the QEMU a previous agent started for `config`, if it still runs (its pid file
    * names a live QEMU of this VM); otherwise cleans what it left. Resolves whether it runs.
    */
-  async adopt(config: VmConfig, home: string): Promise<boolean> {
-    const process = await QemuProcess.attach({
-      pidFile: join(home, QEMU_PID_FILE),
-      qmpSocket: join(home, QMP_SOCKET_FILE),
-    }).catch((error: unknown) => {
+  async adopt(config: VmConfig): Promise<boolean> {
+    const { pidFile, qmpSocket } = this.filesOf(config.name);
+    const process = await QemuProcess.attach({ pidFile, qmpSocket }).catch((error: unknown) => {
       this.options.log.warn(
         { vm: config.name, err: error },
         `VM ${config.name}'s QEMU could not be taken back: ${errorMessageOf(error)}`,
@@ -159,7 +165,7 @@ export class VmRuntime {
       return false;
     }
     this.track(config.name, { process, taps });
-    this.options.log.info({ vm: config.name, pid: process.pid }, 'VM taken back');
+    this.options.log.info({ vm: config.name, qemuPid: process.pid }, 'VM taken back');
     return true;
   }
 
@@ -188,6 +194,32 @@ export class VmRuntime {
     if (vm === undefined) return;
     await vm.process.exited;
     await this.forget(name, vm);
+  }
+
+  /**
+   * The VM's home moved (a live move to another datastore): QEMU appends the console to the
+   * log in the new home from now on.
+   */
+  async moveConsole(name: string, home: string): Promise<void> {
+    const vm = this.running.get(name);
+    if (vm === undefined) return;
+    await vm.process.qmp.execute('chardev-change', {
+      id: SERIAL_CHARDEV,
+      backend: { type: 'file', data: { out: join(home, CONSOLE_LOG_FILE), append: true } },
+    });
+  }
+
+  /** The pid file and QMP socket of VM `name`, and the directory that holds them. */
+  filesOf(name: string): { dir: string; pidFile: string; qmpSocket: string } {
+    const dir = join(this.options.runDir, name);
+    const qmpSocket = join(dir, QMP_SOCKET_FILE);
+    if (Buffer.byteLength(qmpSocket) > UNIX_PATH_MAX_BYTES) {
+      throw new HostError(
+        HostErrorCode.BadVmConfig,
+        `VM ${name}'s QMP socket ${qmpSocket} is longer than a Unix socket path may be (${UNIX_PATH_MAX_BYTES} bytes); use a shorter --data directory or VM name`,
+      );
+    }
+    return { dir, pidFile: join(dir, QEMU_PID_FILE), qmpSocket };
   }
 
   /** Lets go of every QEMU without stopping any (the agent is closing: they run on). */
@@ -235,9 +267,9 @@ export class VmRuntime {
         tap: taps[index] ?? '',
         mac: nic.mac,
       })),
-      qmpSocket: join(home, QMP_SOCKET_FILE),
+      qmpSocket: this.filesOf(config.name).qmpSocket,
       serialLog: join(home, CONSOLE_LOG_FILE),
-      pidFile: join(home, QEMU_PID_FILE),
+      pidFile: this.filesOf(config.name).pidFile,
       ...(incoming ? { incoming: 'defer' } : {}),
     };
   }

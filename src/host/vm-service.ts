@@ -251,7 +251,7 @@ export class VmService {
         continue;
       }
       this.table.add({ config, datastore });
-      await this.runtime.adopt(config, homePath(datastore, config.name));
+      await this.runtime.adopt(config);
     }
   }
 

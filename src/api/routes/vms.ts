@@ -69,20 +69,24 @@ export function registerVmRoutes(app: FastifyInstance, agent: Agent): void {
     },
   );
 
-  app.get<{ Params: NameParams; Querystring: { bytes?: number } }>(
+  app.get<{ Params: NameParams; Querystring: { bytes?: string } }>(
     '/v1/vms/:name/log',
     {
       schema: {
         params: nameParamsSchema,
+        // A query string is text (app.ts does not coerce types): digits, read as bytes.
         querystring: {
           type: 'object',
-          properties: { bytes: { type: 'integer', minimum: 1 } },
+          properties: { bytes: { type: 'string', pattern: '^[1-9][0-9]{0,12}$' } },
         },
       },
     },
     async (request) => ({
       vm: request.params.name,
-      log: await agent.vms.consoleLog(request.params.name, request.query.bytes),
+      log: await agent.vms.consoleLog(
+        request.params.name,
+        request.query.bytes === undefined ? undefined : Number(request.query.bytes),
+      ),
     }),
   );
 
