@@ -181,9 +181,7 @@ vmTest(
     const cli = cliOf(serve);
     await cli.ok(['datastore', 'add', 'fast', fast]);
 
-    await cli.json<VmInfo>(
-      guestCreateArgs('web1', 'web1-os:64M', image, writerAppend(BLOCKS)),
-    );
+    await cli.json<VmInfo>(guestCreateArgs('web1', 'web1-os:64M', image, writerAppend(BLOCKS)));
     reaper.addPidFile(join(dataDir, 'run', 'web1', 'qemu.pid'));
     const started = await cli.json<VmInfo>(['vm', 'start', 'web1']);
     reaper.addPid(started.pid);
@@ -259,9 +257,7 @@ vmTest(
     let serve = await serveOn(t, dataDir);
     let cli = cliOf(serve);
     await cli.ok(['datastore', 'add', 'fast', fast]);
-    await cli.json<VmInfo>(
-      guestCreateArgs('web1', 'web1-os:16M', image, IDLE_APPEND),
-    );
+    await cli.json<VmInfo>(guestCreateArgs('web1', 'web1-os:16M', image, IDLE_APPEND));
     reaper.addPidFile(join(dataDir, 'run', 'web1', 'qemu.pid'));
     const started = await cli.json<VmInfo>(['vm', 'start', 'web1']);
     reaper.addPid(started.pid);
