@@ -299,6 +299,7 @@ export class Agent {
       vms: this.vms,
       datastoreNamed: (name) => this.pickDatastore(name),
       serialize: (task) => this.serialize(task),
+      isCrashAtCommit: this.crashAt === 'receive-commit',
     });
   }
 

@@ -103,6 +103,8 @@ export interface VmReceiverHost {
   readonly vms: VmService;
   datastoreNamed(name: string | undefined): Datastore;
   serialize<T>(task: () => Promise<T>): Promise<T>;
+  /** Test seam (`FERRY_CRASH_AT=receive-commit`): kills the agent right after the commit point. */
+  readonly isCrashAtCommit: boolean;
 }
 
 const VM_RECEIVES_DIR = 'vm-receives';
@@ -232,6 +234,10 @@ export class VmReceiver {
         async () => {
           await this.writeRecord(committed);
           live.record = committed;
+          if (this.host.isCrashAtCommit) {
+            this.host.log.error({ move: id }, 'crash point receive-commit: killing the agent');
+            process.kill(process.pid, 'SIGKILL');
+          }
         },
         (disk) => {
           const held = live.held.get(disk);

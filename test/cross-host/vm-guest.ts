@@ -1,8 +1,9 @@
+import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { open } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { guestImage } from '../guest/guest-image.js';
-import { parseGuestLog } from '../guest/guest-log.js';
+import { type GuestLog, parseGuestLog, verifyDisk } from '../guest/guest-log.js';
 import type { Host } from './netns.js';
 import type { ServedHost } from './two-serves.js';
 
@@ -162,4 +163,96 @@ export async function waitFor(check: () => Promise<boolean>, timeoutMs: number):
     if (Date.now() > deadline) throw new Error(`not reached within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+export interface VmJobJson {
+  readonly id: string;
+  readonly state: string;
+  readonly phase: string | null;
+  readonly error: { code: string; message: string } | null;
+  readonly memory: { qemuDowntimeMs: number; storageSwitchoverMs: number; pauseMs: number } | null;
+}
+
+export async function jobOn(served: ServedHost, id: string): Promise<VmJobJson> {
+  return JSON.parse(await served.ferryOk(['job', 'show', id, '--json'])) as VmJobJson;
+}
+
+/** Polls job `id` on `served` until `until` holds for it; resolves with that record. */
+export async function waitForJob(
+  served: ServedHost,
+  id: string,
+  until: (job: VmJobJson) => boolean,
+  timeoutMs = 120_000,
+): Promise<VmJobJson> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await jobOn(served, id);
+    if (until(job)) return job;
+    if (Date.now() > deadline) {
+      throw new Error(`job ${id} is ${job.state}/${job.phase} after ${timeoutMs} ms`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+const FINAL_STATES = new Set(['succeeded', 'failed', 'cancelled']);
+
+export function isFinished(job: VmJobJson): boolean {
+  return FINAL_STATES.has(job.state);
+}
+
+/**
+ * The live QEMU processes running guest `vm` on this machine (every namespace shares the pid
+ * space): the "exactly one QEMU runs the guest" of the failure tests.
+ */
+export async function qemuPidsOf(vm: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (!cmdline.includes('qemu-system') || !cmdline.split('\0').includes(`guest=${vm}`)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    if (stat === '' || /\) [ZX] /.test(stat)) continue;
+    pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** Stops VM `name` on `served` and checks every block its guest acknowledged is on its disk. */
+export async function stopAndVerify(
+  served: ServedHost,
+  name: string,
+  consoleText: () => Promise<string>,
+): Promise<GuestLog> {
+  await served.ferryOk(['vm', 'stop', name, '--force']);
+  const log = parseGuestLog(await consoleText());
+  assert.equal(log.bootIds.length, 1, `${name}: one boot, the guest never restarted`);
+  assert.deepEqual(log.problems, [], `${name}: acks and counter in sequence`);
+  assert.deepEqual(log.bad, [], `${name}: every check the guest made passed`);
+  const disk = JSON.parse(await served.ferryOk(['disk', 'show', `${name}-os`, '--json'])) as {
+    image: string;
+  };
+  const image = await open(disk.image, 'r');
+  try {
+    const wrong = await verifyDisk(async (offset, length) => {
+      const buffer = Buffer.alloc(length);
+      await image.read(buffer, 0, length, offset);
+      return buffer;
+    }, log);
+    assert.deepEqual(wrong, [], `${name}: every acknowledged block is on its disk`);
+  } finally {
+    await image.close();
+  }
+  return log;
+}
+
+/** What b holds of VMs and disks (nothing, after a move that failed back). */
+export async function holdings(served: ServedHost): Promise<{ vms: number; disks: number }> {
+  const vms = JSON.parse(await served.ferryOk(['vm', 'list', '--json'])) as unknown[];
+  const disks = JSON.parse(await served.ferryOk(['disk', 'list', '--json'])) as unknown[];
+  return { vms: vms.length, disks: disks.length };
+}
+
+export async function readWhole(path: string): Promise<string> {
+  return readText(path);
 }
