@@ -39,7 +39,14 @@ export async function addBridge(served: ServedHost, bridge: string): Promise<voi
 export async function startWriterVm(
   served: ServedHost,
   name: string,
-  options: { network: string; diskMiB?: number; minAcks?: number; blocks?: number },
+  options: {
+    network: string;
+    diskMiB?: number;
+    minAcks?: number;
+    blocks?: number;
+    /** MiB of memory the guest keeps rewriting (init.sh `ferry.dirty_mib`). */
+    dirtyMib?: number;
+  },
 ): Promise<VmJson> {
   const image = await guestImage();
   const append = [
@@ -48,6 +55,7 @@ export async function startWriterVm(
     'panic=-1',
     'ferry.guest=writer',
     `ferry.blocks=${options.blocks ?? 2048}`,
+    ...(options.dirtyMib === undefined ? [] : [`ferry.dirty_mib=${options.dirtyMib}`]),
   ].join(' ');
   await served.ferryOk([
     'vm',

@@ -7,6 +7,8 @@
 #   ferry.blocks=B                 writer: the region is blocks 0..B-1 of /dev/vda (default 4096)
 #   ferry.interval_ms=I            writer: at least I ms between writes (default 0, 10 ms steps)
 #   ferry.check_every=C            writer: re-read one live block after every C-th write (default 16)
+#   ferry.dirty_mib=M              rewrite M MiB of memory over and over in the background
+#                                  (default 0: none), for memory migrations that cannot converge
 #
 # Console lines of the writer (guest-log.ts parses them; anything else is ignored):
 #   ferry-guest boot <id>                       once per boot (writer and idle)
@@ -38,7 +40,7 @@ done </modules/order
 # No address: the NIC only has to exist and be up, for migrations that carry its state.
 ip link set eth0 up 2>/dev/null || echo "ferry-guest no eth0"
 
-guest=shell blocks=4096 interval_ms=0 check_every=16
+guest=shell blocks=4096 interval_ms=0 check_every=16 dirty_mib=0
 read -r cmdline </proc/cmdline
 for arg in $cmdline; do
   case "$arg" in
@@ -46,14 +48,16 @@ for arg in $cmdline; do
   ferry.blocks=*) blocks=${arg#*=} ;;
   ferry.interval_ms=*) interval_ms=${arg#*=} ;;
   ferry.check_every=*) check_every=${arg#*=} ;;
+  ferry.dirty_mib=*) dirty_mib=${arg#*=} ;;
   esac
 done
 
 # A knob that is not a number would end the shell at its first arithmetic (and so the guest).
-for knob in "blocks=$blocks" "interval_ms=$interval_ms" "check_every=$check_every"; do
+for knob in "blocks=$blocks" "interval_ms=$interval_ms" "check_every=$check_every" \
+  "dirty_mib=$dirty_mib"; do
   case "${knob#*=}" in
   '' | *[!0-9]* | 0 | 0?*)
-    [ "$knob" = interval_ms=0 ] && continue
+    [ "$knob" = interval_ms=0 ] || [ "$knob" = dirty_mib=0 ] && continue
     echo "ferry-guest bad knob ferry.$knob: need a positive integer"
     poweroff -f
     ;;
@@ -142,6 +146,15 @@ idle() {
     sleep 0.01
   done
 }
+
+# Memory that changes faster than a slow migration stream can send it: random data (so no page
+# is sent as a zero page) copied over and over onto the same pages of the RAM-backed root.
+if [ "$dirty_mib" -gt 0 ]; then
+  dd if=/dev/urandom of=/tmp/dirty-source bs=1M count="$dirty_mib" 2>/dev/null
+  (while :; do
+    dd if=/tmp/dirty-source of=/tmp/dirty bs=1M conv=notrunc 2>/dev/null
+  done) &
+fi
 
 # A random id per boot: after a live migration the same id must carry on.
 read -r id </proc/sys/kernel/random/uuid
