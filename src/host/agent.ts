@@ -339,6 +339,7 @@ export class Agent {
       agent.warnings.push(...vmMotions.messages);
       for (const datastore of registry.list()) await agent.openDatastore(datastore);
       await agent.holdUnresolved(remote);
+      agent.vms.nowServing();
       agent.driveVmMotions(vmMotions.pending);
       agent.log.info(
         { dataDir, datastores: registry.list().length, disks: agent.exports.all().length },
@@ -1015,18 +1016,23 @@ export class Agent {
     for (const motion of pending) {
       const vm = motion.record.vm ?? '';
       this.recovering.add(vm);
-      void driveVmMotion(
-        {
-          journal: this.journal,
-          log: this.log,
-          datastoreNamed: (name) => this.registry.get(name),
-          peerNamed: this.peerLink,
-          qemuOf: (name) =>
-            this.vms.runtime.isRunning(name) ? this.vms.runtime.processOf(name) : undefined,
-          forgetVm: (record) => this.serialize(() => this.forgetMovedVm(record)),
-        },
-        motion,
-      )
+      // The VM's QEMU is taken back first; then it is this agent's to drive.
+      void this.vms
+        .whenAdopted()
+        .then(() =>
+          driveVmMotion(
+            {
+              journal: this.journal,
+              log: this.log,
+              datastoreNamed: (name) => this.registry.get(name),
+              peerNamed: this.peerLink,
+              qemuOf: (name) =>
+                this.vms.runtime.isRunning(name) ? this.vms.runtime.processOf(name) : undefined,
+              forgetVm: (record) => this.serialize(() => this.forgetMovedVm(record)),
+            },
+            motion,
+          ),
+        )
         .catch((error: unknown) => {
           this.log.error({ vm, err: error }, `finishing VM ${vm}'s interrupted move failed`);
         })
@@ -1067,10 +1073,10 @@ export class Agent {
   /** `ERR_DISK_BUSY` if a move holds VM `vm` or any of its disks. */
   private checkVmNotMoving(vm: VmEntry): void {
     const name = vm.config.name;
-    if (this.recovering.has(name)) {
+    if (this.recovering.has(name) || this.vms.runtime.isAdopting(name)) {
       throw new HostError(
         HostErrorCode.DiskBusy,
-        `VM ${name} is finishing a move a restart interrupted; wait for it`,
+        `VM ${name} is being taken back after the agent's restart (its QEMU, or a move a restart interrupted); wait for it`,
       );
     }
     const busy = this.vmMoves.get(name);

@@ -61,12 +61,20 @@ interface RunningVm {
 }
 
 const STOP_TIMEOUT_MS = 30_000;
+/**
+ * How long taking a QEMU back may wait for its QMP: a QEMU whose disk I/O waits for the agent's
+ * socket (it was stopping the guest, say, when the agent died) answers only once that I/O is
+ * done, and QEMU gives the socket `reconnect-delay` to come back.
+ */
+const ADOPT_TIMEOUT_MS = 90_000;
 /** The serial console's chardev id in QEMU's command line (qemu-command-line.ts). */
 const SERIAL_CHARDEV = 'serial0';
 const NBD_RECONNECT_DELAY_SECONDS = 60;
 
 export class VmRuntime {
   private readonly running = new Map<string, RunningVm>();
+  /** VMs whose QEMU a restarted agent is taking back: not to be started meanwhile. */
+  private readonly adopting = new Set<string>();
   /** Exit watchers are told apart from a VM's later incarnation by this. */
   private readonly options: VmRuntimeOptions;
 
@@ -94,7 +102,7 @@ export class VmRuntime {
   /** QEMU's run state of VM `name` (`running`, `paused`, `inmigrate`...), or `stopped`. */
   async powerState(name: string): Promise<VmPowerState> {
     const vm = this.running.get(name);
-    if (vm === undefined) return 'stopped';
+    if (vm === undefined) return this.adopting.has(name) ? 'taking-back' : 'stopped';
     return vm.process.status().catch(() => 'unknown');
   }
 
@@ -106,6 +114,12 @@ export class VmRuntime {
   async start(config: VmConfig, home: string, options: StartOptions = {}): Promise<void> {
     if (this.running.has(config.name)) {
       throw new HostError(HostErrorCode.VmRunning, `VM ${config.name} is already running`);
+    }
+    if (this.adopting.has(config.name)) {
+      throw new HostError(
+        HostErrorCode.VmRunning,
+        `VM ${config.name}'s QEMU is being taken back after the agent's restart; wait for it`,
+      );
     }
     const taps: string[] = [];
     try {
@@ -151,8 +165,27 @@ export class VmRuntime {
    * names a live QEMU of this VM); otherwise cleans what it left. Resolves whether it runs.
    */
   async adopt(config: VmConfig): Promise<boolean> {
+    this.adopting.add(config.name);
+    try {
+      return await this.attach(config);
+    } finally {
+      this.adopting.delete(config.name);
+    }
+  }
+
+  isAdopting(name: string): boolean {
+    return this.adopting.has(name);
+  }
+
+  /** Marks VM `name` as being taken back, before `adopt` runs (which may be later). */
+  willAdopt(name: string): void {
+    this.adopting.add(name);
+  }
+
+  private async attach(config: VmConfig): Promise<boolean> {
     const { pidFile, qmpSocket } = this.filesOf(config.name);
-    const process = await QemuProcess.attach({ pidFile, qmpSocket }).catch((error: unknown) => {
+    const attaching = QemuProcess.attach({ pidFile, qmpSocket, timeoutMs: ADOPT_TIMEOUT_MS });
+    const process = await attaching.catch((error: unknown) => {
       this.options.log.warn(
         { vm: config.name, err: error },
         `VM ${config.name}'s QEMU could not be taken back: ${errorMessageOf(error)}`,

@@ -7,7 +7,13 @@ import { HostError, HostErrorCode } from './errors.js';
 import type { DiskEntry } from './export-table.js';
 import { checkName } from './names.js';
 import type { Network, NetworkRegistry } from './networks.js';
-import { type VmAccel, type VmNic, type VmSettings, vmConfigOf } from './vm-config.js';
+import {
+  type VmAccel,
+  type VmConfig,
+  type VmNic,
+  type VmSettings,
+  vmConfigOf,
+} from './vm-config.js';
 import { createHome, homePath, removeHome, scanHomes } from './vm-home.js';
 import { CONSOLE_LOG_FILE, type VmPowerState, type VmRuntime } from './vm-runtime.js';
 import { type VmEntry, VmTable } from './vm-table.js';
@@ -74,12 +80,33 @@ export const CONSOLE_TAIL_MAX_BYTES = 4 * 1024 * 1024;
 
 export class VmService {
   readonly table = new VmTable();
+  /** Resolves once the agent serves its disks: QEMUs are taken back only then (`adoptLater`). */
+  private readonly serving: Promise<void>;
+  private markServing: () => void = () => {};
+  private readonly adoptions = new Set<Promise<unknown>>();
 
   constructor(
     private readonly host: VmServiceHost,
     readonly runtime: VmRuntime,
     readonly networks: NetworkRegistry,
-  ) {}
+  ) {
+    this.serving = new Promise((resolve) => {
+      this.markServing = resolve;
+    });
+  }
+
+  /**
+   * The agent serves its disks (it has opened): QEMUs found at start are taken back now. Not
+   * before: a QEMU whose disk I/O waits for the agent's socket cannot answer QMP until then.
+   */
+  nowServing(): void {
+    this.markServing();
+  }
+
+  /** Resolves when every QEMU found so far has been taken back (or found gone). */
+  async whenAdopted(): Promise<void> {
+    await Promise.all([...this.adoptions]);
+  }
 
   /** Registers a VM: its home with its config and boot files, naming disks (made if sized). */
   async create(request: CreateVmRequest): Promise<VmInfo> {
@@ -251,8 +278,19 @@ export class VmService {
         continue;
       }
       this.table.add({ config, datastore });
-      await this.runtime.adopt(config);
+      this.adoptLater(config);
     }
+  }
+
+  private adoptLater(config: VmConfig): void {
+    this.runtime.willAdopt(config.name);
+    const adoption = this.serving
+      .then(() => this.runtime.adopt(config))
+      .catch((error: unknown) => {
+        this.host.log.error({ vm: config.name, err: error }, 'taking a QEMU back failed');
+      });
+    this.adoptions.add(adoption);
+    void adoption.finally(() => this.adoptions.delete(adoption));
   }
 
   async describe(entry: VmEntry): Promise<VmInfo> {

@@ -193,7 +193,14 @@ for (const point of ['memory', 'before-commit'] as const) {
           await a.ferry(['migrate', 'web', '--vm', '--to-host', 'b', '--network-map', 'br0=br1']);
           await a.serve.exited;
           await a.restart();
-          await waitFor(async () => (await vmOn(a, 'web')).state === 'running', 60_000);
+          await waitFor(async () => (await vmOn(a, 'web')).state === 'running', 60_000).catch(
+            async (error: unknown) => {
+              const state = (await vmOn(a, 'web')).state;
+              throw new Error(`VM web is ${state}:\n${a.serve.logLines.join('\n')}`, {
+                cause: error,
+              });
+            },
+          );
           await assertFailedBack(a, b, 'web', vm.pid);
         },
         { a: { FERRY_CRASH_AT: point } },
