@@ -12,7 +12,9 @@ import {
 /**
  * The guest's serial console seen from the host, for the VM motion benchmark (issue 8): every
  * line the recording guest (test/guest/init.sh, `ferry.guest=writer`) prints, stamped with the
- * host's monotonic clock (`performance.now()`) when this process first saw it. The guest's own
+ * host's monotonic clock (`monotonicMs`) when it was first seen. The feeds here (a socket
+ * chardev, a polled file) run in the console stamper (vm-motion-stamper.ts), a process of its
+ * own at a higher priority, so a busy bench process does not make the stamps late. The guest's own
  * clock is no use for its pause: a TCG guest's clock stops while it is paused.
  *
  * Two sides feed one recorder: the source QEMU's console and the destination's. A guest line is
@@ -21,9 +23,9 @@ import {
  * console log is copied with its home to the destination at the start of the move, then the
  * destination QEMU appends to it) keeps the time the source printed it.
  *
- * Contract of the timestamps: a line's time is when its last byte reached us, so it is late by
- * at most the feed's resolution: a socket chardev's data event (the event loop's delay, which
- * `LoopDelay` measures), or a file's poll period (`tailFile` measures its own).
+ * Contract of the timestamps: a line's time is when its last byte reached the stamper, so it is
+ * late by at most the feed's resolution: a socket chardev's data event (the stamper's event loop
+ * delay, which `LoopDelay` measures), or a file's poll period (`tailFile` measures its own).
  *
  * Lines that are not the guest's (kernel messages, a line cut by the switchover: its head on the
  * source, its tail on the destination) are dropped; the acks they cost are counted and rebuilt
@@ -34,7 +36,7 @@ export type ConsoleSide = 'source' | 'destination';
 
 export interface ConsoleLine {
   readonly text: string;
-  /** performance.now() when the line's last byte arrived. */
+  /** `monotonicMs()` when the line's last byte arrived. */
   readonly atMs: number;
   readonly side: ConsoleSide;
 }
@@ -112,23 +114,35 @@ export function ackCount(lines: readonly ConsoleLine[]): number {
   return lines.filter((line) => ACK_LINE.test(line.text)).length;
 }
 
+/**
+ * The clock of every stamp and instant of the benchmark: CLOCK_MONOTONIC in ms (libuv's hrtime),
+ * the same in every process of the machine, so the console stamper (vm-motion-stamper.ts) and
+ * the flows it is compared with read one clock.
+ */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+/** Where a feed delivers what it read: a side's next bytes, and when they arrived. */
+export type ConsoleSink = (side: ConsoleSide, chunk: string, atMs: number) => void;
+
 export interface ConsoleFeed {
-  /** What one line's time can be late by, as measured (ms), and how it was measured. */
-  resolution(): { readonly ms: number; readonly how: string };
+  /** How late one line's time can be, as measured. */
+  resolution(): string;
   close(): Promise<void>;
 }
 
 const CONNECT_RETRY_MS = 10;
 
 /**
- * Reads a QEMU socket chardev (`-chardev socket,path=P,server=on,wait=off`) into `recorder` as
+ * Reads a QEMU socket chardev (`-chardev socket,path=P,server=on,wait=off`) into `sink` as
  * `side`, each chunk stamped on arrival. Connect before the guest prints: with no client, QEMU
  * drops the serial output. Retries while QEMU has not made the socket yet.
  */
 export async function readSocketConsole(
   path: string,
   side: ConsoleSide,
-  recorder: ConsoleRecorder,
+  sink: ConsoleSink,
   timeoutMs: number,
 ): Promise<ConsoleFeed> {
   const deadline = performance.now() + timeoutMs;
@@ -152,11 +166,11 @@ export async function readSocketConsole(
     }
   }
   socket.setEncoding('latin1');
-  socket.on('data', (chunk: string) => recorder.feed(side, chunk, performance.now()));
+  socket.on('data', (chunk: string) => sink(side, chunk, monotonicMs()));
   // QEMU going away ends the stream; that is how every run ends, not an error.
   socket.on('error', () => undefined);
   return {
-    resolution: () => ({ ms: 0, how: 'socket chardev, stamped on arrival' }),
+    resolution: () => 'socket chardev, stamped on arrival',
     close: async () => {
       socket.destroy();
     },
@@ -174,7 +188,7 @@ export async function readSocketConsole(
 export function tailFile(
   paths: readonly string[],
   side: ConsoleSide,
-  recorder: ConsoleRecorder,
+  sink: ConsoleSink,
   pollMs: number,
 ): ConsoleFeed {
   let isClosed = false;
@@ -198,7 +212,7 @@ export function tailFile(
         const { bytesRead } = await file.handle.read(buffer, 0, buffer.length, file.at);
         if (bytesRead === 0) break;
         file.at += bytesRead;
-        recorder.feed(side, buffer.toString('latin1', 0, bytesRead), performance.now());
+        sink(side, buffer.toString('latin1', 0, bytesRead), monotonicMs());
       }
     }
   };
@@ -216,10 +230,7 @@ export function tailFile(
     resolution: () => {
       const sorted = [...periods].sort((a, b) => a - b);
       const at = (q: number): number => sorted[Math.floor(q * (sorted.length - 1))] ?? Number.NaN;
-      return {
-        ms: at(0.5),
-        how: `file poll every ${pollMs} ms: median ${at(0.5).toFixed(1)} ms, p99 ${at(0.99).toFixed(1)} ms between reads`,
-      };
+      return `${side} file polled every ${pollMs} ms: median ${at(0.5).toFixed(1)} ms, p99 ${at(0.99).toFixed(1)} ms between reads`;
     },
     close: async () => {
       isClosed = true;
@@ -231,7 +242,7 @@ export function tailFile(
   };
 }
 
-/** The event loop's delay while a sample runs: what a socket console's stamps can be late by. */
+/** The event loop's delay in the process that stamps: what a stamp can be late by, besides the feed's own resolution. */
 export class LoopDelay {
   private readonly histogram = monitorEventLoopDelay({ resolution: 1 });
 
@@ -240,7 +251,7 @@ export class LoopDelay {
     this.histogram.enable();
   }
 
-  stop(): { p99Ms: number; maxMs: number } {
+  stop(): { readonly p99Ms: number; readonly maxMs: number } {
     this.histogram.disable();
     return {
       p99Ms: this.histogram.percentile(99) / 1e6,
@@ -249,7 +260,7 @@ export class LoopDelay {
   }
 }
 
-/** The instants of one move that the console figures are cut at (performance.now() ms). */
+/** The instants of one move that the console figures are cut at (`monotonicMs()`). */
 export interface MoveInstants {
   /** Start of the window of guest I/O before the move. */
   readonly beforeMs: number;
@@ -278,7 +289,7 @@ export interface ConsoleFigures {
   readonly writesPerSecondDuring: number;
   /** From the destination's first line to the window's end. */
   readonly writesPerSecondAfter: number;
-  /** The last source line and the first destination line, performance.now() ms. */
+  /** The last source line and the first destination line, `monotonicMs()`. */
   readonly lastSourceMs: number;
   readonly firstDestinationMs: number;
 }

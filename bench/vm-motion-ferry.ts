@@ -1,6 +1,5 @@
 import { readFile, rm } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Host } from '../test/cross-host/netns.js';
 import { type ServedPair, startServedPair } from '../test/cross-host/two-serves.js';
@@ -8,15 +7,14 @@ import { runCommand } from './children.js';
 import { pause } from './migrate-step.js';
 import {
   ackCount,
-  type ConsoleFeed,
   ConsoleRecorder,
   consoleFigures,
-  LoopDelay,
+  monotonicMs,
   reconstructGuestLog,
-  tailFile,
   verifyImage,
 } from './vm-motion-console.js';
 import { guestAppend, type MotionContext, type MotionSample } from './vm-motion-guest.js';
+import { ConsoleStamper } from './vm-motion-stamper.js';
 
 /**
  * Ferry's side of the VM motion benchmark (issue 8), on the same host pair, link and guest as
@@ -78,8 +76,7 @@ export async function ferryMove(context: MotionContext, pollMs: number): Promise
   const { pair, guest } = context;
   const served = await startServedPair(pair);
   const recorder = new ConsoleRecorder();
-  const loop = new LoopDelay();
-  const feeds: ConsoleFeed[] = [];
+  const stamper = ConsoleStamper.start(recorder);
   try {
     const { a, b } = served;
     const image = join(a.dataDir, `${DISK}.raw`);
@@ -109,8 +106,7 @@ export async function ferryMove(context: MotionContext, pollMs: number): Promise
         '--json',
       ]),
     ) as VmShown;
-    const sourceFeed = tailFile([created.console], 'source', recorder, pollMs);
-    feeds.push(sourceFeed);
+    await stamper.tail('source', [created.console], pollMs);
     await a.ferryOk(['vm', 'start', VM, '--json']);
     await recorder.waitFor(
       'the Ferry VM booting at A',
@@ -118,37 +114,32 @@ export async function ferryMove(context: MotionContext, pollMs: number): Promise
       context.timeoutMs,
     );
     const datastore = await defaultDatastore(served);
-    feeds.push(
-      tailFile(
-        [
-          join(datastore.path, VM, 'console.log'),
-          join(datastore.path, `.${VM}.home-move`, 'console.log'),
-        ],
-        'destination',
-        recorder,
-        pollMs,
-      ),
+    await stamper.tail(
+      'destination',
+      [
+        join(datastore.path, VM, 'console.log'),
+        join(datastore.path, `.${VM}.home-move`, 'console.log'),
+      ],
+      pollMs,
     );
 
-    loop.start();
-    const beforeMs = performance.now();
+    const beforeMs = monotonicMs();
     await pause(context.beforeSeconds * 1000, context.stop);
-    const startMs = performance.now();
+    const startMs = monotonicMs();
     const out = await a.ferryOk(
       ['migrate', VM, '--vm', '--to-host', 'b', '--json'],
       context.timeoutMs,
     );
-    const runningMs = performance.now();
+    const runningMs = monotonicMs();
     const job = JSON.parse(out) as VmMoveJob;
     if (job.state !== 'succeeded') {
       throw new Error(`ferry migrate --vm ended ${job.state}: ${JSON.stringify(job.error)}`);
     }
     await pause(context.afterSeconds * 1000, context.stop);
-    const endMs = performance.now();
-    const delay = loop.stop();
+    const endMs = monotonicMs();
     await b.ferryOk(['vm', 'stop', VM, '--force']);
     await sleep(DRAIN_MS);
-    for (const feed of feeds.splice(0)) await feed.close();
+    const resolutions = await stamper.close();
     const figures = consoleFigures(recorder.lines, { beforeMs, startMs, runningMs, endMs });
     const rebuilt = reconstructGuestLog(recorder.lines);
     const disk = JSON.parse(await b.ferryOk(['disk', 'show', DISK, '--json'])) as DiskShown;
@@ -164,6 +155,7 @@ export async function ferryMove(context: MotionContext, pollMs: number): Promise
       maxGapMs: figures.maxGapMs,
       maxGapEndMs: figures.maxGapEndMs,
       pauseEndMs: figures.firstDestinationMs - startMs,
+      firstLineAfterRunningMs: figures.firstDestinationMs - runningMs,
       baselineMaxGapMs: figures.baselineMaxGapMs,
       qemuDowntimeMs: memory.qemuDowntimeMs ?? Number.NaN,
       storageSwitchoverMs: memory.storageSwitchoverMs ?? Number.NaN,
@@ -175,13 +167,10 @@ export async function ferryMove(context: MotionContext, pollMs: number): Promise
       mismatches,
       lostAcks: rebuilt.lostAcks,
       guestProblems: rebuilt.guestProblems,
-      stampResolution:
-        `${sourceFeed.resolution().how}; event loop delay p99 ${delay.p99Ms.toFixed(1)} ms, ` +
-        `max ${delay.maxMs.toFixed(1)} ms`,
+      stampResolution: resolutions.join('; '),
     };
   } finally {
-    loop.stop();
-    for (const feed of feeds) await feed.close().catch(() => undefined);
+    await stamper.kill();
     await served.a.serve.kill('SIGKILL');
     await served.b.serve.kill('SIGKILL');
     // The VMs' QEMUs are daemons of the agents: they outlive them, so they go by pid.

@@ -71,6 +71,11 @@ export interface MotionSample {
   /** When that gap ended, ms from the move's start; and when the switchover's gap ended. */
   readonly maxGapEndMs: number;
   readonly pauseEndMs: number;
+  /**
+   * From the flow's "running at the destination" (QEMU flow: `cont` returned; Ferry: the command
+   * exited) to the destination's first console line: what the pause holds after the flow is done.
+   */
+  readonly firstLineAfterRunningMs: number;
   /** The largest gap before the move: the guest's own jitter, for scale. */
   readonly baselineMaxGapMs: number;
   /** QEMU's `downtime` (query-migrate). */

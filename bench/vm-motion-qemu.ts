@@ -2,7 +2,6 @@ import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   continueMigration,
@@ -19,16 +18,15 @@ import { runCommand } from './children.js';
 import { pause } from './migrate-step.js';
 import {
   ackCount,
-  type ConsoleFeed,
   ConsoleRecorder,
   type ConsoleSide,
   consoleFigures,
-  LoopDelay,
-  readSocketConsole,
+  monotonicMs,
   reconstructGuestLog,
   verifyImage,
 } from './vm-motion-console.js';
 import { guestAppend, type MotionContext, type MotionSample } from './vm-motion-guest.js';
+import { ConsoleStamper } from './vm-motion-stamper.js';
 
 /**
  * The reference of the VM motion benchmark (issue 8): the QEMU-only move that libvirt drives for
@@ -46,6 +44,10 @@ import { guestAppend, type MotionContext, type MotionSample } from './vm-motion-
  *     `block-job-cancel` of the mirror, which on a READY job leaves the target a point-in-time
  *     copy (BLOCK_JOB_COMPLETED); `migrate-continue`; wait for `completed`.
  *   Finish (B): wait for `completed`, `nbd-server-stop`, `cont`: the guest runs at B.
+ *
+ * This is a lower bound of libvirt's own times: libvirt adds its RPCs between the two hosts'
+ * daemons (Begin, Prepare, Perform, Finish, Confirm) and its own bookkeeping; here one process
+ * drives both QEMUs over local sockets.
  *
  * The guest runs on a local raw image at A, with QEMU's default cache (writeback), like a
  * libvirt disk without a cache attribute. Its console is a socket chardev on each side, read by
@@ -81,10 +83,10 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
     timeoutMs: 10_000,
   });
   const recorder = new ConsoleRecorder();
-  const loop = new LoopDelay();
+  const stamper = ConsoleStamper.start(recorder);
   const qemus: ReferenceQemu[] = [];
   try {
-    const source = await launchQemu(pair.a, 'source', context, sourceImage, [], recorder);
+    const source = await launchQemu(pair.a, 'source', context, sourceImage, [], stamper);
     qemus.push(source);
     await source.qmp.execute('cont');
     await recorder.waitFor(
@@ -93,12 +95,11 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
       context.timeoutMs,
       source.failure,
     );
-    loop.start();
-    const beforeMs = performance.now();
+    const beforeMs = monotonicMs();
     await pause(context.beforeSeconds * 1000, context.stop);
 
     // Prepare, on B.
-    const startMs = performance.now();
+    const startMs = monotonicMs();
     const incoming = ['-incoming', 'defer'];
     const destination = await launchQemu(
       pair.b,
@@ -106,7 +107,7 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
       context,
       targetImage,
       incoming,
-      recorder,
+      stamper,
     );
     qemus.push(destination);
     const b = pair.b.ip;
@@ -141,7 +142,7 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
       predicate: isJob,
       timeoutMs: context.timeoutMs,
     });
-    const mirrorMs = performance.now();
+    const mirrorMs = monotonicMs();
     await source.qmp.execute('blockdev-mirror', {
       'job-id': JOB_ID,
       device: DISK_NODE,
@@ -172,13 +173,13 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
     await waitForMigrationStatus(destination.qmp, ['completed'], waits);
     await destination.qmp.execute('nbd-server-stop');
     await destination.qmp.execute('cont');
-    const runningMs = performance.now();
+    const runningMs = monotonicMs();
 
     await pause(context.afterSeconds * 1000, context.stop);
-    const endMs = performance.now();
-    const delay = loop.stop();
+    const endMs = monotonicMs();
     await destination.qmp.execute('stop');
     await sleep(DRAIN_MS);
+    const resolutions = await stamper.close();
     const figures = consoleFigures(recorder.lines, { beforeMs, startMs, runningMs, endMs });
     const rebuilt = reconstructGuestLog(recorder.lines);
     for (const qemu of qemus.splice(0)) await qemu.quit();
@@ -192,6 +193,7 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
       maxGapMs: figures.maxGapMs,
       maxGapEndMs: figures.maxGapEndMs,
       pauseEndMs: figures.firstDestinationMs - startMs,
+      firstLineAfterRunningMs: figures.firstDestinationMs - runningMs,
       baselineMaxGapMs: figures.baselineMaxGapMs,
       qemuDowntimeMs: downtimeMs,
       storageSwitchoverMs: Number.NaN,
@@ -203,12 +205,11 @@ export async function qemuOnlyMove(context: MotionContext): Promise<MotionSample
       mismatches,
       lostAcks: rebuilt.lostAcks,
       guestProblems: rebuilt.guestProblems,
-      stampResolution:
-        `socket chardev, stamped on arrival; event loop delay p99 ${delay.p99Ms.toFixed(1)} ms, ` +
-        `max ${delay.maxMs.toFixed(1)} ms`,
+      stampResolution: resolutions.join('; '),
     };
   } finally {
     for (const qemu of qemus) await qemu.kill();
+    await stamper.kill();
   }
 }
 
@@ -248,7 +249,7 @@ async function launchQemu(
   context: MotionContext,
   image: string,
   extra: readonly string[],
-  recorder: ConsoleRecorder,
+  stamper: ConsoleStamper,
 ): Promise<ReferenceQemu> {
   const { guest, dir } = context;
   const qmpPath = join(dir, `qemu-${side}.qmp`);
@@ -289,21 +290,18 @@ async function launchQemu(
       ? undefined
       : `QEMU at ${side} exited (${child.exitCode ?? child.signalCode}): ${output}`;
   let qmp: QmpClient | undefined;
-  let feed: ConsoleFeed | undefined;
   try {
     qmp = await QmpClient.connect(qmpPath, { timeoutMs: QMP_TIMEOUT_MS });
-    feed = await readSocketConsole(consolePath, side, recorder, QMP_TIMEOUT_MS);
+    await stamper.socket(side, consolePath, QMP_TIMEOUT_MS);
   } catch (error) {
     child.kill('SIGKILL');
     await exited;
     throw new Error(`QEMU at ${side} did not start: ${failure() ?? ''}`, { cause: error });
   }
   const client = qmp;
-  const consoleFeed = feed;
   const kill = async (): Promise<void> => {
     if (failure() === undefined) child.kill('SIGKILL');
     await exited;
-    await consoleFeed.close();
     await client.close();
   };
   return {
