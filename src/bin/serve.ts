@@ -54,6 +54,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     dropExport: async (name) => server?.dropExport(name),
     hostName: options.hostName,
     peerLink: peerLinks(peers),
+    peerKeyFor: (identity) => peers.keyFor(identity),
     ...crashPointFromEnv(log),
   });
   try {

@@ -78,6 +78,8 @@ export interface AgentOptions {
   readonly nbdSocket?: string;
   /** The QEMU binary VMs run with; default `qemu-system-x86_64`. */
   readonly qemuBinary?: string;
+  /** A peer's pre-shared key by its identity (hosts.ts), for VM memory streams over TLS. */
+  readonly peerKeyFor?: (identity: string) => Buffer | undefined;
 }
 
 export interface CreateDiskRequest {
@@ -300,6 +302,7 @@ export class Agent {
       datastoreNamed: (name) => this.pickDatastore(name),
       serialize: (task) => this.serialize(task),
       isCrashAtCommit: this.crashAt === 'receive-commit',
+      keyFor: options.peerKeyFor ?? (() => undefined),
     });
   }
 
@@ -661,6 +664,7 @@ export class Agent {
           ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
           ...(request.connections === undefined ? {} : { connections: request.connections }),
           maxDowntimeMs: request.maxDowntimeMs ?? MAX_DOWNTIME_DEFAULT_MS,
+          tlsDir: join(runtime.filesOf(request.name).dir, 'tls'),
           closing: this.closing.signal,
         },
         onEvent,

@@ -13,6 +13,7 @@ import type { DiskDescriptor } from './descriptor.js';
 import { crashIf, type MoverHost, runWithCrashSeam } from './disk-mover.js';
 import { HostError, HostErrorCode } from './errors.js';
 import type { DiskEntry } from './export-table.js';
+import { useMigrationTls } from './migration-tls.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
 import { passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
 import {
@@ -76,6 +77,8 @@ export interface VmMotionSpec {
   readonly connections?: number;
   /** QEMU's `downtime-limit` for the memory's last round. */
   readonly maxDowntimeMs: number;
+  /** Where QEMU finds the key for the memory stream's TLS (migration-tls.ts). */
+  readonly tlsDir: string;
   readonly closing: AbortSignal;
 }
 
@@ -209,6 +212,8 @@ class VmMotionRun {
   private memoryInfo: MigrationInfo | undefined;
   private attempts = 0;
   private stoppedAtMs = 0;
+  /** `migrate-continue` was accepted. */
+  private isContinued = false;
   private storageSwitchoverMs = 0;
 
   constructor(
@@ -296,11 +301,12 @@ class VmMotionRun {
     for (let attempt = 1; attempt <= 2; attempt += 1) {
       this.attempts = attempt;
       const autoConverge = attempt > 1;
-      const { port } = await this.spec.peer.post<{ port: number }>(
+      const { port, tls } = await this.spec.peer.post<{ port: number; tls: boolean }>(
         `/v1/vm-receives/${this.record.id}/incoming`,
         {},
         { timeoutMs: INCOMING_TIMEOUT_MS },
       );
+      if (tls) await useMigrationTls(qemu.qmp, this.spec.tlsDir, this.spec.peer.psk, 'client');
       await enableMigrationCapabilities(qemu.qmp, {
         pauseBeforeSwitchover: true,
         events: true,
@@ -316,7 +322,7 @@ class VmMotionRun {
       const uri = `tcp:${formatUriHost(this.spec.peer.nbdHost)}:${port}`;
       this.onEvent({
         type: 'message',
-        message: `memory migration to ${uri}${autoConverge ? ' with auto-converge' : ''}, downtime limit ${this.spec.maxDowntimeMs} ms`,
+        message: `memory migration to ${uri}${tls ? ' over TLS' : ' (no TLS: the peer has no key for us)'}${autoConverge ? ' with auto-converge' : ''}, downtime limit ${this.spec.maxDowntimeMs} ms`,
       });
       this.isMemoryMoving = true;
       await startMigration(qemu.qmp, uri);
@@ -445,6 +451,20 @@ class VmMotionRun {
     this.record = committed;
     this.isCommitted = true;
     this.crashIf('after-commit');
+    // The rest of the memory goes at once, not after the migration's bookkeeping: the guest is
+    // stopped until it has. QEMU's last flush of the disks waits, held, until the migration
+    // resumes them on the peer's copies a moment later.
+    if (this.spec.qemu !== undefined) await this.continueMemory(this.spec.qemu);
+  }
+
+  /** `migrate-continue`; a failure is the memory's, and `finish` resumes the guest here. */
+  private async continueMemory(qemu: QemuProcess): Promise<void> {
+    try {
+      await continueMigration(qemu.qmp);
+      this.isContinued = true;
+    } catch (error) {
+      this.host.log.error({ vm: this.spec.vm.config.name, err: error }, 'migrate-continue failed');
+    }
   }
 
   private async resolve(): Promise<ReceiveState> {
@@ -480,12 +500,10 @@ class VmMotionRun {
     let memoryMoved = qemu === undefined;
     if (qemu !== undefined) {
       try {
-        await continueMigration(qemu.qmp);
-        const info = await waitForMigrationStatus(qemu.qmp, ['completed'], {
-          timeoutMs: COMPLETE_TIMEOUT_MS,
-        });
+        if (!this.isContinued) throw new Error('migrate-continue was refused');
+        await waitForMigrationStatus(qemu.qmp, ['completed'], { timeoutMs: COMPLETE_TIMEOUT_MS });
         memoryMoved = true;
-        this.memoryInfo = info;
+        this.memoryInfo = await completedInfo(qemu);
       } catch (error) {
         this.host.log.error(
           { vm: vm.config.name, err: error },
@@ -635,6 +653,19 @@ async function readHomeFiles(home: string): Promise<{ name: string; data: string
   // The console log goes last: it is the one that grows while the others are read.
   files.sort((a, b) => Number(a.name === CONSOLE_LOG_FILE) - Number(b.name === CONSOLE_LOG_FILE));
   return files;
+}
+
+/**
+ * `query-migrate` once completed. QEMU 7.2 reports `completed` a moment before it has computed
+ * the downtime, which then reads 0: asked again, briefly, until it is there.
+ */
+async function completedInfo(qemu: QemuProcess): Promise<MigrationInfo> {
+  let info = await queryMigration(qemu.qmp);
+  for (let attempt = 0; attempt < 25 && !(Number(info.downtime) > 0); attempt += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    info = await queryMigration(qemu.qmp);
+  }
+  return info;
 }
 
 function formatUriHost(host: string): string {

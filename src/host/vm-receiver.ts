@@ -9,6 +9,7 @@ import type { Datastore } from './datastore.js';
 import { DESCRIPTOR_VERSION } from './descriptor.js';
 import { HostError, HostErrorCode } from './errors.js';
 import type { ExportTable } from './export-table.js';
+import { useMigrationTls } from './migration-tls.js';
 import { checkName, isValidName } from './names.js';
 import { announceSelf, queryMigration, startIncoming } from './qemu/live-migration.js';
 import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
@@ -90,6 +91,8 @@ interface VmReceiveRecord {
 
 interface LiveVmReceive {
   record: VmReceiveRecord;
+  /** The key identity the source proved: its memory stream is encrypted with that key. */
+  readonly pskIdentity: string;
   readonly datastore: Datastore;
   /** The gated exports of the disks under their own names, by disk. */
   readonly held: Map<string, WriteGate>;
@@ -103,6 +106,8 @@ export interface VmReceiverHost {
   readonly vms: VmService;
   datastoreNamed(name: string | undefined): Datastore;
   serialize<T>(task: () => Promise<T>): Promise<T>;
+  /** The pre-shared key of a peer's identity, for the memory stream's TLS (migration-tls.ts). */
+  keyFor(identity: string): Buffer | undefined;
   /** Test seam (`FERRY_CRASH_AT=receive-commit`): kills the agent right after the commit point. */
   readonly isCrashAtCommit: boolean;
 }
@@ -146,7 +151,7 @@ export class VmReceiver {
         committed: false,
       };
       await this.writeRecord(record);
-      const live: LiveVmReceive = { record, datastore, held: new Map() };
+      const live: LiveVmReceive = { record, datastore, pskIdentity, held: new Map() };
       const tickets: ReceiveTicket[] = [];
       try {
         await mkdir(home).catch((error: unknown) => {
@@ -191,22 +196,35 @@ export class VmReceiver {
     });
   }
 
-  /** Step 2: QEMU waiting for the memory; resolves with the TCP port it listens on. */
-  async incoming(id: string): Promise<{ port: number }> {
+  /**
+   * Step 2: QEMU waiting for the memory; resolves with the TCP port it listens on and whether
+   * the stream is TLS (with the source's key; always, when this host knows that key). Again
+   * after a failed attempt: the QEMU of that attempt has exited or is killed first.
+   */
+  async incoming(id: string): Promise<{ port: number; tls: boolean }> {
     const live = this.liveOf(id);
     const { config } = live.record;
     const runtime = this.host.vms.runtime;
+    if (runtime.isRunning(config.name)) await runtime.kill(config.name);
     await runtime.start(config, homePath(live.datastore, config.name), { incoming: true });
     const qmp = runtime.processOf(config.name).qmp;
     try {
       await qmp.execute('migrate-set-capabilities', {
         capabilities: [{ capability: 'events', state: true }],
       });
+      const key = this.host.keyFor(live.pskIdentity);
+      if (key !== undefined) {
+        const dir = join(runtime.filesOf(config.name).dir, 'tls');
+        await useMigrationTls(qmp, dir, { identity: live.pskIdentity, key }, 'server');
+      }
       await startIncoming(qmp, 'tcp:0.0.0.0:0');
       const info = await queryMigration(qmp);
       const port = listeningPort(info);
-      this.host.log.info({ move: id, vm: config.name, port }, 'VM waiting for its memory');
-      return { port };
+      this.host.log.info(
+        { move: id, vm: config.name, port, tls: key !== undefined },
+        'VM waiting for its memory',
+      );
+      return { port, tls: key !== undefined };
     } catch (error) {
       await runtime.kill(config.name);
       throw new HostError(

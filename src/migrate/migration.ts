@@ -245,14 +245,18 @@ export class Migration {
 
   /** The stun: every disk paused and drained, final copies, flush, commit, re-point, resume. */
   private async switchover(): Promise<number> {
-    if (this.options.beforeSwitchover !== undefined) {
-      await this.options.beforeSwitchover(this.abort.signal);
-      this.checkCancelled();
-    }
-    this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
-    // An async mirror's backlog is sent before the stun, not inside it.
+    // An async mirror's backlog is sent before the stun, not inside it, and so is the page
+    // cache's: both while the guest runs.
     await Promise.all(this.runs.map((run) => run.settle?.()));
     await this.preFlush();
+    if (this.options.beforeSwitchover !== undefined) {
+      // A VM's memory: it returns with the guest stopped, so what follows is all stun. What the
+      // guest wrote meanwhile is little and was mirrored; the final flush covers it.
+      await this.options.beforeSwitchover(this.abort.signal);
+      this.checkCancelled();
+      await Promise.all(this.runs.map((run) => run.settle?.()));
+    }
+    this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
     const stamps: number[] = [performance.now()];
     await Promise.all(this.disks.map((disk) => disk.switch.pause()));
     try {
