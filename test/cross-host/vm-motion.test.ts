@@ -26,6 +26,7 @@ import {
 } from './vm-guest.js';
 
 interface JobJson {
+  readonly events: readonly { type: string; message: string | null }[];
   readonly state: string;
   readonly method: string;
   readonly error: { code: string; message: string } | null;
@@ -49,7 +50,7 @@ async function withVmHosts(
 netnsTest(
   'vm motion: a running guest moves to host b with its disk and memory, for every method',
   { tools: ['qemu-system-x86_64', 'tcpdump'], timeoutMs: 600_000 },
-  async () => {
+  async (t) => {
     await withVmHosts(async ({ a, b }) => {
       for (const method of METHOD_NAMES) {
         const name = `web-${method}`;
@@ -77,6 +78,11 @@ netnsTest(
           ) as JobJson;
           assert.equal(job.state, 'succeeded', `${method}: ${JSON.stringify(job.error)}`);
           assert.ok(job.memory !== null, `${method}: the memory moved`);
+          assert.ok(
+            job.events.some((event) => /memory migration to .* over TLS/.test(event.message ?? '')),
+            `${method}: the memory went over TLS`,
+          );
+          t.diagnostic(`${method}: ${JSON.stringify(job.memory)}`);
           const after = await vmOn(b, name);
           assert.equal(after.state, 'running', `${method}: the guest runs on b`);
           assert.equal(after.nics[0]?.mac, mac, `${method}: same MAC`);
