@@ -64,3 +64,8 @@ export type HostErrorCode = (typeof HostErrorCode)[keyof typeof HostErrorCode];
 export class HostError extends FerryError<HostErrorCode> {
   override readonly name = 'HostError';
 }
+
+/** `ERR_NOT_FOUND` for the `kind` named `name`. */
+export function notFound(kind: 'disk' | 'datastore' | 'VM', name: string): HostError {
+  return new HostError(HostErrorCode.NotFound, `no ${kind} named ${name}`);
+}
