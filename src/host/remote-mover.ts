@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
-import { MigrateError, MigrateErrorCode } from '../migrate/errors.js';
+import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
 import { NbdClientPool } from '../nbd/client-pool.js';
@@ -21,7 +21,8 @@ import {
 import type { DiskEntry } from './export-table.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
 import { passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
-import type { ReceiveState, ReceiveTicket } from './receiver.js';
+import { commitAtPeer } from './peer-commit.js';
+import type { ReceiveTicket } from './receiver.js';
 
 /**
  * Moves a served disk to another host, live (issue 7; DESIGN.md, "Cross-host"). This host, the
@@ -87,7 +88,6 @@ export interface ReceiveAnswer extends ReceiveTicket {
 }
 
 const CALL_TIMEOUT_MS = 10_000;
-const RESOLVE_RETRY_MS = [250, 500, 1000, 2000, 5000] as const;
 
 /** Steps 1–2 and the connections, with the migration ready to run. On failure, nothing is left. */
 export async function prepareRemoteMove(
@@ -291,85 +291,27 @@ class RemoteMoveRun {
     crashIf(this.host, this.record.id, point);
   }
 
-  /** Step 4, guest held: ask the peer to commit, and learn the outcome whatever it costs. */
+  /** Step 4, guest held: the peer's commit, and its outcome whatever it costs (peer-commit.ts). */
   private async commit(onEvent: (event: MigrationEvent) => void): Promise<void> {
-    const { peer } = this.spec;
+    const { peer, entry } = this.spec;
     const id = this.record.id;
     this.crashIf('before-commit');
-    this.record = { ...this.record, commitRequested: true };
-    await this.host.journal.write(this.record);
-    let state: ReceiveState | undefined;
-    try {
-      const answer = await peer.post<{ state: ReceiveState }>(
-        `/v1/receives/${id}/commit`,
-        { shared: this.path.kind === 'shared' },
-        { timeoutMs: CALL_TIMEOUT_MS },
-      );
-      state = answer.state;
-    } catch (error) {
-      this.host.log.warn(
-        { move: id, host: peer.name, err: error },
-        `the commit at host ${peer.name} did not answer; asking it for the outcome with guest I/O held`,
-      );
-      onEvent({
-        type: 'message',
-        message: `host ${peer.name} did not confirm the commit (${errorMessageOf(error)}); guest I/O is held until it answers`,
-      });
-      state = await this.resolve(onEvent);
-    }
-    if (state !== 'committed') {
-      throw new MigrateError(
-        MigrateErrorCode.TargetFailed,
-        `host ${peer.name} did not commit disk ${this.spec.entry.descriptor.name}; it stays here`,
-      );
-    }
-    // The peer is the authority now, whatever happens here: a journal that cannot say so must
-    // not let the migration roll back to this copy. Held; the next start asks the peer again.
-    const committed: MoveRecord = { ...this.record, committed: true };
-    try {
-      await this.host.journal.write(committed);
-    } catch (error) {
-      throw new MigrateError(
-        MigrateErrorCode.CommitUnknown,
-        `host ${peer.name} committed disk ${this.spec.entry.descriptor.name} but this host could not journal it (${errorMessageOf(error)}); the disk stays held until the agent restarts`,
-        { cause: error },
-      );
-    }
-    this.record = committed;
+    this.record = await commitAtPeer({
+      peer,
+      journal: this.host.journal,
+      log: this.host.log,
+      record: this.record,
+      subject: `disk ${entry.descriptor.name}`,
+      commit: { path: `/v1/receives/${id}/commit`, body: { shared: this.path.kind === 'shared' } },
+      resolve: {
+        path: `/v1/receives/${id}/resolve`,
+        body: { disk: entry.descriptor.name, generation: entry.descriptor.generation },
+      },
+      closing: this.spec.closing,
+      onEvent,
+    });
     this.isCommitted = true;
     this.crashIf('after-commit');
-  }
-
-  /** Asks the peer until it says committed or aborted; stops (held) only when the agent closes. */
-  private async resolve(onEvent: (event: MigrationEvent) => void): Promise<ReceiveState> {
-    const { peer, entry, closing } = this.spec;
-    const body = { disk: entry.descriptor.name, generation: entry.descriptor.generation };
-    for (let attempt = 0; ; attempt += 1) {
-      if (closing.aborted) {
-        throw new MigrateError(
-          MigrateErrorCode.CommitUnknown,
-          `the outcome of the commit at host ${peer.name} is unknown; disk ${body.disk} stays held until the agent restarts and asks again`,
-        );
-      }
-      try {
-        const answer = await peer.post<{ state: ReceiveState }>(
-          `/v1/receives/${this.record.id}/resolve`,
-          body,
-          { timeoutMs: CALL_TIMEOUT_MS },
-        );
-        onEvent({ type: 'message', message: `host ${peer.name} answered: ${answer.state}` });
-        return answer.state;
-      } catch (error) {
-        const waitMs = RESOLVE_RETRY_MS[Math.min(attempt, RESOLVE_RETRY_MS.length - 1)] ?? 5000;
-        if (attempt % 5 === 0) {
-          onEvent({
-            type: 'message',
-            message: `still asking host ${peer.name} whether it committed (${errorMessageOf(error)}); guest I/O held`,
-          });
-        }
-        await sleep(waitMs, closing);
-      }
-    }
   }
 
   /** Steps 5–6. */
@@ -443,16 +385,4 @@ class RemoteMoveRun {
     this.host.log.debug({ disk: disk.disk, file: fileName, label }, 'redo log created');
     return { device, remove: () => device.close() };
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

@@ -3,6 +3,7 @@ import type { Logger } from '../util/logger.js';
 import type { Datastore } from './datastore.js';
 import type { MoveDiskRecord, MoveJournal, MoveRecord } from './move-journal.js';
 import { applyRedoLogs, isRemote } from './move-recovery.js';
+import { askPeerOnce } from './peer-commit.js';
 import type { ReceiveState } from './receiver.js';
 import { abortAtPeer, type PeerLink } from './remote-mover.js';
 
@@ -117,21 +118,15 @@ async function recoverOne(
 }
 
 /** The peer's word on a receive, or undefined when it cannot be had now. */
-export async function askPeer(
+export function askPeer(
   peer: PeerLink,
   record: MoveRecord,
   disk: MoveDiskRecord,
 ): Promise<ReceiveState | undefined> {
-  try {
-    const answer = await peer.post<{ state: ReceiveState }>(
-      `/v1/receives/${record.id}/resolve`,
-      { disk: disk.disk, generation: disk.generation },
-      { timeoutMs: RESOLVE_TIMEOUT_MS },
-    );
-    return answer.state;
-  } catch {
-    return undefined;
-  }
+  return askPeerOnce(peer, {
+    path: `/v1/receives/${record.id}/resolve`,
+    body: { disk: disk.disk, generation: disk.generation },
+  });
 }
 
 /** The peer is the authority: leave the tombstone naming it, delete the old copy and the logs. */
@@ -141,6 +136,24 @@ export async function finishRemote(
   disk: MoveDiskRecord,
   from: Datastore,
   peer: PeerLink | undefined,
+): Promise<void> {
+  await leaveDiskForPeer(record, disk, from);
+  if (peer !== undefined) {
+    await peer
+      .post(`/v1/receives/${record.id}/finish`, {}, { timeoutMs: RESOLVE_TIMEOUT_MS })
+      .catch(() => undefined);
+  }
+  await host.journal.remove(record.id);
+}
+
+/**
+ * The peer is disk `disk`'s authority: a tombstone naming the peer (this host's export of the
+ * disk becomes a pass-through), the old copy and its redo logs deleted. Idempotent.
+ */
+export async function leaveDiskForPeer(
+  record: MoveRecord,
+  disk: MoveDiskRecord,
+  from: Datastore,
 ): Promise<void> {
   // The tombstone is written while the old descriptor still exists (it carries the size), so a
   // descriptor already gone means the tombstone is there.
@@ -158,12 +171,6 @@ export async function finishRemote(
     await from.removeFile(disk.sourceImage);
   }
   for (const redoLog of disk.redoLogs) await from.removeFile(redoLog);
-  if (peer !== undefined) {
-    await peer
-      .post(`/v1/receives/${record.id}/finish`, {}, { timeoutMs: RESOLVE_TIMEOUT_MS })
-      .catch(() => undefined);
-  }
-  await host.journal.remove(record.id);
 }
 
 /** The source is the authority: merge the logs back, delete them, drop the record. */

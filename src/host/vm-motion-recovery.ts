@@ -3,16 +3,16 @@ import type { Logger } from '../util/logger.js';
 import type { Datastore } from './datastore.js';
 import type { MoveJournal, MoveRecord } from './move-journal.js';
 import { applyRedoLogs, isRemote } from './move-recovery.js';
+import { askPeerOnce } from './peer-commit.js';
 import {
-  cancelMigration,
   continueMigration,
   queryMigration,
   waitForMigrationStatus,
 } from './qemu/live-migration.js';
 import type { QemuProcess } from './qemu/qemu-process.js';
-import type { ReceiveState } from './receiver.js';
 import type { PeerLink } from './remote-mover.js';
-import { abortVmAtPeer } from './vm-motion.js';
+import { leaveDiskForPeer } from './remote-recovery.js';
+import { abortVmAtPeer, resumeGuestHere } from './vm-motion.js';
 
 /**
  * Finishes, at start, the VM moves to another host this agent left in its journal when it died
@@ -45,7 +45,6 @@ export interface PendingVmMotion {
   readonly direction: 'back' | 'forward' | 'unknown';
 }
 
-const RESOLVE_TIMEOUT_MS = 5000;
 const COMPLETE_TIMEOUT_MS = 120_000;
 
 export async function settleVmMotions(
@@ -62,7 +61,13 @@ export async function settleVmMotions(
       if (record.committed === true) direction = 'forward';
       else if (record.commitRequested !== true) direction = 'back';
       else {
-        const state = peer === undefined ? undefined : await askPeer(peer, record);
+        const state =
+          peer === undefined
+            ? undefined
+            : await askPeerOnce(peer, {
+                path: `/v1/vm-receives/${record.id}/resolve`,
+                body: { vm: record.vm },
+              });
         direction = state === 'committed' ? 'forward' : state === 'aborted' ? 'back' : 'unknown';
       }
       let settled = record;
@@ -111,7 +116,7 @@ export async function driveVmMotion(host: VmDriveHost, pending: PendingVmMotion)
   const peer = host.peerNamed(record.toHost ?? '');
   if (direction === 'unknown') return;
   if (direction === 'back') {
-    if (qemu !== undefined) await resumeHere(host, qemu, vm);
+    if (qemu !== undefined) await resumeGuestHere(qemu, host.log, vm);
     await host.journal.remove(record.id);
     return;
   }
@@ -127,7 +132,7 @@ export async function driveVmMotion(host: VmDriveHost, pending: PendingVmMotion)
       await qemu.quit().catch(() => qemu.kill());
     } catch (error) {
       host.log.error({ vm, err: error }, `VM ${vm}'s memory did not follow its disks`);
-      await resumeHere(host, qemu, vm);
+      await resumeGuestHere(qemu, host.log, vm);
     }
   }
   if (peer !== undefined) {
@@ -147,38 +152,12 @@ export async function driveVmMotion(host: VmDriveHost, pending: PendingVmMotion)
   );
 }
 
-/** Cancels QEMU's migration if one is under way; QEMU then resumes the guest itself. */
-async function resumeHere(host: VmRecoveryHost, qemu: QemuProcess, vm: string): Promise<void> {
-  try {
-    const info = await queryMigration(qemu.qmp);
-    if (!['completed', 'failed', 'cancelled', 'none'].includes(info.status)) {
-      await cancelMigration(qemu.qmp);
-      await waitForMigrationStatus(qemu.qmp, ['cancelled', 'failed'], { timeoutMs: 30_000 });
-    }
-    if ((await qemu.status()) !== 'running') await qemu.qmp.execute('cont');
-  } catch (error) {
-    host.log.error({ vm, err: error }, `VM ${vm} could not be resumed: ${errorMessageOf(error)}`);
-  }
-}
-
 /** The peer has the disks: tombstones naming it, the copies here deleted. */
 async function leaveForPeer(host: VmRecoveryHost, record: MoveRecord): Promise<void> {
   for (const disk of record.disks) {
     const from = host.datastoreNamed(disk.from);
     if (from === undefined) throw new Error(`datastore ${disk.from} is not registered`);
-    // The tombstone first, while the old descriptor still tells the size.
-    const stale = await from.readDescriptorOf(disk.disk);
-    if (stale !== undefined && stale.generation <= disk.generation) {
-      await from.writeTombstone({
-        name: disk.disk,
-        datastore: record.to,
-        generation: disk.generation + 1,
-        host: record.toHost ?? '',
-        sizeBytes: stale.sizeBytes,
-      });
-      await from.removeDisk(stale);
-    }
-    for (const redoLog of disk.redoLogs) await from.removeFile(redoLog);
+    await leaveDiskForPeer(record, disk, from);
   }
 }
 
@@ -189,18 +168,5 @@ async function takeBack(host: VmRecoveryHost, record: MoveRecord): Promise<void>
     if (from === undefined) throw new Error(`datastore ${disk.from} is not registered`);
     if (disk.redoLogs.length > 0) await applyRedoLogs(disk, from, from);
     for (const redoLog of disk.redoLogs) await from.removeFile(redoLog);
-  }
-}
-
-async function askPeer(peer: PeerLink, record: MoveRecord): Promise<ReceiveState | undefined> {
-  try {
-    const answer = await peer.post<{ state: ReceiveState }>(
-      `/v1/vm-receives/${record.id}/resolve`,
-      { vm: record.vm },
-      { timeoutMs: RESOLVE_TIMEOUT_MS },
-    );
-    return answer.state;
-  } catch {
-    return undefined;
   }
 }

@@ -3,11 +3,12 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createRawImage, openRawFile } from '../block/raw-file.js';
-import { MigrateError, MigrateErrorCode } from '../migrate/errors.js';
+import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
 import { NbdClientPool } from '../nbd/client-pool.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
 import type { Datastore, Tombstone } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import { crashIf, type MoverHost, runWithCrashSeam } from './disk-mover.js';
@@ -16,6 +17,7 @@ import type { DiskEntry } from './export-table.js';
 import { useMigrationTls } from './migration-tls.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
 import { passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
+import { commitAtPeer } from './peer-commit.js';
 import {
   cancelMigration,
   continueMigration,
@@ -27,7 +29,6 @@ import {
   waitForMigrationStatus,
 } from './qemu/live-migration.js';
 import type { QemuProcess } from './qemu/qemu-process.js';
-import type { ReceiveState } from './receiver.js';
 import type { PeerLink } from './remote-mover.js';
 import type { VmReceiveTicket } from './vm-receiver.js';
 import { CONSOLE_LOG_FILE } from './vm-runtime.js';
@@ -105,10 +106,8 @@ export interface VmMotionHost extends MoverHost {
   forgetVm(vm: VmEntry): Promise<void>;
 }
 
-const CALL_TIMEOUT_MS = 10_000;
 const RECEIVE_TIMEOUT_MS = 120_000;
 const INCOMING_TIMEOUT_MS = 60_000;
-const RESOLVE_RETRY_MS = [250, 500, 1000, 2000, 5000] as const;
 /** Dirty-sync rounds a memory migration gets before it counts as not converging. */
 const MEMORY_ROUNDS_MAX = 30;
 /**
@@ -391,64 +390,29 @@ class VmMotionRun {
     }
   }
 
-  /** Cancels QEMU's migration; QEMU resumes the guest itself if it ran before. */
+  /** Cancels QEMU's migration, if this run started one; the guest then runs here again. */
   private async cancelMemory(qemu: QemuProcess): Promise<void> {
     if (!this.isMemoryMoving) return;
     this.isMemoryMoving = false;
-    try {
-      const info = await queryMigration(qemu.qmp);
-      if (!['completed', 'failed', 'cancelled', 'none'].includes(info.status)) {
-        await cancelMigration(qemu.qmp);
-        await waitForMigrationStatus(qemu.qmp, ['cancelled', 'failed'], { timeoutMs: 30_000 });
-      }
-      if ((await qemu.status()) !== 'running') await qemu.qmp.execute('cont');
-    } catch (error) {
-      this.host.log.error(
-        { vm: this.spec.vm.config.name, err: error },
-        `the memory migration could not be cancelled cleanly: ${errorMessageOf(error)}`,
-      );
-    }
+    await resumeGuestHere(qemu, this.host.log, this.spec.vm.config.name);
   }
 
-  /** Step 4, guest stopped and its I/O held: the peer's commit, and its outcome whatever it costs. */
+  /** Step 4, guest stopped and its I/O held: the peer's commit (peer-commit.ts), then the memory. */
   private async commit(): Promise<void> {
-    const { peer } = this.spec;
+    const { peer, vm } = this.spec;
     const id = this.record.id;
     this.crashIf('before-commit');
-    this.record = { ...this.record, commitRequested: true };
-    await this.host.journal.write(this.record);
-    let state: ReceiveState | undefined;
-    try {
-      const answer = await peer.post<{ state: ReceiveState }>(
-        `/v1/vm-receives/${id}/commit`,
-        {},
-        { timeoutMs: CALL_TIMEOUT_MS },
-      );
-      state = answer.state;
-    } catch (error) {
-      this.onEvent({
-        type: 'message',
-        message: `host ${peer.name} did not confirm the commit (${errorMessageOf(error)}); the guest stays stopped until it answers`,
-      });
-      state = await this.resolve();
-    }
-    if (state !== 'committed') {
-      throw new MigrateError(
-        MigrateErrorCode.TargetFailed,
-        `host ${peer.name} did not commit VM ${this.spec.vm.config.name}; it stays here`,
-      );
-    }
-    const committed: MoveRecord = { ...this.record, committed: true };
-    try {
-      await this.host.journal.write(committed);
-    } catch (error) {
-      throw new MigrateError(
-        MigrateErrorCode.CommitUnknown,
-        `host ${peer.name} committed VM ${this.spec.vm.config.name}'s disks but this host could not journal it (${errorMessageOf(error)}); restart the agent to finish the move`,
-        { cause: error },
-      );
-    }
-    this.record = committed;
+    this.record = await commitAtPeer({
+      peer,
+      journal: this.host.journal,
+      log: this.host.log,
+      record: this.record,
+      subject: `VM ${vm.config.name}`,
+      commit: { path: `/v1/vm-receives/${id}/commit`, body: {} },
+      resolve: { path: `/v1/vm-receives/${id}/resolve`, body: { vm: vm.config.name } },
+      closing: this.spec.closing,
+      onEvent: this.onEvent,
+    });
     this.isCommitted = true;
     this.crashIf('after-commit');
     // The rest of the memory goes at once, not after the migration's bookkeeping: the guest is
@@ -464,29 +428,6 @@ class VmMotionRun {
       this.isContinued = true;
     } catch (error) {
       this.host.log.error({ vm: this.spec.vm.config.name, err: error }, 'migrate-continue failed');
-    }
-  }
-
-  private async resolve(): Promise<ReceiveState> {
-    const { peer, closing, vm } = this.spec;
-    for (let attempt = 0; ; attempt += 1) {
-      if (closing.aborted) {
-        throw new MigrateError(
-          MigrateErrorCode.CommitUnknown,
-          `the outcome of VM ${vm.config.name}'s commit at host ${peer.name} is unknown; restart the agent to ask again`,
-        );
-      }
-      try {
-        const answer = await peer.post<{ state: ReceiveState }>(
-          `/v1/vm-receives/${this.record.id}/resolve`,
-          { vm: vm.config.name },
-          { timeoutMs: CALL_TIMEOUT_MS },
-        );
-        return answer.state;
-      } catch {
-        const waitMs = RESOLVE_RETRY_MS[Math.min(attempt, RESOLVE_RETRY_MS.length - 1)] ?? 5000;
-        await sleep(waitMs, closing);
-      }
     }
   }
 
@@ -626,6 +567,24 @@ class VmMotionRun {
   }
 }
 
+/**
+ * Cancels QEMU's memory migration if one is under way (QEMU resumes the guest itself then), and
+ * resumes a guest still stopped. Logged, never thrown: a guest that cannot be resumed is an
+ * operator's matter, and the caller's own failure is the one to report.
+ */
+export async function resumeGuestHere(qemu: QemuProcess, log: Logger, vm: string): Promise<void> {
+  try {
+    const info = await queryMigration(qemu.qmp);
+    if (!['completed', 'failed', 'cancelled', 'none'].includes(info.status)) {
+      await cancelMigration(qemu.qmp);
+      await waitForMigrationStatus(qemu.qmp, ['cancelled', 'failed'], { timeoutMs: 30_000 });
+    }
+    if ((await qemu.status()) !== 'running') await qemu.qmp.execute('cont');
+  } catch (error) {
+    log.error({ vm, err: error }, `VM ${vm} could not be resumed here: ${errorMessageOf(error)}`);
+  }
+}
+
 /** Asks the peer to drop VM receive `id`; one that cannot be reached forgets it at its restart. */
 export async function abortVmAtPeer(
   host: { readonly log: MoverHost['log'] },
@@ -670,16 +629,4 @@ async function completedInfo(qemu: QemuProcess): Promise<MigrationInfo> {
 
 function formatUriHost(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

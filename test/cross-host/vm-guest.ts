@@ -5,7 +5,8 @@ import { createInterface } from 'node:readline';
 import { guestImage } from '../guest/guest-image.js';
 import { type GuestLog, parseGuestLog, verifyDisk } from '../guest/guest-log.js';
 import type { Host } from './netns.js';
-import type { ServedHost } from './two-serves.js';
+import { createHostPair, type HostPair } from './netns.js';
+import { type ServedHost, type ServedPair, startServedPair } from './two-serves.js';
 
 /**
  * The test guest (test/guest/) as a Ferry VM on a namespace host, and what the VM-motion tests
@@ -175,6 +176,7 @@ export async function waitFor(check: () => Promise<boolean>, timeoutMs: number):
 
 export interface VmJobJson {
   readonly id: string;
+  readonly events: readonly { readonly type: string; readonly message: string | null }[];
   readonly state: string;
   readonly phase: string | null;
   readonly error: { code: string; message: string } | null;
@@ -210,15 +212,17 @@ export function isFinished(job: VmJobJson): boolean {
 }
 
 /**
- * The live QEMU processes running guest `vm` on this machine (every namespace shares the pid
- * space): the "exactly one QEMU runs the guest" of the failure tests.
+ * The live QEMU processes running guest `vm` for `hosts` (every namespace shares the pid space;
+ * a QEMU's command line names its agent's data directory): the "exactly one QEMU runs the guest"
+ * of the failure tests.
  */
-export async function qemuPidsOf(vm: string): Promise<number[]> {
+export async function qemuPidsOf(vm: string, hosts: readonly ServedHost[]): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
     if (!cmdline.includes('qemu-system') || !cmdline.split('\0').includes(`guest=${vm}`)) continue;
+    if (!hosts.some((host) => cmdline.includes(`${host.dataDir}/`))) continue;
     const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
     if (stat === '' || /\) [ZX] /.test(stat)) continue;
     pids.push(Number(entry));
@@ -232,7 +236,13 @@ export async function stopAndVerify(
   name: string,
   consoleText: () => Promise<string>,
 ): Promise<GuestLog> {
-  await served.ferryOk(['vm', 'stop', name, '--force']);
+  // After a restart the agent may still be finishing an interrupted move of the VM.
+  await waitFor(async () => {
+    const stopped = await served.ferry(['vm', 'stop', name, '--force']);
+    if (stopped.code === 0) return true;
+    if (/being taken back/.test(stopped.stderr)) return false;
+    throw new Error(`ferry vm stop ${name}: ${stopped.stdout}${stopped.stderr}`);
+  }, 60_000);
   const log = parseGuestLog(await consoleText());
   assert.equal(log.bootIds.length, 1, `${name}: one boot, the guest never restarted`);
   assert.deepEqual(log.problems, [], `${name}: acks and counter in sequence`);
@@ -263,4 +273,72 @@ export async function holdings(served: ServedHost): Promise<{ vms: number; disks
 
 export async function readWhole(path: string): Promise<string> {
   return readText(path);
+}
+
+/**
+ * The move of `name` went forward: the guest runs on b in exactly one QEMU, the same boot going
+ * on (it acknowledges more writes), a holds neither the VM nor its disks, and every block the
+ * guest acknowledged, before and after, is on b's disk. `sourceConsole` is a's console, read to
+ * its end (tailConsole) since a deletes it.
+ */
+export async function assertMovedForward(
+  a: ServedHost,
+  b: ServedHost,
+  name: string,
+  sourceConsole: () => Promise<string>,
+): Promise<GuestLog> {
+  await waitFor(async () => {
+    const held = await holdings(a);
+    return held.vms === 0 && held.disks === 0;
+  }, 120_000);
+  const moved = await vmOn(b, name);
+  assert.equal(moved.state, 'running', `${name} runs on b`);
+  assert.deepEqual(await qemuPidsOf(name, [a, b]), [moved.pid], `exactly one QEMU runs ${name}`);
+  const atMove = parseGuestLog(await sourceConsole()).lastAcked;
+  await waitFor(async () => (await ackCount(moved.console)) >= atMove + 20, 60_000);
+  const whole = async (): Promise<string> =>
+    joinConsoles(await sourceConsole(), await readText(moved.console));
+  return stopAndVerify(b, name, whole);
+}
+
+/**
+ * Two namespace hosts running `ferry serve`, peers of each other, with a bridge each — br0 on a,
+ * br1 on b, named as networks of the same names — for as long as `body` runs.
+ */
+export async function withVmHosts(
+  body: (served: ServedPair, pair: HostPair) => Promise<void>,
+  env: { a?: Record<string, string>; b?: Record<string, string> } = {},
+): Promise<void> {
+  const pair = await createHostPair();
+  try {
+    const served = await startServedPair(pair, env);
+    await addBridge(served.a, 'br0');
+    await addBridge(served.b, 'br1');
+    await body(served, pair);
+  } finally {
+    await pair.dispose();
+  }
+}
+
+/**
+ * The move of `name` failed back: the guest runs on a in the one QEMU it had, goes on writing,
+ * b holds nothing, and after a stop every acknowledged block is on a's disk.
+ */
+export async function assertFailedBack(
+  a: ServedHost,
+  b: ServedHost,
+  name: string,
+  pid: number | null,
+): Promise<void> {
+  const vm = await vmOn(a, name);
+  assert.equal(vm.state, 'running', 'the guest runs on a');
+  assert.equal(vm.pid, pid, 'in the QEMU it had');
+  assert.deepEqual(await qemuPidsOf(name, [a, b]), [pid], 'exactly one QEMU runs the guest');
+  const acked = await ackCount(vm.console);
+  await waitFor(async () => (await ackCount(vm.console)) >= acked + 20, 60_000);
+  await waitFor(async () => {
+    const held = await holdings(b);
+    return held.vms === 0 && held.disks === 0;
+  }, 30_000);
+  await stopAndVerify(a, name, () => readWhole(vm.console));
 }
