@@ -342,3 +342,34 @@ export async function assertFailedBack(
   }, 30_000);
   await stopAndVerify(a, name, () => readWhole(vm.console));
 }
+
+/** A move's memory phase made long (`--speed` caps QEMU's memory stream too), for faults to land in. */
+export const SLOW_MEMORY = ['--speed', '2M'];
+
+/** QEMU's memory stream has started (not only the memory phase, whose QEMU is starting). */
+export function isSendingMemory(job: VmJobJson): boolean {
+  return job.events.some((event) => event.message?.startsWith('memory migration to') === true);
+}
+
+/** Starts the move of `name` to b, detached; resolves with the job's id. */
+export async function startMove(
+  a: ServedHost,
+  name: string,
+  extra: readonly string[],
+): Promise<string> {
+  const job = JSON.parse(
+    await a.ferryOk([
+      'migrate',
+      name,
+      '--vm',
+      '--to-host',
+      'b',
+      '--network-map',
+      'br0=br1',
+      '--detach',
+      '--json',
+      ...extra,
+    ]),
+  ) as VmJobJson;
+  return job.id;
+}
