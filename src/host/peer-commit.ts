@@ -59,7 +59,7 @@ export async function commitAtPeer(commit: PeerCommit): Promise<MoveRecord> {
     );
     onEvent({
       type: 'message',
-      message: `host ${peer.name} did not confirm the commit (${errorMessageOf(error)}); the guest is held until it answers`,
+      message: `host ${peer.name} did not confirm the commit (${errorMessageOf(error)}); guest I/O is held until it answers`,
     });
     state = await askUntilAnswered(commit);
   }
@@ -107,7 +107,7 @@ async function askUntilAnswered(commit: PeerCommit): Promise<ReceiveState> {
       if (attempt % 5 === 0) {
         onEvent({
           type: 'message',
-          message: `still asking host ${peer.name} whether it committed (${errorMessageOf(error)}); the guest is held`,
+          message: `still asking host ${peer.name} whether it committed (${errorMessageOf(error)}); guest I/O held`,
         });
       }
       await sleep(waitMs, closing);

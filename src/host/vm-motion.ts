@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createRawImage, openRawFile } from '../block/raw-file.js';
@@ -121,6 +121,8 @@ const COMPLETE_TIMEOUT_MS = 120_000;
 const MEMORY_BANDWIDTH_UNLIMITED = 64 * 1024 * 1024 * 1024;
 /** The config is not carried as a file: the peer writes its own, rewritten for it. */
 const NOT_CARRIED = new Set(['vm.json']);
+/** The console carried with the commit, in the guest's stop: bounded, it is on the stun's path. */
+const CONSOLE_TAIL_MAX_BYTES = 1024 * 1024;
 
 export interface PreparedVmMotion {
   readonly id: string;
@@ -158,6 +160,12 @@ export async function prepareVmMotion(
   await host.journal.write(record);
   let ticket: VmReceiveTicket | undefined;
   const pools: NbdClientPool[] = [];
+  const files = await readHomeFiles(spec.home);
+  // What of the console went with the home; the rest goes with the commit (`consoleTail`).
+  const consoleSentBytes = Buffer.from(
+    files.find((file) => file.name === CONSOLE_LOG_FILE)?.data ?? '',
+    'base64',
+  ).length;
   try {
     ticket = await peer.post<VmReceiveTicket>(
       '/v1/vm-receives',
@@ -176,7 +184,7 @@ export async function prepareVmMotion(
           createdAt: entry.descriptor.createdAt,
           from: entry.datastore.name,
         })),
-        files: await readHomeFiles(spec.home),
+        files,
       },
       { timeoutMs: RECEIVE_TIMEOUT_MS },
     );
@@ -191,7 +199,7 @@ export async function prepareVmMotion(
         ),
       );
     }
-    const run = new VmMotionRun(host, spec, journaled, pools, onEvent);
+    const run = new VmMotionRun(host, spec, journaled, pools, consoleSentBytes, onEvent);
     return { id: record.id, migration: run.migration, run: () => run.run() };
   } catch (error) {
     for (const pool of pools) await pool.close().catch(() => undefined);
@@ -220,6 +228,7 @@ class VmMotionRun {
     private readonly spec: VmMotionSpec,
     record: MoveRecord,
     private readonly pools: readonly NbdClientPool[],
+    private readonly consoleSentBytes: number,
     private readonly onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
@@ -408,7 +417,12 @@ class VmMotionRun {
       log: this.host.log,
       record: this.record,
       subject: `VM ${vm.config.name}`,
-      commit: { path: `/v1/vm-receives/${id}/commit`, body: {} },
+      // The guest is stopped: its console is complete, and what it wrote since the home went
+      // over follows it, ahead of what the guest will write at the peer.
+      commit: {
+        path: `/v1/vm-receives/${id}/commit`,
+        body: { consoleTail: await consoleTail(this.spec.home, this.consoleSentBytes) },
+      },
       resolve: { path: `/v1/vm-receives/${id}/resolve`, body: { vm: vm.config.name } },
       closing: this.spec.closing,
       onEvent: this.onEvent,
@@ -625,6 +639,30 @@ async function completedInfo(qemu: QemuProcess): Promise<MigrationInfo> {
     info = await queryMigration(qemu.qmp);
   }
   return info;
+}
+
+/**
+ * The console written since its first `sentBytes` went with the home, base64; at most its last
+ * CONSOLE_TAIL_MAX_BYTES, after a line saying how much was left out.
+ */
+async function consoleTail(home: string, sentBytes: number): Promise<string> {
+  let handle: Awaited<ReturnType<typeof open>>;
+  try {
+    handle = await open(join(home, CONSOLE_LOG_FILE), 'r');
+  } catch {
+    return '';
+  }
+  try {
+    const { size } = await handle.stat();
+    const length = Math.max(0, Math.min(size - sentBytes, CONSOLE_TAIL_MAX_BYTES));
+    const skipped = size - sentBytes - length;
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, size - length);
+    const note = skipped > 0 ? `\n[ferry: ${skipped} bytes of console left out by the move]\n` : '';
+    return Buffer.concat([Buffer.from(note), buffer]).toString('base64');
+  } finally {
+    await handle.close();
+  }
 }
 
 function formatUriHost(host: string): string {

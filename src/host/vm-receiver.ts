@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { appendFile, mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Provisioning } from '../block/raw-file.js';
 import { WriteGate } from '../block/write-gate.js';
@@ -16,7 +16,7 @@ import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
 import type { VmConfig } from './vm-config.js';
 import { parseVmConfig } from './vm-config.js';
 import { homePath, VM_CONFIG_FILE } from './vm-home.js';
-import { QEMU_PID_FILE } from './vm-runtime.js';
+import { CONSOLE_LOG_FILE, QEMU_PID_FILE } from './vm-runtime.js';
 import type { VmService } from './vm-service.js';
 
 /**
@@ -235,8 +235,12 @@ export class VmReceiver {
     }
   }
 
-  /** Step 3: the commit point of every disk of the VM. Idempotent. */
-  async commit(id: string): Promise<ReceiveState> {
+  /**
+   * Step 3: the commit point of every disk of the VM. Idempotent. `consoleTail` (base64): what
+   * the guest wrote on its console since the home came, appended to the home's log before this
+   * host's QEMU writes there.
+   */
+  async commit(id: string, consoleTail = ''): Promise<ReceiveState> {
     return this.host.serialize(async (): Promise<ReceiveState> => {
       const live = this.live.get(id);
       if (live === undefined) {
@@ -265,6 +269,12 @@ export class VmReceiver {
         },
       );
       await registerHome(live.datastore, committed.config);
+      await appendFile(
+        join(homePath(live.datastore, committed.vm), CONSOLE_LOG_FILE),
+        Buffer.from(consoleTail, 'base64'),
+      ).catch((error: unknown) => {
+        this.host.log.warn({ vm: committed.vm, err: error }, 'the console tail was not kept');
+      });
       this.host.vms.table.add({ config: committed.config, datastore: live.datastore });
       this.host.log.info(
         { move: id, vm: committed.vm, from: committed.sourceHost },

@@ -1,9 +1,9 @@
-import { constants } from 'node:fs';
-import { access, mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { HostError, HostErrorCode } from './errors.js';
+import { type KvmProbe, probeKvm } from './kvm-probe.js';
 import type { NetworkRegistry } from './networks.js';
 import type { QemuSpec } from './qemu/qemu-command-line.js';
 import { QemuProcess } from './qemu/qemu-process.js';
@@ -73,6 +73,8 @@ const NBD_RECONNECT_DELAY_SECONDS = 60;
 
 export class VmRuntime {
   private readonly running = new Map<string, RunningVm>();
+  /** What `--accel auto` found of KVM here, asked once. */
+  private kvm: Promise<KvmProbe> | undefined;
   /** VMs whose QEMU a restarted agent is taking back: not to be started meanwhile. */
   private readonly adopting = new Set<string>();
   /** Exit watchers are told apart from a VM's later incarnation by this. */
@@ -273,6 +275,24 @@ export class VmRuntime {
     this.options.log.info({ vm: name }, 'VM stopped');
   }
 
+  /** `auto`: KVM where it works (kvm-probe.ts, asked once), TCG otherwise. */
+  private async accelOf(config: VmConfig): Promise<'kvm' | 'tcg'> {
+    if (config.accel === 'tcg') return 'tcg';
+    this.kvm ??= probeKvm(this.options.qemuBinary ?? 'qemu-system-x86_64').then((probe) => {
+      this.options.log.info({ kvm: probe.isUsable, why: probe.why }, 'KVM probed');
+      return probe;
+    });
+    const probe = await this.kvm;
+    if (probe.isUsable) return 'kvm';
+    if (config.accel === 'kvm') {
+      throw new HostError(
+        HostErrorCode.BadVmConfig,
+        `VM ${config.name} asks for KVM, but it does not work on this host (${probe.why}); use --accel tcg or auto`,
+      );
+    }
+    return 'tcg';
+  }
+
   private async specOf(
     config: VmConfig,
     home: string,
@@ -283,7 +303,7 @@ export class VmRuntime {
       name: config.name,
       memoryBytes: config.memoryBytes,
       cpus: config.cpus,
-      accel: await resolveAccel(config),
+      accel: await this.accelOf(config),
       ...(config.kernel === null ? {} : { kernel: join(home, config.kernel) }),
       ...(config.initrd === null ? {} : { initrd: join(home, config.initrd) }),
       ...(config.append === null ? {} : { append: config.append }),
@@ -306,21 +326,4 @@ export class VmRuntime {
       ...(incoming ? { incoming: 'defer' } : {}),
     };
   }
-}
-
-/** `auto`: KVM where /dev/kvm opens for reading and writing, TCG otherwise. */
-async function resolveAccel(config: VmConfig): Promise<'kvm' | 'tcg'> {
-  if (config.accel === 'tcg') return 'tcg';
-  const hasKvm = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
-    () => true,
-    () => false,
-  );
-  if (hasKvm) return 'kvm';
-  if (config.accel === 'kvm') {
-    throw new HostError(
-      HostErrorCode.BadVmConfig,
-      `VM ${config.name} asks for KVM, but /dev/kvm cannot be opened on this host; use --accel tcg or auto`,
-    );
-  }
-  return 'tcg';
 }

@@ -14,6 +14,7 @@ import { netnsTest } from './netns-test.js';
 import {
   ackCount,
   assertMovedForward,
+  readWhole,
   startWriterVm,
   tailConsole,
   vmOn,
@@ -76,6 +77,14 @@ netnsTest(
             `${method}: MAC announced on br1`,
           );
           const log = await assertMovedForward(a, b, name, source.text);
+          // b's console alone tells the whole story: the source's last lines came with the commit.
+          const atB = parseGuestLog(await readWhole(after.console));
+          assert.deepEqual(atB.problems, [], `${method}: b's console has every line, in order`);
+          assert.equal(
+            atB.lastAcked,
+            log.lastAcked,
+            `${method}: b's console ends where the guest did`,
+          );
           assert.ok(
             log.lastAcked > 0 && atStart < parseGuestLog(await source.text()).lastAcked,
             `${method}: the guest wrote while its disk and memory moved`,

@@ -98,12 +98,21 @@ export function registerVmReceiveRoutes(app: FastifyInstance, agent: Agent, nbdP
     },
   );
 
-  app.post<{ Params: { id: string } }>(
+  app.post<{ Params: { id: string }; Body: { consoleTail?: string } }>(
     '/v1/vm-receives/:id/commit',
-    { schema: { params: idParamsSchema } },
+    {
+      schema: {
+        params: idParamsSchema,
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { consoleTail: { type: 'string', maxLength: 2 * 1024 * 1024 } },
+        },
+      },
+    },
     async (request) => {
       peerOf(request);
-      return { state: await vmReceiver.commit(request.params.id) };
+      return { state: await vmReceiver.commit(request.params.id, request.body.consoleTail) };
     },
   );
 
