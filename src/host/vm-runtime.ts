@@ -73,6 +73,7 @@ const NBD_RECONNECT_DELAY_SECONDS = 60;
 
 export class VmRuntime {
   private readonly running = new Map<string, RunningVm>();
+  private readonly forgetting = new WeakMap<RunningVm, Promise<void>>();
   /** What `--accel auto` found of KVM here, asked once. */
   private kvm: Promise<KvmProbe> | undefined;
   /** VMs whose QEMU a restarted agent is taking back: not to be started meanwhile. */
@@ -268,11 +269,20 @@ export class VmRuntime {
     void vm.process.exited.then(() => this.forget(name, vm));
   }
 
-  private async forget(name: string, vm: RunningVm): Promise<void> {
-    if (this.running.get(name) !== vm) return;
-    this.running.delete(name);
-    for (const tap of vm.taps) await deleteTap(tap);
-    this.options.log.info({ vm: name }, 'VM stopped');
+  /** Once per QEMU, however many wait for its exit: each waiter gets the same cleanup. */
+  private forget(name: string, vm: RunningVm): Promise<void> {
+    let cleanup = this.forgetting.get(vm);
+    if (cleanup === undefined) {
+      cleanup = (async () => {
+        for (const tap of vm.taps) await deleteTap(tap);
+        // Its pid file, socket and any migration key: nothing of a stopped VM stays behind.
+        await rm(this.filesOf(name).dir, { recursive: true, force: true }).catch(() => undefined);
+        if (this.running.get(name) === vm) this.running.delete(name);
+        this.options.log.info({ vm: name }, 'VM stopped');
+      })();
+      this.forgetting.set(vm, cleanup);
+    }
+    return cleanup;
   }
 
   /** `auto`: KVM where it works (kvm-probe.ts, asked once), TCG otherwise. */
