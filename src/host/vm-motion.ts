@@ -119,6 +119,8 @@ const MEMORY_TIMEOUT_MS = 10 * 60_000;
 const COMPLETE_TIMEOUT_MS = 120_000;
 /** The stream's cap when no speed is set: QEMU's default (128 MiB/s) would be the bottleneck. */
 const MEMORY_BANDWIDTH_UNLIMITED = 64 * 1024 * 1024 * 1024;
+const ABORT_RETRY_MS = 5000;
+const ABORT_RETRIES_MAX = 120;
 /** The config is not carried as a file: the peer writes its own, rewritten for it. */
 const NOT_CARRIED = new Set(['vm.json']);
 /** The console carried with the commit, in the guest's stop: bounded, it is on the stun's path. */
@@ -599,20 +601,40 @@ export async function resumeGuestHere(qemu: QemuProcess, log: Logger, vm: string
   }
 }
 
-/** Asks the peer to drop VM receive `id`; one that cannot be reached forgets it at its restart. */
+/**
+ * Asks the peer to drop VM receive `id` (its QEMU, its copies, its home). A peer that cannot be
+ * reached now (the link is down) is asked again in the background, every ABORT_RETRY_MS for up to
+ * ABORT_RETRIES_MAX times, so its QEMU and space are not held until its own restart; the retries
+ * never keep the process alive.
+ */
 export async function abortVmAtPeer(
   host: { readonly log: MoverHost['log'] },
   peer: PeerLink,
   id: string,
 ): Promise<void> {
-  await peer
-    .post(`/v1/vm-receives/${id}/abort`, {}, { timeoutMs: 15_000 })
-    .catch((error: unknown) => {
-      host.log.warn(
-        { move: id, host: peer.name, err: error },
-        `host ${peer.name} could not be told to drop its copy of the VM: ${errorMessageOf(error)}`,
-      );
-    });
+  const ask = (): Promise<boolean> =>
+    peer.post(`/v1/vm-receives/${id}/abort`, {}, { timeoutMs: 15_000 }).then(
+      () => true,
+      (error: unknown) => {
+        host.log.warn(
+          { move: id, host: peer.name, err: error },
+          `host ${peer.name} could not be told to drop its copy of the VM yet: ${errorMessageOf(error)}`,
+        );
+        return false;
+      },
+    );
+  if (await ask()) return;
+  let retries = 0;
+  const retry = (): void => {
+    const timer = setTimeout(() => {
+      void ask().then((isDone) => {
+        retries += 1;
+        if (!isDone && retries < ABORT_RETRIES_MAX) retry();
+      });
+    }, ABORT_RETRY_MS);
+    timer.unref();
+  };
+  retry();
 }
 
 /** The home's files to carry (config excepted: the peer writes its own), base64. */

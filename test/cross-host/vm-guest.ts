@@ -333,6 +333,8 @@ export async function assertFailedBack(
   const vm = await vmOn(a, name);
   assert.equal(vm.state, 'running', 'the guest runs on a');
   assert.equal(vm.pid, pid, 'in the QEMU it had');
+  // b's QEMU goes when b hears of the abort: at once, or once a cut link is back.
+  await waitFor(async () => (await qemuPidsOf(name, [a, b])).length === 1, 30_000).catch(() => {});
   assert.deepEqual(await qemuPidsOf(name, [a, b]), [pid], 'exactly one QEMU runs the guest');
   const acked = await ackCount(vm.console);
   await waitFor(async () => (await ackCount(vm.console)) >= acked + 20, 60_000);
