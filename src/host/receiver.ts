@@ -1,18 +1,19 @@
-import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openRawFile, type Provisioning } from '../block/raw-file.js';
 import { Stats } from '../block/stats.js';
 import { Switch } from '../block/switch.js';
-import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { errorCodeOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { formatSize } from '../util/size.js';
-import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import { syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import type { Datastore } from './datastore.js';
 import { DESCRIPTOR_VERSION, type DiskDescriptor } from './descriptor.js';
 import type { DiskStack } from './disk-stack.js';
 import { HostError, HostErrorCode } from './errors.js';
 import type { ExportTable } from './export-table.js';
 import { checkName } from './names.js';
+import { settleRecordFiles } from './record-files.js';
 
 /**
  * The destination side of a cross-host disk move (issue 7; DESIGN.md, "Cross-host"). A peer
@@ -427,35 +428,14 @@ export async function recoverReceives(
   log: Logger,
 ): Promise<string[]> {
   const dir = join(dataDir, RECEIVES_DIR);
-  const messages: string[] = [];
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (error) {
-    if (errorCodeOf(error) === 'ENOENT') return messages;
-    throw error;
-  }
-  for (const fileName of names.filter((name) => name.endsWith('.json') && !name.startsWith('.'))) {
-    const path = join(dir, fileName);
-    try {
-      const record = (await readJson(path)) as ReceiveRecord;
-      const datastore = datastoreNamed(record.datastore);
-      if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
-      const found = await datastore.readDescriptorOf(record.disk);
-      const isCommitted = found !== undefined && found.generation > record.generation;
-      if (!isCommitted) await datastore.removeFile(descriptorOf(record).image);
-      await unlink(path);
-      const message = isCommitted
-        ? `disk ${record.disk} received from host ${record.sourceHost} was committed before a restart; it is served here`
-        : `receive of disk ${record.disk} from host ${record.sourceHost} was cut by a restart; its partial copy is deleted (the source still has the disk)`;
-      log.warn({ move: record.id, disk: record.disk }, message);
-      messages.push(message);
-    } catch (error) {
-      const message = `receive record ${path} cannot be resolved now and is left: ${errorMessageOf(error)}`;
-      log.error({ file: path, err: error }, message);
-      messages.push(message);
-    }
-  }
-  await syncDirectory(dir).catch(() => undefined);
-  return messages;
+  return settleRecordFiles<ReceiveRecord>(dir, 'receive', log, async (record) => {
+    const datastore = datastoreNamed(record.datastore);
+    if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
+    const found = await datastore.readDescriptorOf(record.disk);
+    const isCommitted = found !== undefined && found.generation > record.generation;
+    if (!isCommitted) await datastore.removeFile(descriptorOf(record).image);
+    return isCommitted
+      ? `disk ${record.disk} received from host ${record.sourceHost} was committed before a restart; it is served here`
+      : `receive of disk ${record.disk} from host ${record.sourceHost} was cut by a restart; its partial copy is deleted (the source still has the disk)`;
+  });
 }

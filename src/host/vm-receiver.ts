@@ -1,4 +1,4 @@
-import { appendFile, mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { appendFile, mkdir, open, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Provisioning } from '../block/raw-file.js';
 import { WriteGate } from '../block/write-gate.js';
@@ -11,6 +11,7 @@ import { HostError, HostErrorCode } from './errors.js';
 import type { ExportTable } from './export-table.js';
 import { useMigrationTls } from './migration-tls.js';
 import { checkName, isValidName } from './names.js';
+import { settleRecordFiles } from './record-files.js';
 import { announceSelf, queryMigration, startIncoming } from './qemu/live-migration.js';
 import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
 import type { VmConfig } from './vm-config.js';
@@ -483,42 +484,18 @@ export async function recoverVmReceives(
   log: Logger,
 ): Promise<string[]> {
   const dir = join(dataDir, VM_RECEIVES_DIR);
-  const messages: string[] = [];
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (error) {
-    if (errorCodeOf(error) === 'ENOENT') return messages;
-    throw error;
-  }
-  for (const fileName of names.filter((name) => name.endsWith('.json') && !name.startsWith('.'))) {
-    const path = join(dir, fileName);
-    try {
-      const record = (await readJson(path)) as VmReceiveRecord;
-      const datastore = datastoreNamed(record.datastore);
-      if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
-      const home = homePath(datastore, record.vm);
-      let message: string;
-      if (record.committed) {
-        await commitDescriptorsOf(dataDir, record, datastoreNamed);
-        await registerHome(datastore, record.config);
-        message = `VM ${record.vm} received from host ${record.sourceHost} had committed before a restart; it lives here`;
-      } else {
-        await killQemuOf(join(dataDir, 'run', record.vm));
-        await rm(home, { recursive: true, force: true });
-        message = `receive of VM ${record.vm} from host ${record.sourceHost} was cut by a restart before its commit; its copy here is deleted (the source still runs it)`;
-      }
-      await unlink(path);
-      log.warn({ move: record.id, vm: record.vm }, message);
-      messages.push(message);
-    } catch (error) {
-      const message = `VM receive record ${path} cannot be resolved now and is left: ${errorMessageOf(error)}`;
-      log.error({ file: path, err: error }, message);
-      messages.push(message);
+  return settleRecordFiles<VmReceiveRecord>(dir, 'VM receive', log, async (record) => {
+    const datastore = datastoreNamed(record.datastore);
+    if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
+    if (record.committed) {
+      await commitDescriptorsOf(dataDir, record, datastoreNamed);
+      await registerHome(datastore, record.config);
+      return `VM ${record.vm} received from host ${record.sourceHost} had committed before a restart; it lives here`;
     }
-  }
-  await syncDirectory(dir).catch(() => undefined);
-  return messages;
+    await killQemuOf(join(dataDir, 'run', record.vm));
+    await rm(homePath(datastore, record.vm), { recursive: true, force: true });
+    return `receive of VM ${record.vm} from host ${record.sourceHost} was cut by a restart before its commit; its copy here is deleted (the source still runs it)`;
+  });
 }
 
 /** The descriptor at generation + 1 of each disk of a committed VM receive, where missing. */

@@ -241,6 +241,7 @@ export async function stopAndVerify(
     const stopped = await served.ferry(['vm', 'stop', name, '--force']);
     if (stopped.code === 0) return true;
     if (/being taken back/.test(stopped.stderr)) return false;
+    if (/is not running/.test(stopped.stderr)) return true;
     throw new Error(`ferry vm stop ${name}: ${stopped.stdout}${stopped.stderr}`);
   }, 60_000);
   const log = parseGuestLog(await consoleText());
@@ -374,4 +375,20 @@ export async function startMove(
     ]),
   ) as VmJobJson;
   return job.id;
+}
+
+/**
+ * Starts VM `web` writing on a and its move to b with a long memory phase, runs `fault` once
+ * QEMU sends the memory, and resolves with the VM as it was and the job once it ended.
+ */
+export async function moveWithFault(
+  { a }: ServedPair,
+  fault: (vm: VmJson, jobId: string) => Promise<void>,
+  timeoutMs = 120_000,
+): Promise<{ vm: VmJson; job: VmJobJson }> {
+  const vm = await startWriterVm(a, 'web', { network: 'br0' });
+  const id = await startMove(a, 'web', SLOW_MEMORY);
+  await waitForJob(a, id, (job) => isSendingMemory(job) || isFinished(job));
+  await fault(vm, id);
+  return { vm, job: await waitForJob(a, id, isFinished, timeoutMs) };
 }

@@ -14,9 +14,8 @@ import { netnsTest } from './netns-test.js';
 import {
   assertFailedBack,
   isFinished,
-  isSendingMemory,
+  moveWithFault,
   qemuPidsOf,
-  SLOW_MEMORY,
   startMove,
   startWriterVm,
   waitForJob,
@@ -29,12 +28,11 @@ netnsTest(
   'vm motion fails back: cancelled during the memory migration',
   { tools: TOOLS, timeoutMs: 180_000 },
   async () => {
-    await withVmHosts(async ({ a, b }) => {
-      const vm = await startWriterVm(a, 'web', { network: 'br0' });
-      const id = await startMove(a, 'web', SLOW_MEMORY);
-      await waitForJob(a, id, (job) => isSendingMemory(job) || isFinished(job));
-      await a.ferryOk(['job', 'cancel', id]);
-      const job = await waitForJob(a, id, isFinished);
+    await withVmHosts(async (served) => {
+      const { a, b } = served;
+      const { vm, job } = await moveWithFault(served, async (_, id) => {
+        await a.ferryOk(['job', 'cancel', id]);
+      });
       assert.equal(job.state, 'cancelled', JSON.stringify(job.error));
       await assertFailedBack(a, b, 'web', vm.pid);
     });
@@ -45,14 +43,13 @@ netnsTest(
   'vm motion fails back: the destination QEMU dies during the memory migration',
   { tools: TOOLS, timeoutMs: 180_000 },
   async () => {
-    await withVmHosts(async ({ a, b }) => {
-      const vm = await startWriterVm(a, 'web', { network: 'br0' });
-      const id = await startMove(a, 'web', SLOW_MEMORY);
-      await waitForJob(a, id, (job) => isSendingMemory(job) || isFinished(job));
-      const destination = (await qemuPidsOf('web', [b])).filter((pid) => pid !== vm.pid);
-      assert.equal(destination.length, 1, 'b started a QEMU waiting for the memory');
-      process.kill(destination[0] ?? 0, 'SIGKILL');
-      const job = await waitForJob(a, id, isFinished);
+    await withVmHosts(async (served) => {
+      const { a, b } = served;
+      const { vm, job } = await moveWithFault(served, async (source) => {
+        const destination = (await qemuPidsOf('web', [b])).filter((pid) => pid !== source.pid);
+        assert.equal(destination.length, 1, 'b started a QEMU waiting for the memory');
+        process.kill(destination[0] ?? 0, 'SIGKILL');
+      });
       assert.equal(job.state, 'failed');
       assert.match(job.error?.message ?? '', /memory migration/);
       await assertFailedBack(a, b, 'web', vm.pid);
@@ -64,12 +61,11 @@ netnsTest(
   'vm motion fails back: the destination agent is killed during the memory migration',
   { tools: TOOLS, timeoutMs: 180_000 },
   async () => {
-    await withVmHosts(async ({ a, b }) => {
-      const vm = await startWriterVm(a, 'web', { network: 'br0' });
-      const id = await startMove(a, 'web', SLOW_MEMORY);
-      await waitForJob(a, id, (job) => isSendingMemory(job) || isFinished(job));
-      await b.serve.kill('SIGKILL');
-      const job = await waitForJob(a, id, isFinished);
+    await withVmHosts(async (served) => {
+      const { a, b } = served;
+      const { vm, job } = await moveWithFault(served, async () => {
+        await b.serve.kill('SIGKILL');
+      });
       assert.equal(job.state, 'failed');
       // Its restart deletes what it had received and kills the QEMU it had started.
       await b.restart();

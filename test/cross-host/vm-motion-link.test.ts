@@ -7,16 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { netnsTest } from './netns-test.js';
-import {
-  assertFailedBack,
-  isFinished,
-  isSendingMemory,
-  SLOW_MEMORY,
-  startMove,
-  startWriterVm,
-  waitForJob,
-  withVmHosts,
-} from './vm-guest.js';
+import { assertFailedBack, moveWithFault, withVmHosts } from './vm-guest.js';
 
 const TOOLS = ['qemu-system-x86_64'];
 
@@ -24,12 +15,9 @@ netnsTest(
   'vm motion fails back: the link is cut during the memory migration',
   { tools: TOOLS, timeoutMs: 240_000 },
   async () => {
-    await withVmHosts(async ({ a, b }, pair) => {
-      const vm = await startWriterVm(a, 'web', { network: 'br0' });
-      const id = await startMove(a, 'web', SLOW_MEMORY);
-      await waitForJob(a, id, (job) => isSendingMemory(job) || isFinished(job));
-      await pair.cutLink('both');
-      const job = await waitForJob(a, id, isFinished, 180_000);
+    await withVmHosts(async (served, pair) => {
+      const { a, b } = served;
+      const { vm, job } = await moveWithFault(served, () => pair.cutLink('both'), 180_000);
       assert.equal(job.state, 'failed');
       // The guest ran on all along; b could not be told then, and is told once the link is back.
       await pair.restoreLink('both');

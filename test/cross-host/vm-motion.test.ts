@@ -14,10 +14,13 @@ import { netnsTest } from './netns-test.js';
 import {
   ackCount,
   assertMovedForward,
+  holdings,
   readWhole,
   startWriterVm,
+  stopAndVerify,
   tailConsole,
   vmOn,
+  waitFor,
   watchAnnouncement,
   withVmHosts,
 } from './vm-guest.js';
@@ -94,6 +97,46 @@ netnsTest(
           await source.close();
         }
       }
+    });
+  },
+);
+
+netnsTest(
+  'vm motion: a stopped VM moves to host b with its home and disk, and starts there',
+  { tools: ['qemu-system-x86_64'], timeoutMs: 120_000 },
+  async () => {
+    await withVmHosts(async ({ a, b }) => {
+      const before = await startWriterVm(a, 'cold', { network: 'br0' });
+      await a.ferryOk(['vm', 'stop', 'cold', '--force']);
+      const written = await readWhole(before.console);
+      const job = JSON.parse(
+        await a.ferryOk([
+          'migrate',
+          'cold',
+          '--vm',
+          '--to-host',
+          'b',
+          '--network-map',
+          'br0=br1',
+          '--json',
+        ]),
+      ) as JobJson;
+      assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+      assert.equal(job.memory, null, 'a stopped VM has no memory to move');
+      const moved = await vmOn(b, 'cold');
+      assert.equal(moved.state, 'stopped');
+      assert.equal(moved.nics[0]?.network, 'br1');
+      assert.deepEqual(await holdings(a), { vms: 0, disks: 0 });
+      // Every block the guest acknowledged on a is on b, and b's console has a's history.
+      await stopAndVerify(b, 'cold', async () => written);
+      assert.ok((await readWhole(moved.console)).startsWith(written));
+      await b.ferryOk(['vm', 'start', 'cold']);
+      const bootsBefore = parseGuestLog(await readWhole(moved.console)).bootIds.length;
+      await waitFor(
+        async () => parseGuestLog(await readWhole(moved.console)).bootIds.length > bootsBefore,
+        60_000,
+      );
+      await b.ferryOk(['vm', 'stop', 'cold', '--force']);
     });
   },
 );
