@@ -223,6 +223,8 @@ class VmMotionRun {
   private stoppedAtMs = 0;
   /** `migrate-continue` was accepted. */
   private isContinued = false;
+  /** The destination QEMU asked for at the start of the copy. */
+  private incoming: Promise<{ port: number; tls: boolean }> | undefined;
   private storageSwitchoverMs = 0;
 
   constructor(
@@ -279,6 +281,12 @@ class VmMotionRun {
       type: 'message',
       message: `moving VM ${this.spec.vm.config.name} to host ${peer.name}: ${this.spec.entries.length} disk(s) over NBD with TLS, then ${this.spec.qemu === undefined ? 'no memory (the VM is stopped)' : 'its memory'}`,
     });
+    // The destination's QEMU starts while the disks copy: it only waits, and its start-up
+    // (a few hundred milliseconds) is then not on the move's path.
+    if (this.spec.qemu !== undefined) {
+      this.incoming = this.askIncoming();
+      this.incoming.catch(() => undefined);
+    }
     let result: MigrationResult;
     try {
       result = await runWithCrashSeam(this.host, this.record.id, this.migration);
@@ -293,6 +301,15 @@ class VmMotionRun {
     }
     const memory = await this.finish();
     return { ...result, memory };
+  }
+
+  /** The peer's QEMU for the VM, waiting for the memory: its port, and whether it is TLS. */
+  private askIncoming(): Promise<{ port: number; tls: boolean }> {
+    return this.spec.peer.post<{ port: number; tls: boolean }>(
+      `/v1/vm-receives/${this.record.id}/incoming`,
+      {},
+      { timeoutMs: INCOMING_TIMEOUT_MS },
+    );
   }
 
   private crashIf(point: Parameters<typeof crashIf>[2]): void {
@@ -311,11 +328,9 @@ class VmMotionRun {
     for (let attempt = 1; attempt <= 2; attempt += 1) {
       this.attempts = attempt;
       const autoConverge = attempt > 1;
-      const { port, tls } = await this.spec.peer.post<{ port: number; tls: boolean }>(
-        `/v1/vm-receives/${this.record.id}/incoming`,
-        {},
-        { timeoutMs: INCOMING_TIMEOUT_MS },
-      );
+      // The first attempt's QEMU was started with the copy; a second attempt's anew.
+      const started = attempt === 1 ? this.incoming : undefined;
+      const { port, tls } = await (started ?? this.askIncoming());
       if (tls) await useMigrationTls(qemu.qmp, this.spec.tlsDir, this.spec.peer.psk, 'client');
       await enableMigrationCapabilities(qemu.qmp, {
         pauseBeforeSwitchover: true,

@@ -208,6 +208,11 @@ export class VmReceiver {
     const runtime = this.host.vms.runtime;
     if (runtime.isRunning(config.name)) await runtime.kill(config.name);
     await runtime.start(config, homePath(live.datastore, config.name), { incoming: true });
+    if (this.live.get(id) !== live) {
+      // Aborted while QEMU was starting: nothing else will stop this one.
+      await runtime.kill(config.name);
+      throw new HostError(HostErrorCode.NotFound, `VM receive ${id} was aborted`);
+    }
     const qmp = runtime.processOf(config.name).qmp;
     try {
       await qmp.execute('migrate-set-capabilities', {
