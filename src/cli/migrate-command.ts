@@ -70,7 +70,7 @@ export function addMigrateCommand(
   program
     .command('migrate')
     .description(
-      'move a disk to another datastore or host, or a VM with --vm to another datastore, while its guest runs',
+      'move a disk, or a VM with --vm (home, disks and, while it runs, memory), to another datastore or host while its guest runs',
     )
     .argument('<name>', 'the disk to move (the VM with --vm)')
     .option('--vm', 'NAME is a VM: move its home directory and all its disks together')
