@@ -223,6 +223,8 @@ class VmMotionRun {
   private stoppedAtMs = 0;
   /** `migrate-continue` was accepted. */
   private isContinued = false;
+  /** What the guest wrote on its console since the home went, read once it stopped. */
+  private consoleTail: Promise<string> | undefined;
   /** The destination QEMU asked for at the start of the copy. */
   private incoming: Promise<{ port: number; tls: boolean }> | undefined;
   private storageSwitchoverMs = 0;
@@ -355,6 +357,10 @@ class VmMotionRun {
       const outcome = await this.waitForPreSwitchover(qemu, signal);
       if (outcome === 'ready') {
         this.stoppedAtMs = performance.now();
+        // The guest is stopped: its console is final. Read now, while the disks' last writes
+        // are made durable, so the commit only carries it.
+        this.consoleTail = consoleTail(this.spec.home, this.consoleSentBytes);
+        this.consoleTail.catch(() => undefined);
         const ram = this.memoryInfo?.ram;
         this.onEvent({
           type: 'message',
@@ -438,7 +444,7 @@ class VmMotionRun {
       // over follows it, ahead of what the guest will write at the peer.
       commit: {
         path: `/v1/vm-receives/${id}/commit`,
-        body: { consoleTail: await consoleTail(this.spec.home, this.consoleSentBytes) },
+        body: { consoleTail: (await this.consoleTail?.catch(() => '')) ?? '' },
       },
       resolve: { path: `/v1/vm-receives/${id}/resolve`, body: { vm: vm.config.name } },
       closing: this.spec.closing,

@@ -256,6 +256,11 @@ export class VmReceiver {
         );
       }
       if (live.record.committed) return 'committed';
+      // Appended while the disks flush, not after: the guest is stopped until this answers. An
+      // abort deletes the home, tail and all.
+      const home = homePath(live.datastore, live.record.vm);
+      const appended = appendFile(join(home, CONSOLE_LOG_FILE), Buffer.from(consoleTail, 'base64'));
+      appended.catch(() => undefined);
       const committed = { ...live.record, committed: true };
       await this.host.receiver.commitAllInQueue(
         live.record.receives,
@@ -275,10 +280,7 @@ export class VmReceiver {
         },
       );
       await registerHome(live.datastore, committed.config);
-      await appendFile(
-        join(homePath(live.datastore, committed.vm), CONSOLE_LOG_FILE),
-        Buffer.from(consoleTail, 'base64'),
-      ).catch((error: unknown) => {
+      await appended.catch((error: unknown) => {
         this.host.log.warn({ vm: committed.vm, err: error }, 'the console tail was not kept');
       });
       this.host.vms.table.add({ config: committed.config, datastore: live.datastore });
