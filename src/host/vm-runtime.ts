@@ -51,8 +51,6 @@ export interface StartOptions {
    * and the guest runs only once the memory has arrived.
    */
   readonly incoming?: boolean;
-  /** Networks by the config's names → this host's, for an incoming VM whose config is the source's. */
-  readonly networkOf?: (name: string) => string;
 }
 
 interface RunningVm {
@@ -73,12 +71,12 @@ const NBD_RECONNECT_DELAY_SECONDS = 60;
 
 export class VmRuntime {
   private readonly running = new Map<string, RunningVm>();
+  /** Each QEMU's cleanup once it exited, shared by everyone waiting for that exit. */
   private readonly forgetting = new WeakMap<RunningVm, Promise<void>>();
   /** What `--accel auto` found of KVM here, asked once. */
   private kvm: Promise<KvmProbe> | undefined;
   /** VMs whose QEMU a restarted agent is taking back: not to be started meanwhile. */
   private readonly adopting = new Set<string>();
-  /** Exit watchers are told apart from a VM's later incarnation by this. */
   private readonly options: VmRuntimeOptions;
 
   constructor(options: VmRuntimeOptions) {
@@ -127,7 +125,7 @@ export class VmRuntime {
     const taps: string[] = [];
     try {
       for (const [index, nic] of config.nics.entries()) {
-        const networkName = options.networkOf?.(nic.network) ?? nic.network;
+        const networkName = nic.network;
         const network = this.options.networks.get(networkName);
         if (network === undefined) {
           throw new HostError(
