@@ -138,6 +138,9 @@ export function joinConsoles(source: string, destination: string): string {
   while (common < limit && source.charCodeAt(common) === destination.charCodeAt(common)) {
     common += 1;
   }
+  // The source's whole log came over (with the commit): the destination's tells it all, and
+  // finishes the line the source may have stopped in the middle of.
+  if (common === source.length) return destination;
   // From the start of the line where they part: a line both begin alike ("ack 1...") is the
   // destination's own.
   const lineStart = destination.lastIndexOf('\n', common - 1) + 1;
