@@ -44,9 +44,10 @@ import type { VmEntry } from './vm-table.js';
  *      an empty image per disk; the VM's config is rewritten there for its networks
  *   2. one migration of every disk, each entering its mirror in turn (migration.ts), over NBD
  *      with TLS to the peer; the guest keeps running and writing here
- *   3. every disk in step: the peer starts the VM's QEMU waiting for memory (`-incoming`), and
- *      QEMU here sends it with `pause-before-switchover`, the disks' mirrors keeping them in
- *      step meanwhile. At `pre-switchover` QEMU has stopped the guest and drained its I/O
+ *   3. the peer starts the VM's QEMU waiting for memory (`-incoming`) while the disks copy;
+ *      every disk in step, QEMU here sends the memory with `pause-before-switchover`, the disks'
+ *      mirrors keeping them in step meanwhile. At `pre-switchover` QEMU has stopped the guest
+ *      and drained its I/O
  *   4. the storage switchover of all disks together: final copy, flush, then `commitRequested`
  *      journaled, the peer's one commit point for all disks, `committed` journaled; the disks'
  *      exports here now pass through to the peer
