@@ -6,7 +6,13 @@ import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migr
 import { errorCodeOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Datastore } from './datastore.js';
-import { type CrashPoint, type MoveSpec, type PreparedMove, prepareMove } from './disk-mover.js';
+import {
+  type CrashPoint,
+  type MoverHost,
+  type MoveSpec,
+  type PreparedMove,
+  prepareMove,
+} from './disk-mover.js';
 import { HostError, HostErrorCode, notFound } from './errors.js';
 import type { DiskEntry, ExportTable } from './export-table.js';
 import type { MoveJournal } from './move-journal.js';
@@ -186,13 +192,7 @@ export class Moves {
   ): Promise<DiskMove> {
     return this.host.serialize(async () => {
       const entry = this.host.entryOf(request.name);
-      const peer = this.host.peerNamed(request.host);
-      if (!peer) {
-        throw new HostError(
-          HostErrorCode.NotFound,
-          `no host named ${request.host}; add it with: ferry host add ${request.host} URL --key-file FILE`,
-        );
-      }
+      const peer = this.peerOf(request.host);
       this.checkNotMoving(request.name);
       const owner = this.host.vms.ownerOf(request.name);
       if (owner) {
@@ -203,25 +203,13 @@ export class Moves {
       }
       const from = entry.datastore.name;
       const prepared = await prepareRemoteMove(
-        {
-          exports: this.host.exports,
-          journal: this.host.journal,
-          log: this.host.log,
-          ...this.crashSeam(),
-        },
+        this.moverHost(),
         {
           entry,
           peer,
           selfName: this.host.hostName,
           ...(request.datastore === undefined ? {} : { datastore: request.datastore }),
-          method: request.method ?? METHOD_DEFAULT,
-          speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
-          ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
-          // Across a network the mirror runs asynchronously and turns synchronous when the link
-          // cannot keep up (vSphere 5.1), unless the request says otherwise.
-          tuning: { mirrorMode: 'auto', ...request.tuning },
-          ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
-          ...(request.connections === undefined ? {} : { connections: request.connections }),
+          ...crossHostOptions(request),
           closing: this.host.closing,
           sharedDatastore: (id) => this.datastoreWithIdentity(id),
         },
@@ -280,10 +268,7 @@ export class Moves {
           });
         return { ...result, vm: request.name, disks, from: from.name, to: to.name };
       });
-      const move = this.track(prepared, done, disks);
-      this.vmMoves.set(request.name, move);
-      void done.catch(() => undefined).finally(() => this.vmMoves.delete(request.name));
-      return move;
+      return this.trackVm(request.name, prepared, done, disks);
     });
   }
 
@@ -299,29 +284,21 @@ export class Moves {
   ): Promise<VmMove> {
     return this.host.serialize(async () => {
       const vm = this.host.vms.entryOf(request.name);
-      const peer = this.host.peerNamed(request.host);
-      if (!peer) {
-        throw new HostError(
-          HostErrorCode.NotFound,
-          `no host named ${request.host}; add it with: ferry host add ${request.host} URL --key-file FILE`,
-        );
-      }
+      const peer = this.peerOf(request.host);
       this.checkVmNotMoving(vm);
       const entries = vm.config.disks.map((disk) => this.host.entryOf(disk));
       const runtime = this.host.vms.runtime;
       const qemu = runtime.isRunning(request.name) ? runtime.processOf(request.name) : undefined;
-      if (qemu !== undefined && (await qemu.status()) !== 'running') {
+      const state = qemu === undefined ? 'stopped' : await qemu.status();
+      if (qemu !== undefined && state !== 'running') {
         throw new HostError(
           HostErrorCode.VmRunning,
-          `VM ${request.name} is ${await qemu.status()}, not running; resume or stop it before moving it`,
+          `VM ${request.name} is ${state}, not running; resume or stop it before moving it`,
         );
       }
       const prepared = await prepareVmMotion(
         {
-          exports: this.host.exports,
-          journal: this.host.journal,
-          log: this.host.log,
-          ...this.crashSeam(),
+          ...this.moverHost(),
           forgetVm: async (moved) => {
             await removeHome(homePath(moved.datastore, moved.config.name));
             this.host.vms.table.delete(moved.config.name);
@@ -337,12 +314,7 @@ export class Moves {
           ...(request.datastore === undefined ? {} : { datastore: request.datastore }),
           ...(request.datastoreMap === undefined ? {} : { datastoreMap: request.datastoreMap }),
           ...(request.networkMap === undefined ? {} : { networkMap: request.networkMap }),
-          method: request.method ?? METHOD_DEFAULT,
-          speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
-          ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
-          tuning: { mirrorMode: 'auto', ...request.tuning },
-          ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
-          ...(request.connections === undefined ? {} : { connections: request.connections }),
+          ...crossHostOptions(request),
           maxDowntimeMs: request.maxDowntimeMs ?? MAX_DOWNTIME_DEFAULT_MS,
           tlsDir: join(runtime.filesOf(request.name).dir, 'tls'),
           closing: this.host.closing,
@@ -365,10 +337,7 @@ export class Moves {
       const done = prepared
         .run()
         .then((result): VmMoveResult => ({ ...result, vm: request.name, disks, from, to }));
-      const move = this.track(prepared, done, disks);
-      this.vmMoves.set(request.name, move);
-      void done.catch(() => undefined).finally(() => this.vmMoves.delete(request.name));
-      return move;
+      return this.trackVm(request.name, prepared, done, disks);
     });
   }
 
@@ -428,19 +397,11 @@ export class Moves {
     onEvent: (event: MigrationEvent) => void,
   ): Promise<PreparedMove> {
     return prepareMove(
-      {
-        exports: this.host.exports,
-        journal: this.host.journal,
-        log: this.host.log,
-        ...this.crashSeam(),
-      },
+      this.moverHost(),
       {
         ...spec,
-        method: request.method ?? METHOD_DEFAULT,
-        speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
-        ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+        ...copyOptions(request),
         ...(request.tuning === undefined ? {} : { tuning: request.tuning }),
-        ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
       },
       onEvent,
     );
@@ -471,8 +432,35 @@ export class Moves {
     return undefined;
   }
 
-  private crashSeam(): { crashAt?: CrashPoint } {
-    return this.host.crashAt === undefined ? {} : { crashAt: this.host.crashAt };
+  /** What a mover needs of this host: the exports, the journal, the log, the crash seam. */
+  private moverHost(): MoverHost {
+    const { exports, journal, log, crashAt } = this.host;
+    return { exports, journal, log, ...(crashAt === undefined ? {} : { crashAt }) };
+  }
+
+  /** Peer host `name`; `ERR_NOT_FOUND` saying how to add it. */
+  private peerOf(name: string): PeerLink {
+    const peer = this.host.peerNamed(name);
+    if (peer === undefined) {
+      throw new HostError(
+        HostErrorCode.NotFound,
+        `no host named ${name}; add it with: ferry host add ${name} URL --key-file FILE`,
+      );
+    }
+    return peer;
+  }
+
+  /** Marks VM `name` and its `disks` busy until `done` settles. */
+  private trackVm(
+    name: string,
+    prepared: PreparedMove,
+    done: Promise<VmMoveResult>,
+    disks: readonly string[],
+  ): VmMove {
+    const move = this.track(prepared, done, disks);
+    this.vmMoves.set(name, move);
+    void move.done.catch(() => undefined).finally(() => this.vmMoves.delete(name));
+    return move;
   }
 
   /**
@@ -484,4 +472,36 @@ export class Moves {
     for (const move of moves) move.migration.cancel();
     await Promise.all([...moves].map((move) => move.done.catch(() => undefined)));
   }
+}
+
+/** How a move copies, from a request's options: the method, the speed, the provisioning. */
+function copyOptions(
+  request: Pick<MoveDiskRequest, 'method' | 'speedBytesPerSecond' | 'provisioning' | 'chunkBytes'>,
+): {
+  method: MethodName;
+  speedBytesPerSecond: number;
+  provisioning?: Provisioning;
+  chunkBytes?: number;
+} {
+  return {
+    method: request.method ?? METHOD_DEFAULT,
+    speedBytesPerSecond: request.speedBytesPerSecond ?? 0,
+    ...(request.provisioning === undefined ? {} : { provisioning: request.provisioning }),
+    ...(request.chunkBytes === undefined ? {} : { chunkBytes: request.chunkBytes }),
+  };
+}
+
+/**
+ * Across a network the mirror runs asynchronously and turns synchronous when the link cannot
+ * keep up (vSphere 5.1), unless the request says otherwise; and the peer is written on several
+ * connections.
+ */
+function crossHostOptions(
+  request: MoveDiskToHostRequest | MoveVmToHostRequest,
+): ReturnType<typeof copyOptions> & { tuning: Partial<MethodTuning>; connections?: number } {
+  return {
+    ...copyOptions(request),
+    tuning: { mirrorMode: 'auto', ...request.tuning },
+    ...(request.connections === undefined ? {} : { connections: request.connections }),
+  };
 }
