@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
 import { Stats } from '../block/stats.js';
+import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
 import { assert } from '../util/assert.js';
-import { errorMessageOf } from '../util/errors.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Datastore } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
@@ -144,6 +145,31 @@ export function crashIf(host: MoverHost, move: string, point: CrashPoint): void 
   process.kill(process.pid, 'SIGKILL');
 }
 
+/**
+ * Runs a move's migration and settles a failure by who is the authority: before the commit the
+ * mover's `discard` drops the destination (the migration has put the guest back on the source);
+ * an unknown outcome leaves everything as it is, for the next start to ask; after the commit the
+ * destination is the disk, and the failure is only logged and passed on.
+ */
+export async function runMove(
+  host: MoverHost,
+  move: string,
+  migration: Migration,
+  settle: { readonly isCommitted: () => boolean; readonly discard: () => Promise<void> },
+): Promise<MigrationResult> {
+  try {
+    return await runWithCrashSeam(host, move, migration);
+  } catch (error) {
+    if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
+    if (!settle.isCommitted()) {
+      await settle.discard();
+      throw error;
+    }
+    host.log.error({ move, err: error }, 'failure after the commit');
+    throw error;
+  }
+}
+
 /** Runs `migration`; with the seam at `copy`, the agent dies half-way through the copy. */
 export async function runWithCrashSeam(
   host: MoverHost,
@@ -228,18 +254,11 @@ class MoveRun {
   }
 
   async run(): Promise<MigrationResult> {
-    let result: MigrationResult;
-    try {
-      result = await runWithCrashSeam(this.host, this.record.id, this.migration);
-    } catch (error) {
-      if (!this.isCommitted) {
-        await this.discardTargets();
-        throw error;
-      }
-      // Committed, then something failed (only the release can): the destination is the disk.
-      this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
-      throw error;
-    }
+    // Committed, then something failed (only the release can): the destination is the disk.
+    const result = await runMove(this.host, this.record.id, this.migration, {
+      isCommitted: () => this.isCommitted,
+      discard: () => this.discardTargets(),
+    });
     await this.finish();
     return result;
   }

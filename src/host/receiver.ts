@@ -1,4 +1,3 @@
-import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openRawFile, type Provisioning } from '../block/raw-file.js';
 import { Stats } from '../block/stats.js';
@@ -6,14 +5,13 @@ import { Switch } from '../block/switch.js';
 import { errorCodeOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { formatSize } from '../util/size.js';
-import { syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import type { Datastore } from './datastore.js';
 import { DESCRIPTOR_VERSION, type DiskDescriptor } from './descriptor.js';
 import type { DiskStack } from './disk-stack.js';
 import { HostError, HostErrorCode } from './errors.js';
 import type { ExportTable } from './export-table.js';
 import { checkName } from './names.js';
-import { settleRecordFiles } from './record-files.js';
+import { RecordFiles } from './record-files.js';
 
 /**
  * The destination side of a cross-host disk move (issue 7; DESIGN.md, "Cross-host"). A peer
@@ -128,7 +126,11 @@ const RECEIVES_DIR = 'receives';
 export class Receiver {
   private readonly live = new Map<string, LiveReceive>();
 
-  constructor(private readonly host: ReceiverHost) {}
+  private readonly records: RecordFiles<ReceiveRecord>;
+
+  constructor(private readonly host: ReceiverHost) {
+    this.records = new RecordFiles(join(host.dataDir, RECEIVES_DIR));
+  }
 
   /** Step 1. `pskIdentity` is the peer identity that authenticated the request. */
   async receive(request: ReceiveRequest, pskIdentity: string): Promise<ReceiveTicket> {
@@ -165,7 +167,7 @@ export class Receiver {
         sourceHost: request.sourceHost,
         pskIdentity,
       };
-      await this.writeRecord(record);
+      await this.records.write(record);
       const descriptor = descriptorOf(record);
       let stack: DiskStack | undefined;
       try {
@@ -179,7 +181,7 @@ export class Receiver {
         if (errorCodeOf(error) !== HostErrorCode.Exists) {
           await datastore.removeFile(descriptor.image).catch(() => undefined);
         }
-        await this.removeRecord(record.id);
+        await this.records.remove(record.id);
         throw error;
       }
       const exportName = `ferry-receive-${record.id}`;
@@ -293,7 +295,7 @@ export class Receiver {
     if (live === undefined || !live.isCommitted) return;
     this.host.exports.deleteReceiving(live.exportName);
     this.live.delete(id);
-    await this.removeRecord(id);
+    await this.records.remove(id);
   }
 
   /**
@@ -339,7 +341,7 @@ export class Receiver {
       }
       this.host.exports.deleteReceiving(live.exportName);
       this.live.delete(id);
-      await this.removeRecord(id);
+      await this.records.remove(id);
     });
   }
 
@@ -377,7 +379,7 @@ export class Receiver {
     await this.host.dropExport(exportName).catch(() => undefined);
     await stack.raw.close().catch(() => undefined);
     await datastore.removeFile(descriptorOf(record).image);
-    await this.removeRecord(record.id);
+    await this.records.remove(record.id);
     this.host.log.info({ move: record.id, disk: record.disk }, 'receive aborted');
   }
 
@@ -385,22 +387,6 @@ export class Receiver {
   private isCommittedOnDisk(disk: string, generation: number): boolean {
     const entry = this.host.exports.get(disk);
     return entry !== undefined && entry.descriptor.generation > generation;
-  }
-
-  private dir(): string {
-    return join(this.host.dataDir, RECEIVES_DIR);
-  }
-
-  private async writeRecord(record: ReceiveRecord): Promise<void> {
-    await mkdir(this.dir(), { recursive: true });
-    await writeJsonAtomic(join(this.dir(), `${record.id}.json`), record);
-  }
-
-  private async removeRecord(id: string): Promise<void> {
-    await unlink(join(this.dir(), `${id}.json`)).catch((error: unknown) => {
-      if (errorCodeOf(error) !== 'ENOENT') throw error;
-    });
-    await syncDirectory(this.dir());
   }
 }
 
@@ -428,7 +414,7 @@ export async function recoverReceives(
   log: Logger,
 ): Promise<string[]> {
   const dir = join(dataDir, RECEIVES_DIR);
-  return settleRecordFiles<ReceiveRecord>(dir, 'receive', log, async (record) => {
+  return new RecordFiles<ReceiveRecord>(dir).settle('receive', log, async (record) => {
     const datastore = datastoreNamed(record.datastore);
     if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
     const found = await datastore.readDescriptorOf(record.disk);

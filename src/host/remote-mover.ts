@@ -1,13 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
-import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
 import { NbdClientPool } from '../nbd/client-pool.js';
 import type { PskKey } from '../nbd/psk-file.js';
 import { assert } from '../util/assert.js';
-import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Datastore, Tombstone } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
@@ -16,7 +15,7 @@ import {
   crashIf,
   type MoverHost,
   type PreparedMove,
-  runWithCrashSeam,
+  runMove,
 } from './disk-mover.js';
 import type { DiskEntry } from './export-table.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
@@ -270,19 +269,11 @@ class RemoteMoveRun {
           ? `copy path: shared storage (datastore ${this.path.datastore.name} here is ${this.answer.datastore} on host ${this.spec.peer.name})`
           : `copy path: network, NBD over TLS to host ${this.spec.peer.name} on ${this.pool.connectionCount} connections`,
     });
-    let result: MigrationResult;
-    try {
-      result = await runWithCrashSeam(this.host, this.record.id, this.migration);
-    } catch (error) {
-      // Unknown: the guest stays held and the journal keeps the move for the next start.
-      if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
-      if (!this.isCommitted) {
-        await this.discard();
-        throw error;
-      }
-      this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
-      throw error;
-    }
+    // An unknown outcome keeps the guest held and the move journaled for the next start.
+    const result = await runMove(this.host, this.record.id, this.migration, {
+      isCommitted: () => this.isCommitted,
+      discard: () => this.discard(),
+    });
     await this.finish();
     return result;
   }

@@ -3,15 +3,14 @@ import { open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createRawImage, openRawFile } from '../block/raw-file.js';
-import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
 import { NbdClientPool } from '../nbd/client-pool.js';
-import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Datastore, Tombstone } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
-import { crashIf, type MoverHost, runWithCrashSeam } from './disk-mover.js';
+import { crashIf, type MoverHost, runMove } from './disk-mover.js';
 import { HostError, HostErrorCode } from './errors.js';
 import type { DiskEntry } from './export-table.js';
 import { useMigrationTls } from './migration-tls.js';
@@ -290,18 +289,10 @@ class VmMotionRun {
       this.incoming = this.askIncoming();
       this.incoming.catch(() => undefined);
     }
-    let result: MigrationResult;
-    try {
-      result = await runWithCrashSeam(this.host, this.record.id, this.migration);
-    } catch (error) {
-      if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
-      if (!this.isCommitted) {
-        await this.discard();
-        throw error;
-      }
-      this.host.log.error({ move: this.record.id, err: error }, 'failure after the commit');
-      throw error;
-    }
+    const result = await runMove(this.host, this.record.id, this.migration, {
+      isCommitted: () => this.isCommitted,
+      discard: () => this.discard(),
+    });
     const memory = await this.finish();
     return { ...result, memory };
   }

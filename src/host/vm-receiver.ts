@@ -1,4 +1,4 @@
-import { appendFile, mkdir, open, readFile, rm, unlink } from 'node:fs/promises';
+import { appendFile, mkdir, open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Provisioning } from '../block/raw-file.js';
 import { WriteGate } from '../block/write-gate.js';
@@ -13,7 +13,7 @@ import { useMigrationTls } from './migration-tls.js';
 import { checkName, isValidName } from './names.js';
 import { announceSelf, queryMigration, startIncoming } from './qemu/live-migration.js';
 import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
-import { settleRecordFiles } from './record-files.js';
+import { RecordFiles } from './record-files.js';
 import type { VmConfig } from './vm-config.js';
 import { parseVmConfig } from './vm-config.js';
 import { homePath, VM_CONFIG_FILE } from './vm-home.js';
@@ -121,7 +121,11 @@ const RUNNING_WAIT_MS = 30_000;
 export class VmReceiver {
   private readonly live = new Map<string, LiveVmReceive>();
 
-  constructor(private readonly host: VmReceiverHost) {}
+  private readonly records: RecordFiles<VmReceiveRecord>;
+
+  constructor(private readonly host: VmReceiverHost) {
+    this.records = new RecordFiles(join(host.dataDir, VM_RECEIVES_DIR));
+  }
 
   /** Step 1. */
   async receive(request: VmReceiveRequest, pskIdentity: string): Promise<VmReceiveTicket> {
@@ -151,7 +155,7 @@ export class VmReceiver {
         receives: request.disks.map((_, index) => `${request.id}-d${index}`),
         committed: false,
       };
-      await this.writeRecord(record);
+      await this.records.write(record);
       const live: LiveVmReceive = { record, datastore, pskIdentity, held: new Map() };
       const tickets: ReceiveTicket[] = [];
       try {
@@ -265,7 +269,7 @@ export class VmReceiver {
       await this.host.receiver.commitAllInQueue(
         live.record.receives,
         async () => {
-          await this.writeRecord(committed);
+          await this.records.write(committed);
           live.record = committed;
           if (this.host.isCrashAtCommit) {
             this.host.log.error({ move: id }, 'crash point receive-commit: killing the agent');
@@ -351,7 +355,7 @@ export class VmReceiver {
         await rm(homePath(live.datastore, vm), { recursive: true, force: true });
       }
       this.live.delete(id);
-      await this.removeRecord(id);
+      await this.records.remove(id);
     });
     this.host.log.info({ move: id, vm, state }, 'VM receive finished');
     return { state };
@@ -401,7 +405,7 @@ export class VmReceiver {
     for (const receive of record.receives) await this.host.receiver.abortInQueue(receive);
     await rm(homePath(datastore, record.vm), { recursive: true, force: true });
     this.live.delete(record.id);
-    await this.removeRecord(record.id);
+    await this.records.remove(record.id);
     this.host.log.info({ move: record.id, vm: record.vm }, 'VM receive aborted');
   }
 
@@ -411,22 +415,6 @@ export class VmReceiver {
       throw new HostError(HostErrorCode.NotFound, `no VM receive ${id} under way here`);
     }
     return live;
-  }
-
-  private dir(): string {
-    return join(this.host.dataDir, VM_RECEIVES_DIR);
-  }
-
-  private async writeRecord(record: VmReceiveRecord): Promise<void> {
-    await mkdir(this.dir(), { recursive: true });
-    await writeJsonAtomic(join(this.dir(), `${record.id}.json`), record);
-  }
-
-  private async removeRecord(id: string): Promise<void> {
-    await unlink(join(this.dir(), `${id}.json`)).catch((error: unknown) => {
-      if (errorCodeOf(error) !== 'ENOENT') throw error;
-    });
-    await syncDirectory(this.dir());
   }
 }
 
@@ -491,7 +479,7 @@ export async function recoverVmReceives(
   log: Logger,
 ): Promise<string[]> {
   const dir = join(dataDir, VM_RECEIVES_DIR);
-  return settleRecordFiles<VmReceiveRecord>(dir, 'VM receive', log, async (record) => {
+  return new RecordFiles<VmReceiveRecord>(dir).settle('VM receive', log, async (record) => {
     const datastore = datastoreNamed(record.datastore);
     if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
     if (record.committed) {
