@@ -162,12 +162,8 @@ export async function prepareVmMotion(
   await host.journal.write(record);
   let ticket: VmReceiveTicket | undefined;
   const pools: NbdClientPool[] = [];
-  const files = await readHomeFiles(spec.home);
-  // What of the console went with the home; the rest goes with the commit (`consoleTail`).
-  const consoleSentBytes = Buffer.from(
-    files.find((file) => file.name === CONSOLE_LOG_FILE)?.data ?? '',
-    'base64',
-  ).length;
+  // What of the console goes with the home; the rest goes with the commit (`consoleTail`).
+  const { files, consoleBytes: consoleSentBytes } = await readHomeFiles(spec.home);
   try {
     ticket = await peer.post<VmReceiveTicket>(
       '/v1/vm-receives',
@@ -650,17 +646,28 @@ export async function abortVmAtPeer(
   retry();
 }
 
-/** The home's files to carry (config excepted: the peer writes its own), base64. */
-async function readHomeFiles(home: string): Promise<{ name: string; data: string }[]> {
+/**
+ * The home's files to carry (config excepted: the peer writes its own), base64, and how many
+ * bytes of the console log are among them (the rest goes with the commit).
+ */
+async function readHomeFiles(
+  home: string,
+): Promise<{ files: { name: string; data: string }[]; consoleBytes: number }> {
+  const names = (await readdir(home, { withFileTypes: true }))
+    .filter(
+      (entry) => entry.isFile() && !NOT_CARRIED.has(entry.name) && !entry.name.startsWith('.'),
+    )
+    .map((entry) => entry.name)
+    // The console log is read last: it is the one that grows meanwhile.
+    .sort((a, b) => Number(a === CONSOLE_LOG_FILE) - Number(b === CONSOLE_LOG_FILE));
   const files: { name: string; data: string }[] = [];
-  for (const entry of await readdir(home, { withFileTypes: true })) {
-    if (!entry.isFile() || NOT_CARRIED.has(entry.name) || entry.name.startsWith('.')) continue;
-    const data = await readFile(join(home, entry.name));
-    files.push({ name: entry.name, data: data.toString('base64') });
+  let consoleBytes = 0;
+  for (const name of names) {
+    const data = await readFile(join(home, name));
+    if (name === CONSOLE_LOG_FILE) consoleBytes = data.length;
+    files.push({ name, data: data.toString('base64') });
   }
-  // The console log goes last: it is the one that grows while the others are read.
-  files.sort((a, b) => Number(a.name === CONSOLE_LOG_FILE) - Number(b.name === CONSOLE_LOG_FILE));
-  return files;
+  return { files, consoleBytes };
 }
 
 /**
