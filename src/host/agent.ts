@@ -40,7 +40,7 @@ import type { PeerLink } from './remote-mover.js';
 import { recoverRemoteMoves } from './remote-recovery.js';
 import { settleVmMotions } from './vm-motion-recovery.js';
 import { recoverVmReceives, VmReceiver } from './vm-receiver.js';
-import { VmRuntime } from './vm-runtime.js';
+import { RUN_DIR, VmRuntime } from './vm-runtime.js';
 import { type CreateVmRequest, type VmInfo, VmService } from './vm-service.js';
 
 export type { DatastoreInfo, DiskInfo } from './disk-info.js';
@@ -180,7 +180,7 @@ export class Agent {
     });
     const runtime = new VmRuntime({
       nbdSocket: this.nbdSocket,
-      runDir: join(dataDir, 'run'),
+      runDir: join(dataDir, RUN_DIR),
       networks,
       log: this.log,
       ...(options.qemuBinary === undefined ? {} : { qemuBinary: options.qemuBinary }),

@@ -1,4 +1,4 @@
-import { appendFile, mkdir, open, readFile, rm } from 'node:fs/promises';
+import { appendFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Provisioning } from '../block/raw-file.js';
 import { WriteGate } from '../block/write-gate.js';
@@ -12,12 +12,13 @@ import type { ExportTable } from './export-table.js';
 import { useMigrationTls } from './migration-tls.js';
 import { checkName, isValidName } from './names.js';
 import { announceSelf, queryMigration, startIncoming } from './qemu/live-migration.js';
+import { QemuProcess } from './qemu/qemu-process.js';
 import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
 import { RecordFiles } from './record-files.js';
 import type { VmConfig } from './vm-config.js';
 import { parseVmConfig } from './vm-config.js';
 import { homePath, VM_CONFIG_FILE } from './vm-home.js';
-import { CONSOLE_LOG_FILE, QEMU_PID_FILE } from './vm-runtime.js';
+import { CONSOLE_LOG_FILE, QEMU_PID_FILE, QMP_SOCKET_FILE, RUN_DIR } from './vm-runtime.js';
 import type { VmService } from './vm-service.js';
 
 /**
@@ -470,7 +471,7 @@ async function waitForRunning(vms: VmService, vm: string): Promise<string> {
  * At start, before receiver.ts's recovery and before the datastores are opened: every VM
  * receive a restart interrupted. Committed: descriptors and `vm.json` written where missing (the
  * scan then serves the disks and takes the QEMU back). Not committed: its QEMU killed (found by
- * its pid file, checked to be that home's QEMU), its home deleted; receiver.ts deletes the
+ * its pid file, checked to be that VM's QEMU by its QMP socket), its home deleted; receiver.ts deletes the
  * disks' partial copies.
  */
 export async function recoverVmReceives(
@@ -487,7 +488,11 @@ export async function recoverVmReceives(
       await registerHome(datastore, record.config);
       return `VM ${record.vm} received from host ${record.sourceHost} had committed before a restart; it lives here`;
     }
-    await killQemuOf(join(dataDir, 'run', record.vm));
+    const runDir = join(dataDir, RUN_DIR, record.vm);
+    await QemuProcess.killStale({
+      pidFile: join(runDir, QEMU_PID_FILE),
+      qmpSocket: join(runDir, QMP_SOCKET_FILE),
+    });
     await rm(homePath(datastore, record.vm), { recursive: true, force: true });
     return `receive of VM ${record.vm} from host ${record.sourceHost} was cut by a restart before its commit; its copy here is deleted (the source still runs it)`;
   });
@@ -526,29 +531,5 @@ async function commitDescriptorsOf(
       image: `${disk.disk}.raw`,
       createdAt: disk.createdAt,
     });
-  }
-}
-
-/**
- * SIGKILLs the QEMU whose pid file is in `runDir` (vm-runtime.ts), if that pid is a QEMU whose
- * command line names that directory (a pid the kernel gave to another process since is not).
- */
-async function killQemuOf(runDir: string): Promise<void> {
-  const pid = Number((await readFile(join(runDir, QEMU_PID_FILE), 'utf8').catch(() => '')).trim());
-  if (!Number.isSafeInteger(pid) || pid <= 1) return;
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (!cmdline.includes('qemu') || !cmdline.includes(runDir)) return;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    return;
-  }
-  for (let waited = 0; waited < 5000; waited += 50) {
-    const alive = await readFile(`/proc/${pid}/stat`, 'utf8').then(
-      (stat) => !/\) [ZX] /.test(stat),
-      () => false,
-    );
-    if (!alive) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }

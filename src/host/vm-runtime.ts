@@ -27,6 +27,8 @@ import type { VmConfig } from './vm-config.js';
 export const QEMU_PID_FILE = 'qemu.pid';
 export const QMP_SOCKET_FILE = 'qmp.sock';
 export const CONSOLE_LOG_FILE = 'console.log';
+/** Under the data directory: a folder per running VM, for its pid file and QMP socket. */
+export const RUN_DIR = 'run';
 /** `sun_path` holds 108 bytes, the terminating NUL included. */
 const UNIX_PATH_MAX_BYTES = 107;
 

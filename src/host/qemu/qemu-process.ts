@@ -139,6 +139,24 @@ export class QemuProcess {
   }
 
   /**
+   * SIGKILLs the QEMU that a previous agent started with these files, if it still runs (the
+   * same check as `attach`: a recycled pid is left alone), without asking QMP — it may be stuck.
+   * Resolves once it is gone, or after `timeoutMs`.
+   */
+  static async killStale(
+    files: { readonly pidFile: string; readonly qmpSocket: string },
+    timeoutMs = QEMU_KILL_TIMEOUT_MS_DEFAULT,
+  ): Promise<void> {
+    const pid = await readPid(files.pidFile);
+    if (pid === undefined || !(await isQemuServing(pid, files.qmpSocket))) return;
+    await signalIfAlive(pid, 'SIGKILL');
+    const deadline = performance.now() + timeoutMs;
+    while ((await isProcessAlive(pid)) && performance.now() < deadline) {
+      await sleep(POLL_INTERVAL_MS_DEFAULT);
+    }
+  }
+
+  /**
    * Finds the QEMU that a previous agent started with these files and connects to its QMP.
    * Resolves with undefined when none runs; then a stale pid file is removed. The caller makes
    * sure no launch of the same VM runs at the same time.
