@@ -425,3 +425,28 @@ export async function recoverReceives(
       : `receive of disk ${record.disk} from host ${record.sourceHost} was cut by a restart; its partial copy is deleted (the source still has the disk)`;
   });
 }
+
+/**
+ * At start, for receives a committed VM receive names (vm-receiver.ts, whose record is the commit
+ * point of all its disks): each disk's descriptor at the next generation, where it is missing.
+ * Runs before `recoverReceives`, which then finds them committed.
+ */
+export async function commitReceivesAtStart(
+  dataDir: string,
+  ids: readonly string[],
+  datastoreNamed: (name: string) => Datastore | undefined,
+): Promise<void> {
+  const records = new RecordFiles<ReceiveRecord>(join(dataDir, RECEIVES_DIR));
+  for (const id of ids) {
+    const record = await records.read(id);
+    if (record === undefined) continue;
+    const datastore = datastoreNamed(record.datastore);
+    if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
+    const found = await datastore.readDescriptorOf(record.disk);
+    if (found !== undefined && found.generation > record.generation) continue;
+    await datastore.commitDescriptor({
+      ...descriptorOf(record),
+      generation: record.generation + 1,
+    });
+  }
+}

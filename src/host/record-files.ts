@@ -18,6 +18,16 @@ export class RecordFiles<T extends { readonly id: string }> {
     await writeJsonAtomic(this.pathOf(record.id), record);
   }
 
+  /** Record `id`, or undefined if there is none. */
+  async read(id: string): Promise<T | undefined> {
+    try {
+      return (await readJson(this.pathOf(id))) as T;
+    } catch (error) {
+      if (errorCodeOf(error) === 'ENOENT') return undefined;
+      throw error;
+    }
+  }
+
   /** Deletes record `id`, durably; one already gone is fine. */
   async remove(id: string): Promise<void> {
     await unlink(this.pathOf(id)).catch((error: unknown) => {

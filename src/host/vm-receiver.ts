@@ -4,16 +4,20 @@ import type { Provisioning } from '../block/raw-file.js';
 import { WriteGate } from '../block/write-gate.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
-import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import { syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import type { Datastore } from './datastore.js';
-import { DESCRIPTOR_VERSION } from './descriptor.js';
 import { HostError, HostErrorCode } from './errors.js';
 import type { ExportTable } from './export-table.js';
 import { useMigrationTls } from './migration-tls.js';
 import { checkName, isValidName } from './names.js';
 import { announceSelf, queryMigration, startIncoming } from './qemu/live-migration.js';
 import { QemuProcess } from './qemu/qemu-process.js';
-import type { Receiver, ReceiveState, ReceiveTicket } from './receiver.js';
+import {
+  commitReceivesAtStart,
+  type Receiver,
+  type ReceiveState,
+  type ReceiveTicket,
+} from './receiver.js';
 import { RecordFiles } from './record-files.js';
 import type { VmConfig } from './vm-config.js';
 import { parseVmConfig } from './vm-config.js';
@@ -484,7 +488,7 @@ export async function recoverVmReceives(
     const datastore = datastoreNamed(record.datastore);
     if (datastore === undefined) throw new Error(`datastore ${record.datastore} is not known`);
     if (record.committed) {
-      await commitDescriptorsOf(dataDir, record, datastoreNamed);
+      await commitReceivesAtStart(dataDir, record.receives, datastoreNamed);
       await registerHome(datastore, record.config);
       return `VM ${record.vm} received from host ${record.sourceHost} had committed before a restart; it lives here`;
     }
@@ -496,40 +500,4 @@ export async function recoverVmReceives(
     await rm(homePath(datastore, record.vm), { recursive: true, force: true });
     return `receive of VM ${record.vm} from host ${record.sourceHost} was cut by a restart before its commit; its copy here is deleted (the source still runs it)`;
   });
-}
-
-/** The descriptor at generation + 1 of each disk of a committed VM receive, where missing. */
-async function commitDescriptorsOf(
-  dataDir: string,
-  record: VmReceiveRecord,
-  datastoreNamed: (name: string) => Datastore | undefined,
-): Promise<void> {
-  for (const receive of record.receives) {
-    const path = join(dataDir, 'receives', `${receive}.json`);
-    const disk = (await readJson(path).catch(() => undefined)) as
-      | {
-          disk: string;
-          datastore: string;
-          generation: number;
-          sizeBytes: number;
-          provisioning: Provisioning;
-          createdAt: string;
-        }
-      | undefined;
-    if (disk === undefined) continue;
-    const datastore = datastoreNamed(disk.datastore);
-    if (datastore === undefined) throw new Error(`datastore ${disk.datastore} is not known`);
-    const found = await datastore.readDescriptorOf(disk.disk);
-    if (found !== undefined && found.generation > disk.generation) continue;
-    await datastore.commitDescriptor({
-      version: DESCRIPTOR_VERSION,
-      name: disk.disk,
-      sizeBytes: disk.sizeBytes,
-      format: 'raw',
-      provisioning: disk.provisioning,
-      generation: disk.generation + 1,
-      image: `${disk.disk}.raw`,
-      createdAt: disk.createdAt,
-    });
-  }
 }
