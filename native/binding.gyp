@@ -1,5 +1,6 @@
 {
-  # The one native piece of Ferry: lseek(SEEK_DATA/SEEK_HOLE) and fallocate, which Node lacks.
+  # The one native piece of Ferry: lseek(SEEK_DATA/SEEK_HOLE), fallocate,
+  # copy_file_range and FICLONERANGE, which Node lacks.
   # Plain C over Node-API (no node-addon-api), so the addon survives Node upgrades unrebuilt.
   "targets": [
     {

@@ -4,7 +4,16 @@
  *   seekData(fd, offset)  -> Promise<number>   lseek(SEEK_DATA); -1 when ENXIO (no data past offset)
  *   seekHole(fd, offset)  -> Promise<number>   lseek(SEEK_HOLE); -1 when ENXIO (offset past EOF)
  *   fallocate(fd, mode, offset, length) -> Promise<undefined>
+ *   copyRange(fdIn, offsetIn, fdOut, offsetOut, length) -> Promise<number>
+ *                         copy_file_range until `length` bytes moved; resolves with the bytes moved
+ *                         (fewer only where the source ends)
+ *   cloneRange(fdIn, offsetIn, fdOut, offsetOut, length) -> Promise<undefined>
+ *                         ioctl(FICLONERANGE): the target range shares the source's extents
  *   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+ *
+ * copyRange and cloneRange are the copier's offload (src/block/raw-file.ts, `copyTo`): the data
+ * never crosses into JavaScript. Where the kernel or file system cannot, they reject with its
+ * errno (EXDEV, EOPNOTSUPP, EINVAL, ENOSYS) and the caller falls back to reading and writing.
  *
  * Every call runs on the libuv thread pool (napi_create_async_work), because fallocate over a large
  * range and lseek on a fragmented file or a slow NFS mount can take milliseconds and the event loop
@@ -25,6 +34,8 @@
 
 #ifdef __linux__
 #include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #endif
 
 #include <node_api.h>
@@ -43,7 +54,7 @@
 /* 2^53 - 1: the largest integer a JS number holds exactly. */
 #define SAFE_INTEGER_MAX 9007199254740991.0
 
-typedef enum { OP_SEEK_DATA, OP_SEEK_HOLE, OP_FALLOCATE } op_kind;
+typedef enum { OP_SEEK_DATA, OP_SEEK_HOLE, OP_FALLOCATE, OP_COPY_RANGE, OP_CLONE_RANGE } op_kind;
 
 /* One call in flight: filled on the main thread, run on a pool thread, settled on the main thread. */
 typedef struct {
@@ -52,7 +63,10 @@ typedef struct {
   int mode;
   int64_t offset;
   int64_t length;
-  /* lseek: the offset found, or -1 for ENXIO. */
+  /* copyRange, cloneRange: the target file and where in it. */
+  int fd_out;
+  int64_t offset_out;
+  /* lseek: the offset found, or -1 for ENXIO; copyRange: the bytes moved. */
   int64_t result;
   /* errno of the failed call; 0 on success. */
   int error;
@@ -61,7 +75,12 @@ typedef struct {
 } request;
 
 static const char *syscall_name(op_kind kind) {
-  return kind == OP_FALLOCATE ? "fallocate" : "lseek";
+  switch (kind) {
+    case OP_FALLOCATE: return "fallocate";
+    case OP_COPY_RANGE: return "copy_file_range";
+    case OP_CLONE_RANGE: return "ioctl(FICLONERANGE)";
+    default: return "lseek";
+  }
 }
 
 /* The errno names Node would give; the rest fall back to "Errno<n>" so nothing is lost. */
@@ -87,6 +106,8 @@ static const char *errno_name(int error) {
     case ESPIPE: return "ESPIPE";
     case EROFS: return "EROFS";
     case ENOSYS: return "ENOSYS";
+    case EXDEV: return "EXDEV";
+    case ENOTTY: return "ENOTTY";
     case EOVERFLOW: return "EOVERFLOW";
     case EOPNOTSUPP: return "EOPNOTSUPP";
 #if defined(ENOTSUP) && ENOTSUP != EOPNOTSUPP
@@ -159,6 +180,47 @@ static void execute(napi_env env, void *data) {
 #endif
       break;
     }
+    case OP_COPY_RANGE: {
+#ifdef __linux__
+      /* The kernel may move fewer bytes than asked (it caps one call near 2 GiB, and splices in
+       * pieces): loop until done. 0 means the source ended: report what was moved. */
+      loff_t in = (loff_t)req->offset, out = (loff_t)req->offset_out;
+      int64_t moved = 0;
+      while (moved < req->length) {
+        ssize_t rc = copy_file_range(req->fd, &in, req->fd_out, &out,
+                                     (size_t)(req->length - moved), 0);
+        if (rc < 0) {
+          if (errno == EINTR) continue;
+          req->error = errno;
+          break;
+        }
+        if (rc == 0) break;
+        moved += rc;
+      }
+      req->result = moved;
+#else
+      req->error = ENOSYS;
+#endif
+      break;
+    }
+    case OP_CLONE_RANGE: {
+#if defined(__linux__) && defined(FICLONERANGE)
+      struct file_clone_range range = {
+          .src_fd = req->fd,
+          .src_offset = (uint64_t)req->offset,
+          .src_length = (uint64_t)req->length,
+          .dest_offset = (uint64_t)req->offset_out,
+      };
+      int rc;
+      do {
+        rc = ioctl(req->fd_out, FICLONERANGE, &range);
+      } while (rc != 0 && errno == EINTR);
+      if (rc != 0) req->error = errno;
+#else
+      req->error = EOPNOTSUPP;
+#endif
+      break;
+    }
   }
 }
 
@@ -171,7 +233,7 @@ static void complete(napi_env env, napi_status status, void *data) {
     value = make_errno_error(env, req->error, syscall_name(req->kind));
     napi_reject_deferred(env, req->deferred, value);
   } else {
-    if (req->kind == OP_FALLOCATE) {
+    if (req->kind == OP_FALLOCATE || req->kind == OP_CLONE_RANGE) {
       napi_get_undefined(env, &value);
     } else {
       napi_create_int64(env, req->result, &value);
@@ -305,6 +367,45 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
   return queue(env, req, "ferry:fallocate");
 }
 
+/* copyRange and cloneRange: (fdIn, offsetIn, fdOut, offsetOut, length). */
+static napi_value transfer_range(napi_env env, napi_callback_info info, op_kind kind) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS",
+                          "expected (fdIn, offsetIn, fdOut, offsetOut, length)");
+    return NULL;
+  }
+  int fd_in, fd_out;
+  int64_t offset_in, offset_out, length;
+  if (!get_fd(env, argv[0], &fd_in) || !get_integer(env, argv[1], "offsetIn", 0, &offset_in) ||
+      !get_fd(env, argv[2], &fd_out) || !get_integer(env, argv[3], "offsetOut", 0, &offset_out) ||
+      !get_integer(env, argv[4], "length", 1, &length)) {
+    return NULL;
+  }
+  request *req = calloc(1, sizeof *req);
+  if (req == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  req->kind = kind;
+  req->fd = fd_in;
+  req->offset = offset_in;
+  req->fd_out = fd_out;
+  req->offset_out = offset_out;
+  req->length = length;
+  return queue(env, req, kind == OP_COPY_RANGE ? "ferry:copyRange" : "ferry:cloneRange");
+}
+
+static napi_value copy_range(napi_env env, napi_callback_info info) {
+  return transfer_range(env, info, OP_COPY_RANGE);
+}
+
+static napi_value clone_range(napi_env env, napi_callback_info info) {
+  return transfer_range(env, info, OP_CLONE_RANGE);
+}
+
 static napi_value int_value(napi_env env, int32_t number) {
   napi_value value;
   napi_create_int32(env, number, &value);
@@ -316,6 +417,8 @@ NAPI_MODULE_INIT() {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fallocate", NULL, do_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cloneRange", NULL, clone_range, NULL, NULL, NULL, napi_enumerable, NULL},
       {"FALLOC_FL_KEEP_SIZE", NULL, NULL, NULL, NULL, int_value(env, FALLOC_FL_KEEP_SIZE),
        napi_enumerable, NULL},
       {"FALLOC_FL_PUNCH_HOLE", NULL, NULL, NULL, NULL, int_value(env, FALLOC_FL_PUNCH_HOLE),

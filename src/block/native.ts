@@ -3,8 +3,9 @@ import { fileURLToPath } from 'node:url';
 import { FerryError } from '../util/errors.js';
 
 /**
- * Typed access to `native/ferry_native.c`: lseek(SEEK_DATA/SEEK_HOLE) and fallocate, which Node
- * lacks and the raw image backend needs for extents, holes and thick allocation. Every call runs on
+ * Typed access to `native/ferry_native.c`: lseek(SEEK_DATA/SEEK_HOLE), fallocate,
+ * copy_file_range and FICLONERANGE, which Node lacks and the raw image backend needs for extents,
+ * holes, thick allocation and copies that stay in the kernel. Every call runs on
  * the libuv pool and returns a promise; a failure rejects with an Error carrying `code` (errno
  * name such as 'ENOSPC', 'EOPNOTSUPP'), a negated `errno` and `syscall`, the shape of Node's own fs
  * errors, so `fromSystemError` maps it.
@@ -31,6 +32,25 @@ export interface NativeFs {
   seekHole(fd: number, offset: number): Promise<number>;
   /** fallocate(fd, mode, offset, length); `length` must be positive. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /**
+   * copy_file_range(2) of `length` bytes, looping over short copies; resolves with the bytes
+   * moved, fewer than `length` only where the source file ends.
+   */
+  copyRange(
+    fdIn: number,
+    offsetIn: number,
+    fdOut: number,
+    offsetOut: number,
+    length: number,
+  ): Promise<number>;
+  /** ioctl(FICLONERANGE): the target range shares the source's extents (a reflink). */
+  cloneRange(
+    fdIn: number,
+    offsetIn: number,
+    fdOut: number,
+    offsetOut: number,
+    length: number,
+  ): Promise<void>;
 }
 
 /** The addon is absent or unloadable: a build problem, not an I/O error, so not a BlockError. */
@@ -46,6 +66,14 @@ interface Addon {
   seekData(fd: number, offset: number): Promise<number>;
   seekHole(fd: number, offset: number): Promise<number>;
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<undefined>;
+  copyRange(fdIn: number, at: number, fdOut: number, to: number, length: number): Promise<number>;
+  cloneRange(
+    fdIn: number,
+    at: number,
+    fdOut: number,
+    to: number,
+    length: number,
+  ): Promise<undefined>;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;
@@ -80,7 +108,7 @@ function requireAddon(): Addon {
 }
 
 function wrap(addon: Addon): NativeFs {
-  for (const name of ['seekData', 'seekHole', 'fallocate'] as const) {
+  for (const name of ['seekData', 'seekHole', 'fallocate', 'copyRange', 'cloneRange'] as const) {
     if (typeof addon[name] !== 'function') {
       throw new NativeAddonError(
         `the ferry_native addon lacks ${name}(); rebuild it with npm install`,
@@ -98,6 +126,11 @@ function wrap(addon: Addon): NativeFs {
     seekHole: async (fd, offset) => addon.seekHole(fd, offset),
     fallocate: async (fd, mode, offset, length) => {
       await addon.fallocate(fd, mode, offset, length);
+    },
+    copyRange: async (fdIn, offsetIn, fdOut, offsetOut, length) =>
+      addon.copyRange(fdIn, offsetIn, fdOut, offsetOut, length),
+    cloneRange: async (fdIn, offsetIn, fdOut, offsetOut, length) => {
+      await addon.cloneRange(fdIn, offsetIn, fdOut, offsetOut, length);
     },
   };
 }

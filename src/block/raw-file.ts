@@ -279,6 +279,54 @@ export class RawFileDevice implements BlockDevice {
   }
 
   /**
+   * Makes `[offset, offset+length)` of `target` share this image's extents (FICLONERANGE, a
+   * reflink): no data moves. Resolves false, without touching `target`, where the kernel cannot
+   * for these two files (other file systems: EXDEV; no shared extents: EOPNOTSUPP; a range not
+   * in whole blocks: EINVAL). Other failures reject as a write would.
+   */
+  async cloneRangeTo(target: RawFileDevice, offset: number, length: number): Promise<boolean> {
+    return this.inKernel(target, offset, length, 'clone', async () => {
+      await this.native.cloneRange(this.fd, offset, target.fd, offset, length);
+    });
+  }
+
+  /**
+   * Copies `[offset, offset+length)` to the same range of `target` with copy_file_range: the
+   * kernel moves the data (and may itself share extents), none of it crosses into JavaScript.
+   * Resolves false where the kernel refuses these two files (EXDEV, EOPNOTSUPP, EINVAL, ENOSYS);
+   * other failures reject as a write would. A source that ends early fails EIO, as `read` does.
+   */
+  async copyRangeTo(target: RawFileDevice, offset: number, length: number): Promise<boolean> {
+    return this.inKernel(target, offset, length, 'copy', async () => {
+      const moved = await this.native.copyRange(this.fd, offset, target.fd, offset, length);
+      if (moved < length) {
+        throw new BlockError(BlockErrorCode.EIO, `unexpected end of file at ${offset + moved}`);
+      }
+    });
+  }
+
+  private async inKernel(
+    target: RawFileDevice,
+    offset: number,
+    length: number,
+    what: 'clone' | 'copy',
+    run: () => Promise<void>,
+  ): Promise<boolean> {
+    this.checkOpen();
+    target.checkWritable();
+    try {
+      await run();
+      return true;
+    } catch (error) {
+      if (isRefusedInKernel(error)) return false;
+      throw fromSystemError(
+        error,
+        `${what} ${length} bytes at ${offset} from ${this.path} to ${target.path}`,
+      );
+    }
+  }
+
+  /**
    * Closes the fd at once; later calls fail ESHUTDOWN. A request already in a system call
    * finishes (or fails EBADF, mapped to ESHUTDOWN); multi-step requests check before each step,
    * so none issues a call on an fd number that may since have been reused.
@@ -383,6 +431,15 @@ async function syncDirectory(path: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * The kernel will not copy between these two files inside itself: different file systems, none
+ * that shares extents, a range it cannot clone, or no such system call. Not an I/O failure.
+ */
+function isRefusedInKernel(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return isUnsupported(error) || code === 'EXDEV' || code === 'EINVAL' || code === 'ENOTTY';
 }
 
 /** The filesystem or kernel lacks the operation (as opposed to failing it). */

@@ -99,6 +99,15 @@ export class Throttle extends PassThrough {
     return this.enqueue(data.length, () => this.next.write(offset, data, options));
   }
 
+  /**
+   * Pays for `bytes` moved without a read or write through this device (the copier's offload:
+   * the kernel copies them), waiting in line with the requests like one of them.
+   */
+  admit(bytes: number): Promise<void> {
+    if (this.tryTake(bytes)) return Promise.resolve();
+    return this.enqueue(bytes, async () => undefined);
+  }
+
   /** Rejects every waiting request with ESHUTDOWN (they never reach `next`), then closes `next`. */
   override async close(): Promise<void> {
     this.isClosed = true;

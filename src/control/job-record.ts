@@ -1,3 +1,4 @@
+import type { CopyPath } from '../migrate/copy-offload.js';
 import type { MethodName } from '../migrate/method.js';
 import type { MigrationEvent } from '../migrate/migration.js';
 import type { ProgressSnapshot } from '../migrate/progress.js';
@@ -32,6 +33,11 @@ export interface JobStatus {
   readonly pass: number;
   /** The mirror's write mode, once it reported one. */
   readonly mode: 'sync' | 'async' | null;
+  /**
+   * How the copy moved data (copy-offload.ts): `reflink`, `copy_file_range` or `read-write`,
+   * the latest way taken; null before the first data run (or for a disk with no data).
+   */
+  readonly copyPath: CopyPath | null;
   /** Requested copy rate; 0 is unlimited. */
   readonly speedBytesPerSecond: number;
   readonly progress: ProgressSnapshot;
@@ -85,6 +91,8 @@ export type JobEventType =
   | 'speed'
   | 'switchover'
   | 'rollback'
+  | 'copy-path'
+  | 'cost'
   | 'progress';
 
 /**
@@ -126,5 +134,20 @@ export function describeMigrationEvent(event: MigrationEvent): string {
       );
     case 'rollback':
       return `rolling back to the source: ${event.reason}`;
+    case 'copy-path':
+      return `disk ${event.disk}: data copied by ${describeCopyPath(event.path)}`;
+    case 'cost':
+      return `${event.part} took ${event.ms} ms${event.detail === undefined ? '' : ` (${event.detail})`}`;
+  }
+}
+
+function describeCopyPath(path: CopyPath): string {
+  switch (path) {
+    case 'reflink':
+      return 'reflink (the file system shares the extents; no data moves)';
+    case 'copy_file_range':
+      return 'copy_file_range (the kernel copies; no buffer in the agent)';
+    case 'read-write':
+      return 'reading and writing through the agent';
   }
 }

@@ -1,4 +1,5 @@
 import type { MoveOutcome } from '../host/agent.js';
+import type { CopyPath } from '../migrate/copy-offload.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName } from '../migrate/method.js';
 import type { Migration, MigrationEvent } from '../migrate/migration.js';
@@ -70,6 +71,7 @@ export class MigrationJob {
   private phase: string | null = null;
   private pass = 0;
   private mode: 'sync' | 'async' | null = null;
+  private copyPath: CopyPath | null = null;
   private speedBytesPerSecond: number;
   private downtimeMs: number | null = null;
   private memory: JobStatus['memory'] = null;
@@ -137,8 +139,12 @@ export class MigrationJob {
       case 'rollback':
         this.phase = 'rollback';
         break;
+      case 'copy-path':
+        this.copyPath = event.path;
+        break;
       case 'method':
       case 'message':
+      case 'cost':
         break;
     }
     this.emit(event.type, describeMigrationEvent(event));
@@ -211,6 +217,7 @@ export class MigrationJob {
       phase: this.phase,
       pass: this.pass,
       mode: this.mode,
+      copyPath: this.copyPath,
       speedBytesPerSecond: this.speedBytesPerSecond,
       progress: counters.progress,
       dirtyBytes: counters.dirtyBytes,

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
 import { Stats } from '../block/stats.js';
+import { FileCopyOffload } from '../migrate/copy-offload.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
 import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
@@ -122,7 +124,14 @@ export async function prepareMove(
     }
     for (const entry of spec.entries) {
       const provisioning = spec.provisioning ?? entry.descriptor.provisioning;
+      const createdAtMs = performance.now();
       const descriptor = await to.createMoveTarget(entry.descriptor, provisioning);
+      onEvent({
+        type: 'cost',
+        part: 'destination image',
+        ms: elapsedMs(createdAtMs),
+        detail: `${provisioning}, ${entry.descriptor.name}`,
+      });
       created.push(descriptor);
       const device = await openRawFile(to.imagePath(descriptor), { provisioning });
       targets.push({ entry, descriptor, device, stats: new Stats(device) });
@@ -225,7 +234,7 @@ class MoveRun {
     private readonly spec: MoveSpec,
     record: MoveRecord,
     private readonly targets: readonly MoveTarget[],
-    onEvent: (event: MigrationEvent) => void,
+    private readonly onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
     this.label = spec.home ? `VM ${spec.home.vm}` : `disk ${record.disks[0]?.disk}`;
@@ -237,6 +246,7 @@ class MoveRun {
         target: target.device,
         targetTop: target.stats,
         createScratch: (label: string) => this.createRedoLog(index, label),
+        offload: new FileCopyOffload(target.entry.stack.raw, target.device),
       })),
       {
         method: spec.method,
@@ -292,6 +302,7 @@ class MoveRun {
 
   /** Steps 6–7: serve the destinations in the table, bury and delete the sources. */
   private async finish(): Promise<void> {
+    const startedAtMs = performance.now();
     const { to, home } = this.spec;
     const { exports, log, journal } = this.host;
     const moved = this.targets.map(({ entry, descriptor, device, stats }) => {
@@ -318,6 +329,7 @@ class MoveRun {
     }
     if (home !== undefined) await removeHome(homePath(home.from, home.vm));
     await journal.remove(this.record.id);
+    this.onEvent({ type: 'cost', part: 'source deletion', ms: elapsedMs(startedAtMs) });
     log.info({ move: this.record.id, to: to.name }, `${this.label} moved`);
   }
 
@@ -371,4 +383,9 @@ class MoveRun {
       remove: () => device.close(),
     };
   }
+}
+
+/** Milliseconds since `startedAtMs`, to two decimals, for a `cost` event. */
+function elapsedMs(startedAtMs: number): number {
+  return Math.round((performance.now() - startedAtMs) * 100) / 100;
 }

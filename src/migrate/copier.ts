@@ -5,6 +5,7 @@ import type { RangeLock } from '../block/range-lock.js';
 import { Throttle } from '../block/throttle.js';
 import { assert } from '../util/assert.js';
 import { errorMessageOf } from '../util/errors.js';
+import type { CopyOffload, CopyPath } from './copy-offload.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
 import type { Progress } from './progress.js';
 
@@ -28,6 +29,12 @@ import type { Progress } from './progress.js';
  *   one): clearing a chunk clears every granule it touches, so a chunk ending inside a granule
  *   would leave that granule's tail clean and never copied.
  *
+ * - Offloaded: given a `CopyOffload` (both images raw files on this host), data runs read from
+ *   the source go through the kernel (reflink or copy_file_range) instead of a buffer, after the
+ *   same clearing and under the same lock; the throttle is paid all the same. Where the kernel
+ *   refuses, the run is read and written here. `onPath` hears each way the first time it is
+ *   taken, so the job says which one moved the data.
+ *
  * A pass stops issuing chunks at the first failure or cancellation, waits for the chunks in
  * flight, and rejects with `ERR_TARGET_FAILED`, `ERR_SOURCE_FAILED` or `ERR_CANCELLED`.
  */
@@ -42,6 +49,10 @@ export interface CopierOptions {
   readonly touched: DirtyBitmap;
   readonly progress: Progress;
   readonly signal?: AbortSignal;
+  /** Moves data runs between the source and target files in the kernel (copy-offload.ts). */
+  readonly offload?: CopyOffload;
+  /** Called the first time each way of copying data carries a run. */
+  readonly onPath?: (path: CopyPath) => void;
 }
 
 export interface PassOptions {
@@ -90,6 +101,12 @@ export class Copier {
   readonly inFlightMax: number;
   /** Bytes of data read (source or `from`) and written to the target (not holes, not zeros). */
   copiedBytes = 0;
+  /** Of `copiedBytes`, how many each way carried. */
+  readonly bytesByPath: Record<CopyPath, number> = {
+    reflink: 0,
+    copy_file_range: 0,
+    'read-write': 0,
+  };
   private readonly source: BlockDevice;
   /** A data run of a source seen ahead of the walk (see `sourceExtents`). */
   /** How far past a chunk to ask for the source's map; grows while data runs are long. */
@@ -169,6 +186,8 @@ export class Copier {
       pass,
       from,
       reader,
+      // A `from` pass reads another device (a redo log): its data is not in the source file.
+      offload: from === this.source ? this.options.offload : undefined,
       chunkBytes: Math.max(granule, Math.floor(this.chunkBytes / granule) * granule),
     };
     try {
@@ -258,7 +277,7 @@ export class Copier {
         const extents: Extent[] = walk.pass.isDirtyAllData
           ? [{ offset: at, length: end - at, kind: 'data' }]
           : await this.sourceExtents(walk.from, at, end - at);
-        for (const extent of extents) await this.copyExtent(walk.reader, extent);
+        for (const extent of extents) await this.copyExtent(walk, extent);
         const last = extents[extents.length - 1];
         assert(last !== undefined, 'extents returned nothing');
         at = last.offset + last.length;
@@ -270,15 +289,18 @@ export class Copier {
     if (walk.pass.countsProgress !== false) this.options.progress.add(length);
   }
 
-  private async copyExtent(reader: BlockDevice, extent: Extent): Promise<void> {
+  private async copyExtent(walk: Walk, extent: Extent): Promise<void> {
     const { offset, length } = extent;
     if (extent.kind !== 'data') {
       await this.zeroTarget(offset, length);
       return;
     }
+    if (walk.offload !== undefined && (await this.offloaded(walk, walk.offload, offset, length))) {
+      return;
+    }
     let data: Buffer;
     try {
-      data = await reader.read(offset, length);
+      data = await walk.reader.read(offset, length);
     } catch (error) {
       throw wrap(MigrateErrorCode.SourceFailed, `reading the source at ${offset}`, error);
     }
@@ -291,8 +313,40 @@ export class Copier {
     } catch (error) {
       throw wrap(MigrateErrorCode.TargetFailed, `writing the destination at ${offset}`, error);
     }
+    this.copied(offset, length, 'read-write');
+  }
+
+  /**
+   * Hands a data run to the kernel; false when it refused (the caller reads and writes it).
+   * Paid to the throttle first, as a read would be. Data that reads as zeros is copied as data
+   * here, so a thin target's allocation follows the source's map, as `cp --sparse=auto` does.
+   */
+  private async offloaded(
+    walk: Walk,
+    offload: CopyOffload,
+    offset: number,
+    length: number,
+  ): Promise<boolean> {
+    await walk.reader.admit(length);
+    let path: CopyPath;
+    try {
+      path = await offload.copy(offset, length);
+    } catch (error) {
+      // The kernel read one file and wrote the other: a full or failing destination is by far
+      // the likelier (the guest is still served from the source), and the job says so.
+      throw wrap(MigrateErrorCode.TargetFailed, `copying to the destination at ${offset}`, error);
+    }
+    if (path === 'read-write') return false;
+    this.copied(offset, length, path);
+    return true;
+  }
+
+  /** Counts a data run that landed on the target and marks it written there. */
+  private copied(offset: number, length: number, path: CopyPath): void {
     this.options.touched.mark(offset, length);
     this.copiedBytes += length;
+    if (this.bytesByPath[path] === 0) this.options.onPath?.(path);
+    this.bytesByPath[path] += length;
   }
 
   /** Zeros a range of the target, unless it is still fresh there (then it reads as zeros). */
@@ -365,6 +419,8 @@ interface Walk {
   readonly from: BlockDevice;
   /** `from`'s data is read through this. */
   readonly reader: Throttle;
+  /** Set when `from` is the source and both images are files the kernel can copy between. */
+  readonly offload: CopyOffload | undefined;
   /** The copier's chunk in whole granules of `bitmap`. */
   readonly chunkBytes: number;
 }

@@ -7,6 +7,7 @@ import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import { Copier } from './copier.js';
+import type { CopyOffload, CopyPath } from './copy-offload.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
 import {
   METHOD_TUNING_DEFAULT,
@@ -47,6 +48,8 @@ export interface MigrationDisk {
   readonly targetTop: BlockDevice;
   /** Creates a scratch device (a redo log) for the snapshot method. */
   readonly createScratch: (label: string) => Promise<Scratch>;
+  /** Both images are files on this host: the copier lets the kernel move the data. */
+  readonly offload?: CopyOffload;
 }
 
 export interface MigrationOptions {
@@ -80,7 +83,14 @@ export type MigrationEvent =
       readonly flushMs: number;
       readonly commitMs: number;
     }
-  | { readonly type: 'rollback'; readonly reason: string };
+  | { readonly type: 'rollback'; readonly reason: string }
+  /** The first time a way of copying data (copy-offload.ts) carried a run of a disk. */
+  | { readonly type: 'copy-path'; readonly disk: string; readonly path: CopyPath }
+  /**
+   * A fixed cost of the move and what it took: the pre-flush before the stun (with its rounds),
+   * the destination's thick allocation, the source's deletion (the host's parts).
+   */
+  | { readonly type: 'cost'; readonly part: string; readonly ms: number; readonly detail?: string };
 
 export interface MigrationResult {
   /** The method that finished the job (dbt may hand over to mirror). */
@@ -224,6 +234,8 @@ export class Migration {
       ...(this.options.inFlightMax === undefined ? {} : { inFlightMax: this.options.inFlightMax }),
       speedBytesPerSecond:
         this.copiers[0]?.speedBytesPerSecond ?? this.options.speedBytesPerSecond ?? 0,
+      ...(disk.offload === undefined ? {} : { offload: disk.offload }),
+      onPath: (path) => this.options.onEvent?.({ type: 'copy-path', disk: disk.name, path }),
     });
     this.copiers.push(copier);
     return methodNamed(this.options.method)({
@@ -296,11 +308,20 @@ export class Migration {
    * flush is quick (or a few rounds have passed).
    */
   private async preFlush(): Promise<void> {
-    for (let round = 0; round < PRE_FLUSH_ROUNDS_MAX; round += 1) {
+    const firstMs = performance.now();
+    let rounds = 0;
+    while (rounds < PRE_FLUSH_ROUNDS_MAX) {
       const startedMs = performance.now();
       await this.flushTargets();
-      if (performance.now() - startedMs < PRE_FLUSH_QUICK_MS) return;
+      rounds += 1;
+      if (performance.now() - startedMs < PRE_FLUSH_QUICK_MS) break;
     }
+    this.options.onEvent?.({
+      type: 'cost',
+      part: 'pre-flush',
+      ms: Math.round((performance.now() - firstMs) * 100) / 100,
+      detail: `${rounds} round${rounds === 1 ? '' : 's'}`,
+    });
   }
 
   /** Flushes every destination; a failure is the destination's (`ERR_TARGET_FAILED`). */

@@ -479,3 +479,40 @@ describe('RawFileDevice', () => {
     }
   });
 });
+
+describe('raw file: copies in the kernel (the copier offload)', () => {
+  test('copyRangeTo copies exactly the range; a closed or read-only target is refused', async () => {
+    await withImage('thin', 4 * MIB, async (source) => {
+      await withImage('thin', 4 * MIB, async (target, targetPath) => {
+        const data = Buffer.alloc(MIB + 4096, 0x5a);
+        await source.write(MIB - 4096, data);
+        assert.equal(await source.copyRangeTo(target, MIB, 256 * KIB), true);
+        const copied = await target.read(0, 4 * MIB);
+        const expected = Buffer.alloc(4 * MIB);
+        expected.fill(0x5a, MIB, MIB + 256 * KIB);
+        assert.ok(copied.equals(expected), 'only the range was copied');
+        const readOnly = await openRawFile(targetPath, { provisioning: 'thin', isReadOnly: true });
+        try {
+          await assert.rejects(source.copyRangeTo(readOnly, 0, 4096), {
+            code: BlockErrorCode.EPERM,
+          });
+        } finally {
+          await readOnly.close();
+        }
+      });
+    });
+  });
+
+  test('cloneRangeTo answers false, touching nothing, where the file system has no reflinks', async (t) => {
+    const type = fs.statfsSync(dir).type;
+    const EXT4_MAGIC = 0xef53;
+    if (type !== EXT4_MAGIC) t.skip('this check needs ext4, which cannot share extents');
+    await withImage('thin', MIB, async (source) => {
+      await withImage('thin', MIB, async (target) => {
+        await source.write(0, Buffer.alloc(64 * KIB, 1));
+        assert.equal(await source.cloneRangeTo(target, 0, 64 * KIB), false);
+        assert.ok((await target.read(0, 64 * KIB)).equals(Buffer.alloc(64 * KIB)));
+      });
+    });
+  });
+});

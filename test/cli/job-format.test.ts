@@ -29,6 +29,7 @@ function status(patch: Partial<JobStatus> & { done?: number; total?: number }): 
     phase: 'copy',
     pass: 0,
     mode: null,
+    copyPath: null,
     speedBytesPerSecond: 0,
     progress: { doneBytes: done, totalBytes: total, rateBytesPerSecond: 0, etaSeconds: null },
     dirtyBytes: 0,
