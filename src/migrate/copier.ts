@@ -7,6 +7,7 @@ import { assert } from '../util/assert.js';
 import { errorMessageOf } from '../util/errors.js';
 import type { CopyOffload, CopyPath } from './copy-offload.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
+import type { GuestFirst } from './guest-first.js';
 import type { Progress } from './progress.js';
 
 /**
@@ -14,7 +15,8 @@ import type { Progress } from './progress.js';
  * several chunks in flight.
  *
  * - Bounded: at most `inFlightMax` chunks of at most `chunkBytes` each (one granule if that is
- *   larger), so buffer memory is at most their product (8 MiB by default).
+ *   larger), so buffer memory is at most their product (8 MiB by default). With `guestFirst`,
+ *   fewer while the guest's latency says the copy is in its way.
  * - Hole-aware: it asks the source for extents and never reads a hole or a known-zero run; a
  *   zero run, or a chunk that reads as all zeros, is not written where the target is still fresh
  *   (created empty and never written since, per `touched`), since it already reads as zeros
@@ -53,6 +55,8 @@ export interface CopierOptions {
   readonly offload?: CopyOffload;
   /** Called the first time each way of copying data carries a run. */
   readonly onPath?: (path: CopyPath) => void;
+  /** Sizes the window below `inFlightMax` from the guest's latency (guest-first.ts). */
+  readonly guestFirst?: GuestFirst;
 }
 
 export interface PassOptions {
@@ -222,10 +226,18 @@ export class Copier {
       });
       window.add(chunk);
       void chunk.finally(() => window.delete(chunk));
-      if (window.size >= this.inFlightMax) await Promise.race(window);
+      while (window.size >= this.windowLimit()) await Promise.race(window);
     }
     await Promise.all(window);
     if (failure !== undefined) throw failure;
+  }
+
+  /** Chunks allowed in flight now: the guest-first window, within `inFlightMax`. */
+  private windowLimit(): number {
+    const guestFirst = this.options.guestFirst;
+    return guestFirst === undefined
+      ? this.inFlightMax
+      : Math.min(this.inFlightMax, guestFirst.window);
   }
 
   /** The next dirty run at or after `at`, at most a chunk, not mixing skipped and copied granules. */

@@ -2,13 +2,15 @@ import { performance } from 'node:perf_hooks';
 import type { BlockDevice } from '../block/device.js';
 import { DirtyBitmap } from '../block/dirty-bitmap.js';
 import { DirtyTracker } from '../block/dirty-tracker.js';
+import { LatencyMeter, type LatencyTotals } from '../block/latency-meter.js';
 import type { Switch } from '../block/switch.js';
 import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
-import { Copier } from './copier.js';
+import { Copier, IN_FLIGHT_MAX_DEFAULT } from './copier.js';
 import type { CopyOffload, CopyPath } from './copy-offload.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
+import { GuestFirst } from './guest-first.js';
 import {
   METHOD_TUNING_DEFAULT,
   type MethodEvent,
@@ -58,6 +60,11 @@ export interface MigrationOptions {
   readonly speedBytesPerSecond?: number;
   readonly chunkBytes?: number;
   readonly inFlightMax?: number;
+  /**
+   * Size the copy's window from the guest's latency (guest-first.ts); default true. Off, the
+   * copier keeps `inFlightMax` chunks in flight whatever the guest goes through.
+   */
+  readonly isGuestFirst?: boolean;
   readonly tuning?: Partial<MethodTuning>;
   /** Makes the destinations the authority, durably; called with guest I/O held. */
   readonly commit: () => Promise<void>;
@@ -114,6 +121,7 @@ export class Migration {
   private readonly tuning: MethodTuning;
   private readonly progress: Progress;
   private readonly copiers: Copier[] = [];
+  private readonly guestFirsts: GuestFirst[] = [];
   private readonly runs: MethodRun[] = [];
   private readonly abort = new AbortController();
   private readonly log: Logger;
@@ -213,6 +221,7 @@ export class Migration {
       if (!this.isCommitted && !isUnknown) await this.rollback(error);
       throw error;
     } finally {
+      for (const guestFirst of this.guestFirsts) guestFirst.stop();
       await Promise.all(
         this.runs.map((run) =>
           run.dispose().catch((error: unknown) => {
@@ -226,15 +235,23 @@ export class Migration {
   private startMethod(disk: MigrationDisk): MethodRun {
     const touched = new DirtyBitmap(disk.target.size, this.tuning.granularityBytes);
     const target = new DirtyTracker(disk.target, touched);
+    const guestLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
+    const inFlightMax = this.options.inFlightMax ?? IN_FLIGHT_MAX_DEFAULT;
+    const guestFirst =
+      this.options.isGuestFirst === false
+        ? undefined
+        : new GuestFirst({ windowMax: inFlightMax, sample: () => ({ ...guestLatency }) });
+    if (guestFirst !== undefined) this.guestFirsts.push(guestFirst);
     const copier = new Copier(disk.source, target, {
       touched,
       progress: this.progress,
       signal: this.abort.signal,
       ...(this.options.chunkBytes === undefined ? {} : { chunkBytes: this.options.chunkBytes }),
-      ...(this.options.inFlightMax === undefined ? {} : { inFlightMax: this.options.inFlightMax }),
+      inFlightMax,
       speedBytesPerSecond:
         this.copiers[0]?.speedBytesPerSecond ?? this.options.speedBytesPerSecond ?? 0,
       ...(disk.offload === undefined ? {} : { offload: disk.offload }),
+      ...(guestFirst === undefined ? {} : { guestFirst }),
       onPath: (path) => this.options.onEvent?.({ type: 'copy-path', disk: disk.name, path }),
     });
     this.copiers.push(copier);
@@ -245,7 +262,13 @@ export class Migration {
       progress: this.progress,
       tuning: this.tuning,
       signal: this.abort.signal,
-      interpose: (device) => this.withHeld([disk], async () => void disk.switch.repoint(device)),
+      // The method's filter goes in the guest's path with a meter above it, so the guest-first
+      // window sees the latency the guest sees, range-lock waits and mirrored writes included.
+      interpose: (device) => {
+        guestFirst?.start();
+        const metered = new LatencyMeter(device, guestLatency);
+        return this.withHeld([disk], async () => void disk.switch.repoint(metered));
+      },
       withGuestHeld: (work) => this.withHeld([disk], work),
       createScratch: disk.createScratch,
       emit: (event) => {
@@ -269,6 +292,8 @@ export class Migration {
       await Promise.all(this.runs.map((run) => run.settle?.()));
     }
     this.options.onEvent?.({ type: 'phase', phase: 'switchover' });
+    // With the guest held, its latency says nothing: the final copy runs with every chunk.
+    for (const guestFirst of this.guestFirsts) guestFirst.stop();
     const stamps: number[] = [performance.now()];
     await Promise.all(this.disks.map((disk) => disk.switch.pause()));
     try {
