@@ -542,6 +542,8 @@ export class Agent {
         failures.push(error);
       });
     }
+    // Old images of finished moves still being unlinked: done before the data dir is let go.
+    await Promise.all(this.registry.list().map((datastore) => datastore.settle()));
     await this.lock.release();
     this.log.info({ dataDir: this.dataDir }, 'agent closed');
     if (failures.length > 0) throw failures[0];

@@ -33,10 +33,12 @@ import {
  *      log, before creating it)
  *   2. a VM's home directory copied, every file fsynced, under a temporary name at the destination
  *   3. destination images created empty, no descriptors: not disks yet
- *   4. one migration over all the disks: copy while the guest writes through the sources
- *   5. COMMIT, guest held on every disk: every destination descriptor written with generation + 1,
- *      the home renamed into place, then ONE atomic journal rewrite `committed: true` — that
- *      write is the commit point, so the disks switch together or not at all
+ *   4. one migration over all the disks: copy while the guest writes through the sources; once
+ *      all are in step, every destination descriptor written with generation + 1 (still not the
+ *      authority: the journal says uncommitted)
+ *   5. COMMIT, guest held on every disk: the home renamed into place, then ONE atomic journal
+ *      rewrite `committed: true` — that write is the commit point, so the disks switch together
+ *      or not at all
  *   6. guest released on the destinations; tombstones at the sources naming the destination
  *   7. source descriptors, images and tombstones deleted, then the old home; journal deleted
  *
@@ -253,6 +255,7 @@ class MoveRun {
         speedBytesPerSecond: spec.speedBytesPerSecond,
         ...(spec.tuning === undefined ? {} : { tuning: spec.tuning }),
         ...(spec.chunkBytes === undefined ? {} : { chunkBytes: spec.chunkBytes }),
+        beforeSwitchover: () => this.writeDescriptors(),
         commit: () => this.commit(),
         onEvent: (event) => {
           if (event.type === 'phase' && event.phase === 'switchover') this.crashIf('final-copy');
@@ -278,17 +281,28 @@ class MoveRun {
   }
 
   /**
-   * Step 5: every destination descriptor one generation up, the home in place, then the journal's
-   * commit flag — the one atomic write that makes all of them the authority at once.
+   * Step 5a, while the guest still runs: every destination descriptor one generation up,
+   * durable. They are not the authority yet: until the journal's commit flag, a restart rolls
+   * back to the sources and deletes them (move-recovery.ts), as it did when they were written
+   * inside the stun. Out of the stun, their fsyncs no longer count in the guest's pause.
+   */
+  private async writeDescriptors(): Promise<void> {
+    const startedAtMs = performance.now();
+    for (const target of this.targets) {
+      const { descriptor } = target;
+      this.written.push(descriptor.name);
+      await this.spec.to.commitDescriptor({ ...descriptor, generation: descriptor.generation + 1 });
+    }
+    this.onEvent({ type: 'cost', part: 'destination descriptors', ms: elapsedMs(startedAtMs) });
+  }
+
+  /**
+   * Step 5b, in the stun: the home in place, then the journal's commit flag — the one atomic
+   * write that makes every destination the authority at once.
    */
   private async commit(): Promise<void> {
     const { to, home } = this.spec;
     this.crashIf('before-commit');
-    for (const target of this.targets) {
-      const { descriptor } = target;
-      this.written.push(descriptor.name);
-      await to.commitDescriptor({ ...descriptor, generation: descriptor.generation + 1 });
-    }
     if (home !== undefined) {
       await placeHome(homeMovePath(to, home.vm), homePath(to, home.vm));
       this.isHomePlaced = true;
@@ -319,7 +333,7 @@ class MoveRun {
       await entry.stack.raw.close().catch((error: unknown) => {
         log.warn({ disk: name, err: error }, 'closing the old source image failed');
       });
-      const leftover = await from.removeDisk(entry.descriptor);
+      const leftover = await from.removeDisk(entry.descriptor, { isImageInBackground: true });
       if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
       await from.removeTombstone(name);
       log.info({ disk: name, from: from.name, to: to.name, generation }, 'disk moved');

@@ -326,7 +326,7 @@ class RemoteMoveRun {
     });
     // The peer serves the disk now; this host must not keep the shared image open for writing.
     if (this.path.kind === 'shared') await this.path.target.close().catch(() => undefined);
-    const leftover = await from.removeDisk(entry.descriptor);
+    const leftover = await from.removeDisk(entry.descriptor, { isImageInBackground: true });
     if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
     for (const disk of this.record.disks) {
       for (const redoLog of disk.redoLogs) await from.removeFile(redoLog);

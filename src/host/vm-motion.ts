@@ -548,7 +548,7 @@ class VmMotionRun {
     await entry.stack.raw.close().catch((error: unknown) => {
       log.warn({ disk: name, err: error }, 'closing the old source image failed');
     });
-    const leftover = await from.removeDisk(entry.descriptor);
+    const leftover = await from.removeDisk(entry.descriptor, { isImageInBackground: true });
     if (leftover) log.warn({ disk: name, file: leftover.file }, leftover.message);
     const disk = this.record.disks.find((each) => each.disk === name);
     for (const redoLog of disk?.redoLogs ?? []) await from.removeFile(redoLog);

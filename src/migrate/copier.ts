@@ -55,7 +55,7 @@ export interface CopierOptions {
   readonly offload?: CopyOffload;
   /** Called the first time each way of copying data carries a run. */
   readonly onPath?: (path: CopyPath) => void;
-  /** Sizes the window below `inFlightMax` from the guest's latency (guest-first.ts). */
+  /** Sizes the bulk pass's window below `inFlightMax` from the guest's latency (guest-first.ts). */
   readonly guestFirst?: GuestFirst;
 }
 
@@ -126,6 +126,8 @@ export class Copier {
   private readonly target: BlockDevice;
   private readonly options: CopierOptions;
   private readonly zeros: Buffer;
+  /** The first pass over the source (the bulk copy) is over. */
+  private isBulkDone = false;
 
   constructor(source: BlockDevice, target: BlockDevice, options: CopierOptions) {
     assert(source.size === target.size, 'copier source and target differ in size');
@@ -192,12 +194,17 @@ export class Copier {
       reader,
       // A `from` pass reads another device (a redo log): its data is not in the source file.
       offload: from === this.source ? this.options.offload : undefined,
+      // Only the bulk pass yields to the guest: later passes (dbt's dirty blocks, a redo log's
+      // consolidation, a mirror's re-copies) are how a method converges, and starving them
+      // leaves more for the stun.
+      isGuestFirst: from === this.source && !this.isBulkDone,
       chunkBytes: Math.max(granule, Math.floor(this.chunkBytes / granule) * granule),
     };
     try {
       await this.walkChunks(walk);
     } finally {
       if (reader !== this.throttled) this.throttles.delete(reader);
+      if (from === this.source) this.isBulkDone = true;
     }
   }
 
@@ -226,16 +233,16 @@ export class Copier {
       });
       window.add(chunk);
       void chunk.finally(() => window.delete(chunk));
-      while (window.size >= this.windowLimit()) await Promise.race(window);
+      while (window.size >= this.windowLimit(walk)) await Promise.race(window);
     }
     await Promise.all(window);
     if (failure !== undefined) throw failure;
   }
 
-  /** Chunks allowed in flight now: the guest-first window, within `inFlightMax`. */
-  private windowLimit(): number {
+  /** Chunks allowed in flight now: in the bulk pass, the guest-first window. */
+  private windowLimit(walk: Walk): number {
     const guestFirst = this.options.guestFirst;
-    return guestFirst === undefined
+    return guestFirst === undefined || !walk.isGuestFirst
       ? this.inFlightMax
       : Math.min(this.inFlightMax, guestFirst.window);
   }
@@ -433,6 +440,8 @@ interface Walk {
   readonly reader: Throttle;
   /** Set when `from` is the source and both images are files the kernel can copy between. */
   readonly offload: CopyOffload | undefined;
+  /** The window follows the guest's latency (the bulk pass only). */
+  readonly isGuestFirst: boolean;
   /** The copier's chunk in whole granules of `bitmap`. */
   readonly chunkBytes: number;
 }
