@@ -161,3 +161,19 @@ test('datastore: space comes from statfs, unavailable directory is a clear error
   await assert.rejects(gone.scan(), { code: 'ERR_DATASTORE_UNAVAILABLE' });
   await assert.rejects(gone.space(), { code: 'ERR_DATASTORE_UNAVAILABLE' });
 });
+
+test('datastore: an image removed in the background is no disk at once, gone once settled, and remains a crash left are swept by the scan', async () => {
+  const datastore = await newDatastore();
+  const descriptor = await datastore.createDisk('vm1', 64 * MIB, 'thick');
+  assert.equal(await datastore.removeDisk(descriptor, { isImageInBackground: true }), undefined);
+  const right = await readdir(datastore.path);
+  assert.ok(!right.includes('vm1.raw') && !right.includes('vm1.disk.json'), right.join(', '));
+  assert.deepEqual((await datastore.scan()).problems, [], 'the remains are not an orphan image');
+  await datastore.settle();
+  assert.deepEqual(await readdir(datastore.path), []);
+  // A crash between the rename and the unlink: the next scan deletes what is left.
+  await writeFile(join(datastore.path, '.vm2.raw.removed-1234'), 'old bytes');
+  await datastore.scan();
+  await datastore.settle();
+  assert.deepEqual(await readdir(datastore.path), []);
+});
