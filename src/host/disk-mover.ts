@@ -9,6 +9,7 @@ import { Migration, type MigrationEvent, type MigrationResult } from '../migrate
 import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import type { CommitMark } from './commit-mark.js';
 import type { Datastore } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import type { DiskStack } from './disk-stack.js';
@@ -36,9 +37,9 @@ import {
  *   4. one migration over all the disks: copy while the guest writes through the sources; once
  *      all are in step, every destination descriptor written with generation + 1 (still not the
  *      authority: the journal says uncommitted)
- *   5. COMMIT, guest held on every disk: the home renamed into place, then ONE atomic journal
- *      rewrite `committed: true` — that write is the commit point, so the disks switch together
- *      or not at all
+ *   5. COMMIT, guest held on every disk: the home renamed into place, then the move's commit
+ *      mark set (commit-mark.ts; the journal reads it as `committed: true`) — that one write is
+ *      the commit point, so the disks switch together or not at all
  *   6. guest released on the destinations; tombstones at the sources naming the destination
  *   7. source descriptors, images and tombstones deleted, then the old home; journal deleted
  *
@@ -120,7 +121,9 @@ export async function prepareMove(
   await host.journal.write(record);
   const targets: MoveTarget[] = [];
   const created: DiskDescriptor[] = [];
+  let mark: CommitMark | undefined;
   try {
+    mark = await host.journal.createCommitMark(record.id);
     if (home !== undefined) {
       await copyHome(homePath(home.from, home.vm), homeMovePath(to, home.vm));
     }
@@ -142,10 +145,11 @@ export async function prepareMove(
     for (const target of targets) await target.device.close().catch(() => undefined);
     for (const descriptor of created) await to.removeFile(descriptor.image).catch(() => undefined);
     if (home !== undefined) await removeHome(homeMovePath(to, home.vm)).catch(() => undefined);
+    await mark?.close();
     await host.journal.remove(record.id);
     throw error;
   }
-  const move = new MoveRun(host, spec, record, targets, onEvent);
+  const move = new MoveRun(host, spec, record, targets, mark, onEvent);
   return { id: record.id, migration: move.migration, run: () => move.run() };
 }
 
@@ -236,6 +240,7 @@ class MoveRun {
     private readonly spec: MoveSpec,
     record: MoveRecord,
     private readonly targets: readonly MoveTarget[],
+    private readonly mark: CommitMark,
     private readonly onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
@@ -297,8 +302,9 @@ class MoveRun {
   }
 
   /**
-   * Step 5b, in the stun: the home in place, then the journal's commit flag — the one atomic
-   * write that makes every destination the authority at once.
+   * Step 5b, in the stun: the home in place, then the journal's commit mark — the one write
+   * (a sector in place, one fdatasync: commit-mark.ts) that makes every destination the
+   * authority at once.
    */
   private async commit(): Promise<void> {
     const { to, home } = this.spec;
@@ -307,9 +313,8 @@ class MoveRun {
       await placeHome(homeMovePath(to, home.vm), homePath(to, home.vm));
       this.isHomePlaced = true;
     }
-    const committed: MoveRecord = { ...this.record, committed: true };
-    await this.host.journal.write(committed);
-    this.record = committed;
+    await this.mark.set();
+    this.record = { ...this.record, committed: true };
     this.isCommitted = true;
     this.crashIf('after-commit');
   }
@@ -342,6 +347,7 @@ class MoveRun {
       for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
     }
     if (home !== undefined) await removeHome(homePath(home.from, home.vm));
+    await this.mark.close();
     await journal.remove(this.record.id);
     this.onEvent({ type: 'cost', part: 'source deletion', ms: elapsedMs(startedAtMs) });
     log.info({ move: this.record.id, to: to.name }, `${this.label} moved`);
@@ -364,6 +370,7 @@ class MoveRun {
         await removeHome(homeMovePath(to, home.vm));
         if (this.isHomePlaced) await removeHome(homePath(to, home.vm));
       }
+      await this.mark.close();
       await this.host.journal.remove(this.record.id);
     } catch (error) {
       // The journal stays: the next start finishes the cleanup.

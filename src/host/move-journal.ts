@@ -2,6 +2,7 @@ import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import { CommitMark } from './commit-mark.js';
 
 /**
  * The journal of moves in progress: one small JSON file per move under `<data>/journal/`,
@@ -13,7 +14,9 @@ import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
  * A move carries one or more disks and, for a VM, its home directory. What decides is the record's
  * `committed` flag, set by one atomic rewrite of the record once every destination descriptor and
  * the new home are written: that write is the commit point, for one disk as for a VM's several,
- * so the disks go over together or not at all. Records of version 1 (one disk, no flag) are still
+ * so the disks go over together or not at all. A move inside one host commits instead by setting
+ * its commit mark (`<id>.commit`, commit-mark.ts: one sector written in place, one fdatasync),
+ * which `list` reads as the flag: cheap enough for the guest's stun. Records of version 1 (one disk, no flag) are still
  * read; for them the destination descriptor's generation decides, as it did when they were written.
  */
 export const JOURNAL_VERSION = 2;
@@ -83,11 +86,18 @@ export class MoveJournal {
     await writeJsonAtomic(this.pathOf(record.id), record);
   }
 
+  /** Creates move `id`'s commit mark, unset; setting it later commits the move. */
+  createCommitMark(id: string): Promise<CommitMark> {
+    return CommitMark.create(this.markPathOf(id), id);
+  }
+
   async remove(id: string): Promise<void> {
-    try {
-      await unlink(this.pathOf(id));
-    } catch (error) {
-      if (errorCodeOf(error) !== 'ENOENT') throw error;
+    for (const path of [this.pathOf(id), this.markPathOf(id)]) {
+      try {
+        await unlink(path);
+      } catch (error) {
+        if (errorCodeOf(error) !== 'ENOENT') throw error;
+      }
     }
     await syncDirectory(this.dir);
   }
@@ -100,7 +110,11 @@ export class MoveJournal {
       if (!fileName.endsWith('.json') || fileName.startsWith('.')) continue;
       const path = join(this.dir, fileName);
       try {
-        records.push(parseRecord(await readJson(path), path));
+        const record = parseRecord(await readJson(path), path);
+        const isMarked =
+          record.committed === false &&
+          (await CommitMark.isSet(this.markPathOf(record.id), record.id));
+        records.push(isMarked ? { ...record, committed: true } : record);
       } catch (error) {
         problems.push(
           `journal entry ${path} is unreadable and left alone: ${errorMessageOf(error)}`,
@@ -113,6 +127,10 @@ export class MoveJournal {
 
   private pathOf(id: string): string {
     return join(this.dir, `${id}.json`);
+  }
+
+  private markPathOf(id: string): string {
+    return join(this.dir, `${id}.commit`);
   }
 }
 
