@@ -10,6 +10,7 @@ import type { BenchContext } from './migrate-context.js';
 import { runDbtSection } from './migrate-dbt.js';
 import type { FerryDriverName } from './migrate-ferry.js';
 import { runIdleSection } from './migrate-idle.js';
+import { runReflinkSection } from './migrate-reflink.js';
 import { log, step } from './migrate-step.js';
 import { filesystemTypeOf } from './migrate-system.js';
 import { runLoadSection } from './migrate-under-load.js';
@@ -22,15 +23,18 @@ import { runLoadSection } from './migrate-under-load.js';
  *   2. load: every method under fio random writes vs QEMU's blockdev-mirror (both copy modes)
  *   3. dbt: passes and dirty bytes at the switchover vs the guest's write rate, hot-block
  *      avoidance on and off
+ *   4. reflink: the idle thick move again on a loop-mounted XFS, where the copy is reflinks, vs
+ *      cp --reflink (needs root)
  *
  * Progress goes to stderr, the markdown report to stdout. Every child is killed on exit or
  * signal, and the temporary directory removed unless --keep.
  *
- *   npm run bench:migrate -- [--only idle|load|dbt] [--runs 3] [--size 4G] [--load-size 1G]
+ *   npm run bench:migrate -- [--only idle|load|dbt|reflink] [--runs 3] [--size 4G] [--load-size 1G]
  *                            [--seconds 5] [--ferry api|agent] [--dir DIR] [--keep]
  */
 const USAGE = `usage: node dist/bench/migrate.js [options]
-  --only SECTION     idle, load or dbt (repeatable; default: all three)
+  --only SECTION     idle, load, dbt or reflink (repeatable; default: all four; reflink needs
+                     root, to loop-mount an XFS)
   --runs N           repetitions of every measurement; medians are reported (default 3)
   --size SIZE        idle section's disk size (default 4G)
   --load-size SIZE   load and dbt sections' disk size (default 1G)
@@ -43,8 +47,8 @@ const USAGE = `usage: node dist/bench/migrate.js [options]
                      disk, not tmpfs
   --keep             keep the temporary directory (images, fio logs, Ferry data dir)`;
 
-type Section = 'idle' | 'load' | 'dbt';
-const SECTIONS: readonly Section[] = ['idle', 'load', 'dbt'];
+type Section = 'idle' | 'load' | 'dbt' | 'reflink';
+const SECTIONS: readonly Section[] = ['idle', 'load', 'dbt', 'reflink'];
 
 interface Options {
   readonly sections: readonly Section[];
@@ -124,6 +128,7 @@ async function runSections(options: Options, context: BenchContext): Promise<voi
     log(`section ${section}`);
     let text: string;
     if (section === 'idle') text = await runIdleSection(context, options.idleSizeBytes);
+    else if (section === 'reflink') text = await runReflinkSection(context, options.idleSizeBytes);
     else if (section === 'load')
       text = await runLoadSection(context, await master(), options.loadSizeBytes);
     else text = await runDbtSection(context, await master(), options.loadSizeBytes);

@@ -97,6 +97,8 @@ export interface PassOptions {
 
 export const CHUNK_BYTES_DEFAULT = 1024 * 1024;
 export const IN_FLIGHT_MAX_DEFAULT = 8;
+/** Chunk size while the offload shares extents: a guest write waits at most one clone call. */
+const REFLINK_CHUNK_BYTES = 16 * 1024 * 1024;
 /** The furthest past a chunk the copier asks for the source's map (see `sourceExtents`). */
 const EXTENT_LOOKAHEAD_BYTES = 256 * 1024 * 1024;
 
@@ -187,18 +189,24 @@ export class Copier {
     assert(from.size === this.target.size, 'a pass reads a device of the target size');
     const reader = from === this.source ? this.throttled : this.throttle(from);
     const granule = bitmap.granularityBytes;
+    const offload = from === this.source ? this.options.offload : undefined;
+    // A reflink moves no data: its cost is per call, not per byte, so it takes larger chunks.
+    const chunkBytes =
+      offload?.path === 'reflink'
+        ? Math.max(this.chunkBytes, REFLINK_CHUNK_BYTES)
+        : this.chunkBytes;
     const walk: Walk = {
       bitmap,
       pass,
       from,
       reader,
       // A `from` pass reads another device (a redo log): its data is not in the source file.
-      offload: from === this.source ? this.options.offload : undefined,
+      offload,
       // Only the bulk pass yields to the guest: later passes (dbt's dirty blocks, a redo log's
       // consolidation, a mirror's re-copies) are how a method converges, and starving them
       // leaves more for the stun.
       isGuestFirst: from === this.source && !this.isBulkDone,
-      chunkBytes: Math.max(granule, Math.floor(this.chunkBytes / granule) * granule),
+      chunkBytes: Math.max(granule, Math.floor(chunkBytes / granule) * granule),
     };
     try {
       await this.walkChunks(walk);
