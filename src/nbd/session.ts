@@ -579,6 +579,9 @@ export class NbdSession {
       if (this.socket.destroyed) return resolve();
       this.socket.once('close', () => resolve());
       this.socket.end();
+      // Reading may be paused (close() stops taking requests): the peer's FIN is only seen, and
+      // 'close' only comes, once what it sent is read. onData drops it while disconnecting.
+      this.socket.resume();
       // A client that never reads its last replies must not hold shutdown forever.
       setTimeout(() => this.socket.destroy(), 5000).unref();
     });
