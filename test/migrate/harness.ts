@@ -50,6 +50,8 @@ export interface BenchDisk {
   readonly stun: WatchedSwitch;
   /** What the migration wrote to the target, and when. */
   readonly copyWatch: CopyWatch;
+  /** The switchover waits for the guest to race the copy (`BenchOptions.waitsForRace`). */
+  readonly waitsForRace?: boolean;
 }
 
 /** Set while the guest's requests run, and inherited by whatever they cause below. */
@@ -81,6 +83,8 @@ export interface Hold {
  */
 export class WatchedSwitch extends Switch {
   readonly holds: Hold[] = [];
+  /** Awaited before the next `pause()` holds anything (the guest runs meanwhile); then cleared. */
+  beforeNextPause: (() => Promise<void>) | undefined;
 
   /** The hold whose drain is done and which is not resumed yet. */
   get drainedHold(): Hold | undefined {
@@ -89,6 +93,9 @@ export class WatchedSwitch extends Switch {
   }
 
   override async pause(): Promise<void> {
+    const before = this.beforeNextPause;
+    this.beforeNextPause = undefined;
+    await before?.();
     const hold: Hold = {
       pausedMs: performance.now(),
       drainedMs: undefined,
@@ -109,8 +116,8 @@ export class WatchedSwitch extends Switch {
 
 /** The granularity of `CopyWatch.copiedAtMs`: a guest write's overlap is judged per block. */
 const WATCH_BLOCK_BYTES = 4096;
-/** The longest a copy write waits for the guest to race the copy (`BenchOptions.waitsForRace`). */
-const RACE_WAIT_MS_MAX = 20;
+/** The longest the stun waits for the guest to race the copy (`BenchOptions.waitsForRace`). */
+const RACE_WAIT_MS_MAX = 200;
 
 /**
  * Observes the target below the migration: when each block was first written by the copy (a
@@ -126,17 +133,11 @@ export class CopyWatch extends PassThrough {
   /** A guest mutation was issued on a block after the copy landed there. */
   isRaced = false;
   private readonly stun: () => WatchedSwitch;
-  private readonly waitsForRace: boolean;
   private onRaced: Array<() => void> = [];
 
-  constructor(
-    next: BlockDevice,
-    stun: () => WatchedSwitch,
-    options: { waitsForRace?: boolean } = {},
-  ) {
+  constructor(next: BlockDevice, stun: () => WatchedSwitch) {
     super(next);
     this.stun = stun;
-    this.waitsForRace = options.waitsForRace ?? false;
     this.copiedAtMs = new Float64Array(Math.ceil(next.size / WATCH_BLOCK_BYTES)).fill(Infinity);
   }
 
@@ -183,16 +184,12 @@ export class CopyWatch extends PassThrough {
   }
 
   /**
-   * Until a guest mutation was acknowledged over a copied block, holds back the answer of every
-   * copy write but the first (at most `RACE_WAIT_MS_MAX` each): on a small disk a fast copy may
-   * otherwise finish before any guest request touches what it copied, and the run would prove
-   * nothing. Held after landing, not before, and counted as copied only once answered: a method
-   * holds a chunk's range locked until its write is answered, and the guest must be able to write
-   * where the copy has been.
+   * Resolves once a guest mutation was acknowledged over a copied block, or after
+   * `RACE_WAIT_MS_MAX` (then the run's `assertRaced` fails).
    */
-  private async waitForRace(): Promise<void> {
-    if (!this.waitsForRace || this.isRaced || this.copyBytes === 0) return;
-    await new Promise<void>((resolve) => {
+  raced(): Promise<void> {
+    if (this.isRaced) return Promise.resolve();
+    return new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, RACE_WAIT_MS_MAX);
       this.onRaced.push(() => {
         clearTimeout(timer);
@@ -208,7 +205,6 @@ export class CopyWatch extends PassThrough {
     if (isGuest()) return send();
     this.copyStartMs ??= performance.now();
     await send();
-    await this.waitForRace();
     this.copyBytes += length;
     const copiedMs = performance.now();
     const last = Math.floor((offset + length) / WATCH_BLOCK_BYTES);
@@ -232,8 +228,10 @@ export interface BenchOptions {
   /** The target's delay per request, ms, instead of the random one (a slow destination). */
   readonly targetDelayMs?: () => number;
   /**
-   * Copy writes wait (a little) until the guest raced the copy (`CopyWatch`): for runs that
-   * `assertRaced`, so that a correct method on a fast machine still shows the race.
+   * The switchover waits (before it holds the guest, at most `RACE_WAIT_MS_MAX`) until a guest
+   * mutation was acknowledged over a block the copy had landed: on a small disk a fast copy may
+   * finish before any guest request touches what it copied, and the run would prove nothing. For
+   * runs that `assertRaced`; a correct method only mirrors (or tracks) a few ms longer.
    */
   readonly waitsForRace?: boolean;
 }
@@ -307,9 +305,7 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
   const source = options.wrapSource ? options.wrapSource(sourceBase) : sourceBase;
   const targetBase = new Delay(targetMemory, options.targetDelayMs ?? delay);
   const stun = new WatchedSwitch(source);
-  const copyWatch = new CopyWatch(targetBase, () => stun, {
-    waitsForRace: options.waitsForRace ?? false,
-  });
+  const copyWatch = new CopyWatch(targetBase, () => stun);
   const target = options.wrapTarget ? options.wrapTarget(copyWatch) : copyWatch;
   const scratches: MemoryDevice[] = [];
   const disk: MigrationDisk = {
@@ -324,7 +320,16 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
       return { device: new Delay(memory, delay), remove: async () => memory.close() };
     },
   };
-  return { disk, sourceMemory, targetMemory, model, scratches, stun, copyWatch };
+  return {
+    disk,
+    sourceMemory,
+    targetMemory,
+    model,
+    scratches,
+    stun,
+    copyWatch,
+    waitsForRace: options.waitsForRace ?? false,
+  };
 }
 
 /** A guest write, zero or trim: its range, when it was issued and when acknowledged (ms). */
@@ -464,6 +469,8 @@ export interface RaceReport {
   readonly afterCount: number;
   /** Bytes the migration wrote to the target while the guest was held and drained in the stun. */
   readonly stunTargetBytes: number;
+  /** Bytes it wrote to the target in the holds before the stun (interposes, redo-log swaps). */
+  readonly earlierHoldTargetBytes: number;
   /** Bytes the copy wrote to the target in all. */
   readonly copyBytes: number;
   /** Mutations issued before the stun and acknowledged after it began (drained into it). */
@@ -498,6 +505,9 @@ export function raceReportOf(bench: BenchDisk, guest: Guest): RaceReport {
     racedOnCopiedCount,
     afterCount,
     stunTargetBytes: stun?.targetBytes ?? 0,
+    earlierHoldTargetBytes: bench.stun.holds
+      .slice(0, -1)
+      .reduce((sum, hold) => sum + hold.targetBytes, 0),
     copyBytes: copyWatch.copyBytes,
     drained,
     mutations: guest.mutations,
@@ -533,7 +543,9 @@ function describe(report: RaceReport): string {
 /**
  * The run raced: guest mutations were acknowledged between the copy's start and the stun, at
  * least one of them on blocks the copy had already landed (a mirror must carry it, dbt must copy
- * it again, a snapshot must consolidate it), and the guest wrote after the switchover too.
+ * it again, a snapshot must consolidate it), and the guest wrote after the switchover too. And
+ * the copy ran with the guest running: no hold before the stun wrote to the target (an interpose
+ * or a redo-log swap holds the guest only to re-point).
  */
 export function assertRaced(report: RaceReport, seed: number): void {
   const why = `${describe(report)} (seed ${seed})`;
@@ -541,6 +553,11 @@ export function assertRaced(report: RaceReport, seed: number): void {
   assert.ok(report.racedCount > 0, `guest writes landed during the copy: ${why}`);
   assert.ok(report.racedOnCopiedCount > 0, `guest writes landed on copied blocks: ${why}`);
   assert.ok(report.afterCount > 0, `the guest wrote after the switchover: ${why}`);
+  assert.equal(
+    report.earlierHoldTargetBytes,
+    0,
+    `no copy while the guest was held before the stun: ${why}`,
+  );
 }
 
 /**
@@ -632,8 +649,15 @@ export async function migrateUnderLoad(
     ...options,
     onEvent: (event) => {
       events.push(event);
+      // Just before the switchover pauses each Switch: wait for the race if asked, then take
+      // what is still dirty as the stun begins.
       if (event.type === 'phase' && event.phase === 'switchover') {
-        dirtyAtStunBytes = migration.dirtyBytes;
+        for (const bench of benches) {
+          bench.stun.beforeNextPause = async () => {
+            if (bench.waitsForRace) await bench.copyWatch.raced();
+            dirtyAtStunBytes = Math.max(dirtyAtStunBytes, migration.dirtyBytes);
+          };
+        }
       }
       options.onEvent?.(event);
     },
