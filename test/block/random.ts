@@ -38,3 +38,18 @@ export async function withSeed<T>(seed: number, work: () => Promise<T> | T): Pro
     throw new Error(`${message} (replay with FERRY_TEST_SEED=${seed})`, { cause: error });
   }
 }
+
+/**
+ * fast-check's options for a property: `numRuns`; the failing run's own error in the report (the
+ * test runner does not print an error's `cause`, where fast-check puts it otherwise); and the
+ * seed from `FERRY_TEST_SEED`, to replay a failure (the report prints the seed and the path).
+ */
+export function propertyOptions(numRuns: number): {
+  numRuns: number;
+  includeErrorInReport: boolean;
+  seed?: number;
+} {
+  const seed = process.env.FERRY_TEST_SEED;
+  const options = { numRuns, includeErrorInReport: true };
+  return seed === undefined ? options : { ...options, seed: Number(seed) };
+}

@@ -36,9 +36,9 @@ import {
   type MigrationEvent,
   type MigrationResult,
 } from '../../src/migrate/migration.js';
-import { prng, randomBytes } from '../block/random.js';
+import { prng, propertyOptions, randomBytes } from '../block/random.js';
 
-export { prng, randomBytes };
+export { prng, propertyOptions, randomBytes };
 
 export interface BenchDisk {
   readonly disk: MigrationDisk;
@@ -250,21 +250,6 @@ export function requestDelayMs(random: () => number, maxMs = 6): () => number {
     if (draw < 0.95) return Math.min(maxMs, 1 + random());
     return Math.min(maxMs, 2 + random() * (maxMs - 2));
   };
-}
-
-/**
- * fast-check's options for a property: `numRuns`; the failing run's own error in the report (the
- * test runner does not print an error's `cause`, where fast-check puts it otherwise); and the
- * seed from `FERRY_TEST_SEED`, to replay a failure (the report prints the seed and the path).
- */
-export function propertyOptions(numRuns: number): {
-  numRuns: number;
-  includeErrorInReport: boolean;
-  seed?: number;
-} {
-  const seed = process.env.FERRY_TEST_SEED;
-  const options = { numRuns, includeErrorInReport: true };
-  return seed === undefined ? options : { ...options, seed: Number(seed) };
 }
 
 /** What every method's property test draws: a seed, a disk size, the copier's chunk and window. */

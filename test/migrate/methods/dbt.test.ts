@@ -216,7 +216,7 @@ test('dbt: hot blocks skipped during the passes reach the destination in the fin
         if (isSkipping && result.method === 'dbt') skippingRuns += 1;
       },
     ),
-    { numRuns: 30 },
+    propertyOptions(30),
   );
   assert.ok(skippingRuns > 0, 'some runs skipped hot blocks and still converged as dbt');
 });
