@@ -514,7 +514,7 @@ export function granuleBytesOf(
   return granules.size * granuleBytes;
 }
 
-function describe(report: RaceReport): string {
+function summaryOf(report: RaceReport): string {
   const { stun, copyStartMs } = report;
   const at = (ms: number | undefined): string => (ms === undefined ? '-' : ms.toFixed(1));
   return (
@@ -533,7 +533,7 @@ function describe(report: RaceReport): string {
  * or a redo-log swap holds the guest only to re-point).
  */
 export function assertRaced(report: RaceReport, seed: number): void {
-  const why = `${describe(report)} (seed ${seed})`;
+  const why = `${summaryOf(report)} (seed ${seed})`;
   assert.ok(report.copyStartMs !== undefined, `the copy wrote the target: ${why}`);
   assert.ok(report.racedCount > 0, `guest writes landed during the copy: ${why}`);
   assert.ok(report.racedOnCopiedCount > 0, `guest writes landed on copied blocks: ${why}`);
@@ -558,7 +558,7 @@ export function assertStunCopiedAtMost(
   assert.ok(
     report.stunTargetBytes <= maxBytes,
     `the stun wrote ${report.stunTargetBytes} bytes to the target, more than ${maxBytes} ` +
-      `(${bound}): ${describe(report)} (seed ${seed})`,
+      `(${bound}): ${summaryOf(report)} (seed ${seed})`,
   );
 }
 
