@@ -243,7 +243,9 @@ for (const code of TARGET_FAULT_CODES) {
 
 test('snapshot: a redo log that fails a write fails the job; the source holds what was acknowledged', async () => {
   const random = prng(41);
-  const bench = await makeBenchDisk('vm1', { sizeBytes: 1024 * 1024, random });
+  // Full of data, so the paced base copy outlasts both guest writes (a copy of holes is instant,
+  // and a slow guest write would then find the job switched over).
+  const bench = await makeBenchDisk('vm1', { sizeBytes: 1024 * 1024, random, filledFraction: 1 });
   const faults: FaultInjector[] = [];
   const failing: BenchDisk = {
     ...bench,
