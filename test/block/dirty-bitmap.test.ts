@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { DirtyBitmap } from '../../src/block/dirty-bitmap.js';
+import { propertyOptions } from './random.js';
 
 const GRANULE = 4096;
 
@@ -65,7 +66,7 @@ test('dirty bitmap agrees with a set model over random marks and clears', () => 
         );
       },
     ),
-    { numRuns: 300 },
+    propertyOptions(300),
   );
 });
 
@@ -114,5 +115,6 @@ test('unionDirtyBytes equals the dirty bytes of the merged bitmaps', () => {
         assert.equal(b.unionDirtyBytes(a), merged.dirtyBytes);
       },
     ),
+    propertyOptions(100),
   );
 });

@@ -9,7 +9,7 @@ import { FaultInjector } from '../../src/block/fault.js';
 import { PassThrough } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { Overlay } from '../../src/block/overlay.js';
-import { prng, randomBytes } from './random.js';
+import { prng, propertyOptions, randomBytes } from './random.js';
 
 const SIZE_BYTES = 1024 * 1024;
 /** The memory device's page: a log's allocated extents then equal its presence map exactly. */
@@ -319,7 +319,7 @@ describe('Overlay', () => {
           assert.deepEqual(await allocatedRanges(memory), presentRanges(log.present));
         }
       }),
-      { numRuns: 30 },
+      propertyOptions(30),
     );
   });
 });

@@ -4,18 +4,29 @@
  * (one Buffer) of what the guest was acknowledged. After the switchover the destination must
  * equal the model byte for byte, read directly and through the Switch.
  *
- * Races are real: every device below is wrapped in a `Delay` with random sub-millisecond delays,
- * so guest writes, copy reads and copy writes overlap and finish out of order. Guest workers own
- * disjoint stripes of the disk (two overlapping writes in flight at once have no defined result
- * in NBD either), but each stripe spans several chunks and granules, so every write races the
- * copier.
+ * Races are real: every device below is wrapped in a `Delay` whose seeded delays are mostly a
+ * few event-loop turns with a tail of milliseconds (`requestDelayMs`), so guest writes, copy reads
+ * and copy writes overlap and finish out of order. Guest workers own disjoint stripes of the disk
+ * (two overlapping writes in flight at once have no defined result in NBD either), but each stripe
+ * spans several chunks and granules, so every write races the copier.
+ *
+ * A byte-for-byte match alone would pass an engine that is fast but wrong: one that copied while
+ * nothing raced it, or that copied everything while the guest was held. So the bench also keeps a
+ * timeline (`RaceReport`): when each guest mutation was issued and acknowledged, when each copy
+ * write landed on the target, and the stun; `assertRaced` and `assertStunCopiedAtMost` judge it.
+ * Copy writes are told from mirrored guest writes by the async context they run in: the guest's
+ * requests run in `guestContext`, and whatever they cause below (a mirrored write, an sxm fill)
+ * inherits it; the copier runs in the migration's own context.
  */
 import assert from 'node:assert/strict';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { performance } from 'node:perf_hooks';
 import fc from 'fast-check';
 import { Delay } from '../../src/block/delay.js';
-import type { BlockDevice } from '../../src/block/device.js';
+import type { BlockDevice, WriteOptions, ZeroOptions } from '../../src/block/device.js';
 import { BlockErrorCode } from '../../src/block/errors.js';
 import { FaultInjector } from '../../src/block/fault.js';
+import { PassThrough } from '../../src/block/filter.js';
 import { MemoryDevice } from '../../src/block/memory.js';
 import { Switch } from '../../src/block/switch.js';
 import type { MethodName, MethodTuning, MirrorStats, Scratch } from '../../src/migrate/method.js';
@@ -25,9 +36,9 @@ import {
   type MigrationEvent,
   type MigrationResult,
 } from '../../src/migrate/migration.js';
-import { prng, randomBytes } from '../block/random.js';
+import { prng, propertyOptions, randomBytes } from '../block/random.js';
 
-export { prng, randomBytes };
+export { prng, propertyOptions, randomBytes };
 
 export interface BenchDisk {
   readonly disk: MigrationDisk;
@@ -35,12 +46,178 @@ export interface BenchDisk {
   readonly targetMemory: MemoryDevice;
   readonly model: Buffer;
   readonly scratches: MemoryDevice[];
+  /** The guest's Switch, recording each hold. */
+  readonly stun: WatchedSwitch;
+  /** What the migration wrote to the target, and when. */
+  readonly copyWatch: CopyWatch;
+  /** The switchover waits for the guest to race the copy (`BenchOptions.waitsForRace`). */
+  readonly waitsForRace?: boolean;
+}
+
+/** Set while the guest's requests run, and inherited by whatever they cause below. */
+const guestContext = new AsyncLocalStorage<true>();
+
+/** Runs `work` as the guest: the target writes it causes are mirrored writes, not copies. */
+export function asGuest<T>(work: () => T): T {
+  return guestContext.run(true, work);
+}
+
+function isGuest(): boolean {
+  return guestContext.getStore() === true;
+}
+
+/** One hold of the guest's I/O, ms on `performance.now()`'s clock. */
+export interface Hold {
+  readonly pausedMs: number;
+  /** When no guest request was in flight any more; undefined while draining. */
+  drainedMs: number | undefined;
+  resumedMs: number | undefined;
+  /** Bytes the migration wrote to the target between the drain and the resume. */
+  targetBytes: number;
+}
+
+/**
+ * The guest's Switch, recording each hold (an interpose, a redo-log swap, the switchover). The
+ * requests it held start inside `resume()`, on the migration's call stack: they are the guest's,
+ * so they start in `guestContext`.
+ */
+export class WatchedSwitch extends Switch {
+  readonly holds: Hold[] = [];
+  /** Awaited before the next `pause()` holds anything (the guest runs meanwhile); then cleared. */
+  beforeNextPause: (() => Promise<void>) | undefined;
+
+  /** The hold whose drain is done and which is not resumed yet. */
+  get drainedHold(): Hold | undefined {
+    const hold = this.holds.at(-1);
+    return hold?.drainedMs !== undefined && hold.resumedMs === undefined ? hold : undefined;
+  }
+
+  override async pause(): Promise<void> {
+    const before = this.beforeNextPause;
+    this.beforeNextPause = undefined;
+    await before?.();
+    const hold: Hold = {
+      pausedMs: performance.now(),
+      drainedMs: undefined,
+      resumedMs: undefined,
+      targetBytes: 0,
+    };
+    this.holds.push(hold);
+    await super.pause();
+    hold.drainedMs = performance.now();
+  }
+
+  override resume(): void {
+    const hold = this.holds.at(-1);
+    if (hold !== undefined) hold.resumedMs = performance.now();
+    asGuest(() => super.resume());
+  }
+}
+
+/** The granularity of `CopyWatch.copiedAtMs`: a guest write's overlap is judged per block. */
+const WATCH_BLOCK_BYTES = 4096;
+/** The longest the stun waits for the guest to race the copy (`BenchOptions.waitsForRace`). */
+const RACE_WAIT_MS_MAX = 200;
+
+/**
+ * Observes the target below the migration: when each block was first written by the copy (a
+ * target write outside `guestContext`: the copier, a final copy, a snapshot's log copy), and what
+ * the migration wrote while the guest was held and drained.
+ */
+export class CopyWatch extends PassThrough {
+  /** Issue time of the first copy write; undefined until the copy starts. */
+  copyStartMs: number | undefined;
+  copyBytes = 0;
+  /** Per 4 KiB block, when a copy write covering it whole first landed (Infinity: never). */
+  readonly copiedAtMs: Float64Array;
+  /** A guest mutation was issued on a block after the copy landed there. */
+  isRaced = false;
+  private readonly stun: () => WatchedSwitch;
+  private onRaced: Array<() => void> = [];
+
+  constructor(next: BlockDevice, stun: () => WatchedSwitch) {
+    super(next);
+    this.stun = stun;
+    this.copiedAtMs = new Float64Array(Math.ceil(next.size / WATCH_BLOCK_BYTES)).fill(Infinity);
+  }
+
+  /** The guest was acknowledged a mutation it issued at `startMs` (whichever device it went to). */
+  noteGuestMutation(offset: number, length: number, startMs: number): void {
+    if (this.isRaced || !this.isCopiedBefore(offset, length, startMs)) return;
+    this.isRaced = true;
+    for (const wake of this.onRaced.splice(0)) wake();
+  }
+
+  override write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    return this.watch(offset, data.length, () => this.next.write(offset, data, options));
+  }
+
+  override writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    return this.watch(offset, length, () => this.next.writeZeroes(offset, length, options));
+  }
+
+  override trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    return this.watch(offset, length, () => this.next.trim(offset, length, options));
+  }
+
+  /**
+   * The offset of a block in `[start, start + length)` the copy has landed on, drawn with
+   * `random`; undefined if there is none yet.
+   */
+  copiedOffsetIn(start: number, length: number, random: () => number): number | undefined {
+    const blocks: number[] = [];
+    const last = Math.floor((start + length - 1) / WATCH_BLOCK_BYTES);
+    for (let block = Math.ceil(start / WATCH_BLOCK_BYTES); block <= last; block += 1) {
+      if ((this.copiedAtMs[block] ?? Infinity) < Infinity) blocks.push(block);
+    }
+    const block = blocks[Math.floor(random() * blocks.length)];
+    return block === undefined ? undefined : block * WATCH_BLOCK_BYTES;
+  }
+
+  /** True when a copy write had landed on a block of the range before `beforeMs`. */
+  isCopiedBefore(offset: number, length: number, beforeMs: number): boolean {
+    const last = Math.floor((offset + length - 1) / WATCH_BLOCK_BYTES);
+    for (let block = Math.floor(offset / WATCH_BLOCK_BYTES); block <= last; block += 1) {
+      if ((this.copiedAtMs[block] ?? Infinity) < beforeMs) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Resolves once a guest mutation was acknowledged over a copied block, or after
+   * `RACE_WAIT_MS_MAX` (then the run's `assertRaced` fails).
+   */
+  raced(): Promise<void> {
+    if (this.isRaced) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, RACE_WAIT_MS_MAX);
+      this.onRaced.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private async watch(offset: number, length: number, send: () => Promise<void>): Promise<void> {
+    const hold = this.stun().drainedHold;
+    // With the guest held and drained, everything that reaches the target is the migration's.
+    if (hold !== undefined) hold.targetBytes += length;
+    if (isGuest()) return send();
+    this.copyStartMs ??= performance.now();
+    await send();
+    this.copyBytes += length;
+    const copiedMs = performance.now();
+    const last = Math.floor((offset + length) / WATCH_BLOCK_BYTES);
+    for (let block = Math.ceil(offset / WATCH_BLOCK_BYTES); block < last; block += 1) {
+      if (copiedMs < (this.copiedAtMs[block] ?? Infinity)) this.copiedAtMs[block] = copiedMs;
+    }
+  }
 }
 
 export interface BenchOptions {
   readonly sizeBytes: number;
   readonly random: () => number;
-  /** Largest random delay on each device, ms; 0 still yields a turn (setImmediate). */
+  /** Longest delay of a request on each device, ms (`requestDelayMs`); 0: one loop turn each. */
   readonly delayMaxMs?: number;
   /** Initial contents: a fraction of 64 KiB pages filled with random data. */
   readonly filledFraction?: number;
@@ -50,6 +227,29 @@ export interface BenchOptions {
   readonly wrapSource?: (device: BlockDevice) => BlockDevice;
   /** The target's delay per request, ms, instead of the random one (a slow destination). */
   readonly targetDelayMs?: () => number;
+  /**
+   * The switchover waits (before it holds the guest, at most `RACE_WAIT_MS_MAX`) until a guest
+   * mutation was acknowledged over a block the copy had landed: on a small disk a fast copy may
+   * finish before any guest request touches what it copied, and the run would prove nothing. For
+   * runs that `assertRaced`; a correct method only mirrors (or tracks) a few ms longer.
+   */
+  readonly waitsForRace?: boolean;
+}
+
+/**
+ * A seeded delay per request, as a disk or a link gives them: most (85 %) pass within a
+ * millisecond (a few event-loop turns, Delay), one in ten takes 1–2 ms, and one in twenty is
+ * slow, up to `maxMs`. So a copy read, a copy write and a guest write issued in one order often
+ * land in another. `maxMs` 0: every request waits one turn.
+ */
+export function requestDelayMs(random: () => number, maxMs = 6): () => number {
+  if (maxMs <= 0) return () => 0;
+  return () => {
+    const draw = random();
+    if (draw < 0.85) return random() * Math.min(1, maxMs);
+    if (draw < 0.95) return Math.min(maxMs, 1 + random());
+    return Math.min(maxMs, 2 + random() * (maxMs - 2));
+  };
 }
 
 /** What every method's property test draws: a seed, a disk size, the copier's chunk and window. */
@@ -75,8 +275,7 @@ export function benchShapeArb(
 /** A disk with random initial data, its Switch, an empty target, and the model. */
 export async function makeBenchDisk(name: string, options: BenchOptions): Promise<BenchDisk> {
   const { sizeBytes, random } = options;
-  const delayMaxMs = options.delayMaxMs ?? 0.3;
-  const delay = (): number => (random() < 0.5 ? 0 : random() * delayMaxMs);
+  const delay = requestDelayMs(random, options.delayMaxMs);
   const sourceMemory = new MemoryDevice(sizeBytes);
   const model = Buffer.alloc(sizeBytes);
   const page = 64 * 1024;
@@ -90,11 +289,13 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
   const sourceBase = new Delay(sourceMemory, delay);
   const source = options.wrapSource ? options.wrapSource(sourceBase) : sourceBase;
   const targetBase = new Delay(targetMemory, options.targetDelayMs ?? delay);
-  const target = options.wrapTarget ? options.wrapTarget(targetBase) : targetBase;
+  const stun = new WatchedSwitch(source);
+  const copyWatch = new CopyWatch(targetBase, () => stun);
+  const target = options.wrapTarget ? options.wrapTarget(copyWatch) : copyWatch;
   const scratches: MemoryDevice[] = [];
   const disk: MigrationDisk = {
     name,
-    switch: new Switch(source),
+    switch: stun,
     source,
     target,
     targetTop: targetBase,
@@ -104,7 +305,24 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
       return { device: new Delay(memory, delay), remove: async () => memory.close() };
     },
   };
-  return { disk, sourceMemory, targetMemory, model, scratches };
+  return {
+    disk,
+    sourceMemory,
+    targetMemory,
+    model,
+    scratches,
+    stun,
+    copyWatch,
+    waitsForRace: options.waitsForRace ?? false,
+  };
+}
+
+/** A guest write, zero or trim: its range, when it was issued and when acknowledged (ms). */
+export interface GuestMutationRecord {
+  readonly offset: number;
+  readonly length: number;
+  readonly startMs: number;
+  readonly ackMs: number;
 }
 
 /**
@@ -115,8 +333,11 @@ export async function makeBenchDisk(name: string, options: BenchOptions): Promis
  */
 export class Guest {
   readonly ops = { write: 0, zero: 0, trim: 0, flush: 0, read: 0 };
+  /** Every acknowledged write, zero and trim, in acknowledgement order. */
+  readonly mutations: GuestMutationRecord[] = [];
   private isStopped = false;
   private readonly loops: Promise<void>[] = [];
+  private ackWaiters: Array<() => void> = [];
 
   constructor(
     private readonly bench: BenchDisk,
@@ -125,7 +346,9 @@ export class Guest {
     private readonly opMaxBytes = 96 * 1024,
   ) {
     const stripe = Math.floor(bench.model.length / workers);
-    for (let i = 0; i < workers; i += 1) this.loops.push(this.loop(i * stripe, stripe));
+    for (let i = 0; i < workers; i += 1) {
+      this.loops.push(asGuest(() => this.loop(i * stripe, stripe)));
+    }
   }
 
   async stop(): Promise<void> {
@@ -133,28 +356,70 @@ export class Guest {
     await Promise.all(this.loops);
   }
 
+  /**
+   * Resolves once `count` mutations issued after `sinceMs` were acknowledged; the guest keeps
+   * running. Rejects if a worker failed.
+   */
+  async mutatedAfter(sinceMs: number, count: number): Promise<void> {
+    const failed = Promise.all(this.loops);
+    while (this.mutations.filter((mutation) => mutation.startMs > sinceMs).length < count) {
+      assert.ok(!this.isStopped, 'the guest was stopped before it wrote after the switchover');
+      await Promise.race([new Promise<void>((resolve) => this.ackWaiters.push(resolve)), failed]);
+    }
+  }
+
+  private acknowledged(offset: number, length: number, startMs: number): void {
+    this.mutations.push({ offset, length, startMs, ackMs: performance.now() });
+    this.bench.copyWatch.noteGuestMutation(offset, length, startMs);
+    for (const wake of this.ackWaiters.splice(0)) wake();
+  }
+
+  /**
+   * Anywhere in the stripe, but one request in four inside a block the copy has already been
+   * to (when it has): a write there is the case each method must handle (mirror it, copy it
+   * again, log it), and on a small disk uniform offsets may miss the few blocks copied before
+   * the stun. Such a request stays inside its block, so it seldom waits for a chunk in flight.
+   */
+  private pickRange(start: number, length: number): { offset: number; sizeMax: number } {
+    const end = start + length;
+    const copied =
+      this.random() < 0.25
+        ? this.bench.copyWatch.copiedOffsetIn(start, length - 1, this.random)
+        : undefined;
+    if (copied === undefined) {
+      const offset = start + Math.floor(this.random() * (length - 1));
+      return { offset, sizeMax: Math.min(this.opMaxBytes, end - offset) };
+    }
+    const blockEnd = Math.min(end, copied + WATCH_BLOCK_BYTES);
+    const offset = Math.min(blockEnd - 1, copied + Math.floor(this.random() * WATCH_BLOCK_BYTES));
+    return { offset, sizeMax: blockEnd - offset };
+  }
+
   private async loop(start: number, length: number): Promise<void> {
     const device = this.bench.disk.switch;
     const model = this.bench.model;
     while (!this.isStopped) {
       const kind = this.random();
-      const offset = start + Math.floor(this.random() * (length - 1));
-      const size =
-        1 + Math.floor(this.random() * Math.min(this.opMaxBytes, start + length - offset));
+      const { offset, sizeMax } = this.pickRange(start, length);
+      const size = 1 + Math.floor(this.random() * sizeMax);
+      const startMs = performance.now();
       if (kind < 0.55) {
         const data = randomBytes(size, this.random);
         await device.write(offset, data, { fua: this.random() < 0.1 });
         data.copy(model, offset);
         this.ops.write += 1;
+        this.acknowledged(offset, size, startMs);
       } else if (kind < 0.65) {
         await device.writeZeroes(offset, size, { mayTrim: this.random() < 0.5 });
         model.fill(0, offset, offset + size);
         this.ops.zero += 1;
+        this.acknowledged(offset, size, startMs);
       } else if (kind < 0.72) {
         // Our backends read a trimmed range as zeros; the model says so.
         await device.trim(offset, size);
         model.fill(0, offset, offset + size);
         this.ops.trim += 1;
+        this.acknowledged(offset, size, startMs);
       } else if (kind < 0.77) {
         await device.flush();
         this.ops.flush += 1;
@@ -168,6 +433,133 @@ export class Guest {
       }
     }
   }
+}
+
+/**
+ * How the guest's mutations fell against the copy and the stun on one disk (ms on
+ * `performance.now()`'s clock). A run that proves anything has mutations that raced the copy,
+ * some of them on blocks already copied, and some after the switchover.
+ */
+export interface RaceReport {
+  readonly disk: string;
+  /** When the migration issued its first write to the target. */
+  readonly copyStartMs: number | undefined;
+  /** The switchover's hold: the last one. */
+  readonly stun: Hold | undefined;
+  /** Mutations issued after the copy started and acknowledged before the stun began. */
+  readonly racedCount: number;
+  /** Of those, the ones that overlapped a block the copy had landed before they were issued. */
+  readonly racedOnCopiedCount: number;
+  /** Mutations issued after the stun ended: they went to the destination alone. */
+  readonly afterCount: number;
+  /** Bytes the migration wrote to the target while the guest was held and drained in the stun. */
+  readonly stunTargetBytes: number;
+  /** Bytes it wrote to the target in the holds before the stun (interposes, redo-log swaps). */
+  readonly earlierHoldTargetBytes: number;
+  /** Bytes the copy wrote to the target in all. */
+  readonly copyBytes: number;
+  /** Mutations issued before the stun and acknowledged after it began (drained into it). */
+  readonly drained: readonly GuestMutationRecord[];
+  /** Every mutation the guest was acknowledged, for a method's own bound. */
+  readonly mutations: readonly GuestMutationRecord[];
+}
+
+export function raceReportOf(bench: BenchDisk, guest: Guest): RaceReport {
+  const { copyWatch } = bench;
+  const stun = bench.stun.holds.at(-1);
+  const copyStartMs = copyWatch.copyStartMs ?? Infinity;
+  const stunMs = stun?.pausedMs ?? Infinity;
+  let racedCount = 0;
+  let racedOnCopiedCount = 0;
+  let afterCount = 0;
+  const drained: GuestMutationRecord[] = [];
+  for (const mutation of guest.mutations) {
+    if (mutation.startMs > copyStartMs && mutation.ackMs < stunMs) {
+      racedCount += 1;
+      const { offset, length, startMs } = mutation;
+      if (copyWatch.isCopiedBefore(offset, length, startMs)) racedOnCopiedCount += 1;
+    }
+    if (stun?.resumedMs !== undefined && mutation.startMs > stun.resumedMs) afterCount += 1;
+    if (mutation.startMs < stunMs && mutation.ackMs >= stunMs) drained.push(mutation);
+  }
+  return {
+    disk: bench.disk.name,
+    copyStartMs: copyWatch.copyStartMs,
+    stun,
+    racedCount,
+    racedOnCopiedCount,
+    afterCount,
+    stunTargetBytes: stun?.targetBytes ?? 0,
+    earlierHoldTargetBytes: bench.stun.holds
+      .slice(0, -1)
+      .reduce((sum, hold) => sum + hold.targetBytes, 0),
+    copyBytes: copyWatch.copyBytes,
+    drained,
+    mutations: guest.mutations,
+  };
+}
+
+/** Bytes of whole `granuleBytes` granules that the mutations touch (each counted once). */
+export function granuleBytesOf(
+  mutations: readonly GuestMutationRecord[],
+  granuleBytes: number,
+): number {
+  const granules = new Set<number>();
+  for (const { offset, length } of mutations) {
+    const last = Math.floor((offset + length - 1) / granuleBytes);
+    for (let granule = Math.floor(offset / granuleBytes); granule <= last; granule += 1) {
+      granules.add(granule);
+    }
+  }
+  return granules.size * granuleBytes;
+}
+
+function summaryOf(report: RaceReport): string {
+  const { stun, copyStartMs } = report;
+  const at = (ms: number | undefined): string => (ms === undefined ? '-' : ms.toFixed(1));
+  return (
+    `${report.disk}: copy from ${at(copyStartMs)} ms, stun ${at(stun?.pausedMs)}–${at(stun?.resumedMs)} ms; ` +
+    `${report.racedCount} mutations raced the copy, ${report.racedOnCopiedCount} on copied blocks, ` +
+    `${report.afterCount} after the switchover; ${report.copyBytes} bytes copied, ` +
+    `${report.stunTargetBytes} in the stun`
+  );
+}
+
+/**
+ * The run raced: guest mutations were acknowledged between the copy's start and the stun, at
+ * least one of them on blocks the copy had already landed (a mirror must carry it, dbt must copy
+ * it again, a snapshot must consolidate it), and the guest wrote after the switchover too. And
+ * the copy ran with the guest running: no hold before the stun wrote to the target (an interpose
+ * or a redo-log swap holds the guest only to re-point).
+ */
+export function assertRaced(report: RaceReport, seed: number): void {
+  const why = `${summaryOf(report)} (seed ${seed})`;
+  assert.ok(report.copyStartMs !== undefined, `the copy wrote the target: ${why}`);
+  assert.ok(report.racedCount > 0, `guest writes landed during the copy: ${why}`);
+  assert.ok(report.racedOnCopiedCount > 0, `guest writes landed on copied blocks: ${why}`);
+  assert.ok(report.afterCount > 0, `the guest wrote after the switchover: ${why}`);
+  assert.equal(
+    report.earlierHoldTargetBytes,
+    0,
+    `no copy while the guest was held before the stun: ${why}`,
+  );
+}
+
+/**
+ * The stun wrote at most `maxBytes` to the target: the method's final copy is bounded by what it
+ * promises (`bound` says what), so the downtime is not where the copy happened.
+ */
+export function assertStunCopiedAtMost(
+  report: RaceReport,
+  maxBytes: number,
+  bound: string,
+  seed: number,
+): void {
+  assert.ok(
+    report.stunTargetBytes <= maxBytes,
+    `the stun wrote ${report.stunTargetBytes} bytes to the target, more than ${maxBytes} ` +
+      `(${bound}): ${summaryOf(report)} (seed ${seed})`,
+  );
 }
 
 export interface RunOptions {
@@ -231,13 +623,27 @@ export async function migrateUnderLoad(
   guests: Guest[];
   events: MigrationEvent[];
   mirrorStats: MirrorStats | undefined;
+  races: RaceReport[];
+  /** What the method still had to copy, over every disk, just before the stun. */
+  dirtyAtStunBytes: number;
 }> {
   const events: MigrationEvent[] = [];
   const guests = benches.map((bench) => new Guest(bench, random));
-  const migration = startMigration(benches, {
+  let dirtyAtStunBytes = 0;
+  const migration: Migration = startMigration(benches, {
     ...options,
     onEvent: (event) => {
       events.push(event);
+      // Just before the switchover pauses each Switch: wait for the race if asked, then take
+      // what is still dirty as the stun begins.
+      if (event.type === 'phase' && event.phase === 'switchover') {
+        for (const bench of benches) {
+          bench.stun.beforeNextPause = async () => {
+            if (bench.waitsForRace) await bench.copyWatch.raced();
+            dirtyAtStunBytes = Math.max(dirtyAtStunBytes, migration.dirtyBytes);
+          };
+        }
+      }
       options.onEvent?.(event);
     },
   });
@@ -245,10 +651,19 @@ export async function migrateUnderLoad(
   let result: MigrationResult;
   try {
     result = await migration.run();
+    // Writes after the switchover go to the destination alone; the model check covers them.
+    await Promise.all(
+      guests.map((guest, index) =>
+        guest.mutatedAfter(benches[index]?.stun.holds.at(-1)?.resumedMs ?? 0, 4),
+      ),
+    );
   } finally {
     await Promise.all(guests.map((guest) => guest.stop()));
   }
-  return { result, guests, events, mirrorStats: migration.mirrorStats };
+  const races = benches.map((bench, index) =>
+    raceReportOf(bench, guests[index] ?? assert.fail('one guest per disk')),
+  );
+  return { result, guests, events, mirrorStats: migration.mirrorStats, races, dirtyAtStunBytes };
 }
 
 const KIB = 1024;
@@ -416,7 +831,7 @@ export function startWriter(
       onWrite?.();
     }
   };
-  const running = loop();
+  const running = asGuest(loop);
   return {
     stop: async () => {
       isStopped = true;

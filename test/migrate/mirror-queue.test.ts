@@ -14,7 +14,7 @@ import {
   queueCostOf,
   type TargetWrite,
 } from '../../src/migrate/mirror-queue.js';
-import { prng, randomBytes } from '../block/random.js';
+import { prng, propertyOptions, randomBytes } from '../block/random.js';
 
 const KIB = 1024;
 
@@ -357,6 +357,6 @@ test('mirror queue: random writes, zeroes and superseding writes through a reord
         assert.ok(queue.stats.peakHeldBytes <= 32 * KIB);
       },
     ),
-    { numRuns: 60 },
+    propertyOptions(60),
   );
 });

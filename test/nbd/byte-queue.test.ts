@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ByteQueue } from '../../src/nbd/byte-queue.js';
+import { prng, testSeed, withSeed } from '../block/random.js';
 
 function filled(chunks: number[]): ByteQueue {
   const queue = new ByteQueue();
@@ -25,17 +26,22 @@ test('take within one chunk returns a view, across chunks a copy, in order', () 
   assert.equal(queue.length, 0);
 });
 
-test('random splits deliver the same bytes as one chunk', () => {
+test('random splits deliver the same bytes as one chunk', async () => {
+  const seed = testSeed();
+  await withSeed(seed, () => splitRandomly(prng(seed)));
+});
+
+function splitRandomly(random: () => number): void {
   for (let round = 0; round < 50; round += 1) {
     const sizes = Array.from(
-      { length: 1 + Math.floor(Math.random() * 8) },
-      () => 1 + Math.floor(Math.random() * 9),
+      { length: 1 + Math.floor(random() * 8) },
+      () => 1 + Math.floor(random() * 9),
     );
     const total = sizes.reduce((a, b) => a + b, 0);
     const queue = filled(sizes);
     const seen: number[] = [];
     while (queue.length > 0) {
-      const n = 1 + Math.floor(Math.random() * queue.length);
+      const n = 1 + Math.floor(random() * queue.length);
       seen.push(...queue.take(n));
     }
     assert.deepEqual(
@@ -43,7 +49,7 @@ test('random splits deliver the same bytes as one chunk', () => {
       Array.from({ length: total }, (_, i) => i & 0xff),
     );
   }
-});
+}
 
 test('skip past the end drops only what is there', () => {
   const queue = filled([3]);

@@ -11,7 +11,9 @@ import { applyRedoLog } from '../../../src/migrate/methods/snapshot.js';
 import type { MigrationEvent } from '../../../src/migrate/migration.js';
 import { makeTempDir } from '../../host/temp-dir.js';
 import {
+  assertRaced,
   assertSameBytes,
+  assertStunCopiedAtMost,
   type BenchDisk,
   benchShapeArb,
   cancelAfterCopyStarts,
@@ -19,9 +21,11 @@ import {
   checkOnSource,
   expectCancelRollsBack,
   expectTargetFailure,
+  granuleBytesOf,
   makeBenchDisk,
   migrateUnderLoad,
   prng,
+  propertyOptions,
   randomBytes,
   startMigration,
   TARGET_FAULT_CODES,
@@ -69,9 +73,9 @@ test('snapshot: the destination equals the model after switchover, and the sourc
       fc.integer({ min: 1, max: 4 }),
       async ({ seed, sizeBytes, chunkBytes, inFlightMax }, downtimeTargetMs, passMax) => {
         const random = prng(seed);
-        const bench = await makeBenchDisk('vm1', { sizeBytes, random });
+        const bench = await makeBenchDisk('vm1', { sizeBytes, random, waitsForRace: true });
         const frozen = freezeWatcher([bench]);
-        const { result, guests, events } = await migrateUnderLoad([bench], random, {
+        const { result, events, races } = await migrateUnderLoad([bench], random, {
           method: 'snapshot',
           chunkBytes,
           inFlightMax,
@@ -81,7 +85,18 @@ test('snapshot: the destination equals the model after switchover, and the sourc
         await checkMoved(bench);
         await checkFrozen(bench, frozen.images[0]);
         assert.equal(result.method, 'snapshot');
-        assert.ok((guests[0]?.ops.write ?? 0) > 0, 'the guest wrote during the migration');
+        const race = races[0] ?? assert.fail('one disk');
+        assertRaced(race, seed);
+        // The stun copies the newest redo log only: what the guest wrote since the last swap
+        // (the hold before the stun; the interpose if no round ran), in 4 KiB grains.
+        const swap = bench.stun.holds.at(-2) ?? assert.fail('the interpose held the guest');
+        const newestLog = race.mutations.filter((mutation) => mutation.ackMs > swap.pausedMs);
+        assertStunCopiedAtMost(
+          race,
+          granuleBytesOf(newestLog, 4096),
+          'the newest redo log: the grains written since the last swap',
+          seed,
+        );
         const phases = phasesOf(events);
         assert.deepEqual(phases.slice(0, 2), ['copy', 'consolidate']);
         const rounds = events.filter((event) => event.type === 'pass');
@@ -90,7 +105,7 @@ test('snapshot: the destination equals the model after switchover, and the sourc
         roundsSeen += result.passes;
       },
     ),
-    { numRuns: 35 },
+    propertyOptions(35),
   );
   assert.ok(roundsSeen > 0, 'some runs consolidated while the guest wrote');
 });
@@ -228,7 +243,9 @@ for (const code of TARGET_FAULT_CODES) {
 
 test('snapshot: a redo log that fails a write fails the job; the source holds what was acknowledged', async () => {
   const random = prng(41);
-  const bench = await makeBenchDisk('vm1', { sizeBytes: 1024 * 1024, random });
+  // Full of data, so the paced base copy outlasts both guest writes (a copy of holes is instant,
+  // and a slow guest write would then find the job switched over).
+  const bench = await makeBenchDisk('vm1', { sizeBytes: 1024 * 1024, random, filledFraction: 1 });
   const faults: FaultInjector[] = [];
   const failing: BenchDisk = {
     ...bench,
