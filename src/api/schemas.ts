@@ -126,6 +126,11 @@ export const startMigrationBodySchema = {
     },
     method: { type: 'string', enum: [...METHOD_NAMES] },
     speed: speedSchema,
+    guestFirst: {
+      type: 'boolean',
+      description:
+        "the copy backs off while the guest's latency rises over its usual (default true); false keeps every copy chunk in flight",
+    },
     provisioning: { type: 'string', enum: ['thin', 'thick'] },
     networkMap: {
       ...nameMapSchema,
@@ -152,6 +157,7 @@ export interface StartMigrationBody {
   mirrorBuffer?: string | number;
   method?: MethodName;
   speed?: string | number;
+  guestFirst?: boolean;
   provisioning?: 'thin' | 'thick';
   networkMap?: Record<string, string>;
   datastoreMap?: Record<string, string>;

@@ -48,6 +48,7 @@ interface MigrateOptions {
   mirrorBuffer?: number;
   method?: (typeof METHOD_NAMES)[number];
   speed?: number;
+  guestFirst?: boolean;
   thin?: boolean;
   thick?: boolean;
   detach?: boolean;
@@ -105,6 +106,10 @@ export function addMigrateCommand(
       ).choices(METHOD_NAMES),
     )
     .option('--speed <speed>', `copy rate limit: ${SPEED_HELP}`, parseSpeedOption)
+    .option(
+      '--no-guest-first',
+      "keep every copy chunk in flight even while the guest's I/O slows (by default the copy backs off then)",
+    )
     .option('--thin', 'make the new image thin (allocated as written)')
     .addOption(
       new Option('--thick', 'allocate the new image fully before copying').conflicts('thin'),
@@ -127,6 +132,7 @@ export function addMigrateCommand(
         ...(options.mirrorBuffer === undefined ? {} : { mirrorBuffer: options.mirrorBuffer }),
         ...(options.method === undefined ? {} : { method: options.method }),
         ...(options.speed === undefined ? {} : { speed: options.speed }),
+        ...(options.guestFirst === false ? { guestFirst: false } : {}),
         ...provisioningOf(options),
         ...(options.networkMap === undefined ? {} : { networkMap: options.networkMap }),
         ...(options.datastoreMap === undefined ? {} : { datastoreMap: options.datastoreMap }),

@@ -65,6 +65,8 @@ interface MigrationOptions {
   readonly mirror?: MirrorMode;
   /** The async mirror's buffer, bytes; default 64 MiB. */
   readonly mirrorBufferBytes?: number;
+  /** The copy yields to the guest's I/O (guest-first.ts); default true. */
+  readonly isGuestFirst?: boolean;
   readonly method?: MethodName;
   /** Copy rate, bytes per second; 0 or absent: unlimited. */
   readonly speedBytesPerSecond?: number;
@@ -340,9 +342,16 @@ function toMoveRequest(name: string, request: MigrationOptions): MoveDiskRequest
 }
 
 function tuningOf(request: MigrationOptions): { tuning?: Partial<MethodTuning> } {
-  if (request.mirror === undefined && request.mirrorBufferBytes === undefined) return {};
+  if (
+    request.mirror === undefined &&
+    request.mirrorBufferBytes === undefined &&
+    request.isGuestFirst === undefined
+  ) {
+    return {};
+  }
   return {
     tuning: {
+      ...(request.isGuestFirst === undefined ? {} : { isGuestFirst: request.isGuestFirst }),
       ...(request.mirror === undefined ? {} : { mirrorMode: request.mirror }),
       ...(request.mirrorBufferBytes === undefined
         ? {}

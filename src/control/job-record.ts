@@ -91,7 +91,7 @@ export type JobEventType =
   | 'speed'
   | 'switchover'
   | 'rollback'
-  | 'copy-path'
+  | 'offload'
   | 'cost'
   | 'progress';
 
@@ -134,7 +134,7 @@ export function describeMigrationEvent(event: MigrationEvent): string {
       );
     case 'rollback':
       return `rolling back to the source: ${event.reason}`;
-    case 'copy-path':
+    case 'offload':
       return `disk ${event.disk}: data copied by ${describeCopyPath(event.path)}`;
     case 'cost':
       return `${event.part} took ${event.ms} ms${event.detail === undefined ? '' : ` (${event.detail})`}`;

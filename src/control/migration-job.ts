@@ -139,7 +139,7 @@ export class MigrationJob {
       case 'rollback':
         this.phase = 'rollback';
         break;
-      case 'copy-path':
+      case 'offload':
         this.copyPath = event.path;
         break;
       case 'method':

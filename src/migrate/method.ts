@@ -62,6 +62,11 @@ export interface MethodTuning {
   readonly asyncBufferBytes: number;
   /** `auto`: the oldest queued write's age that turns the mirror synchronous; default 1000. */
   readonly asyncLagMsMax: number;
+  /**
+   * The bulk copy's window follows the guest's latency (guest-first.ts); default true. Off, the
+   * copier keeps its whole window in flight whatever the guest goes through.
+   */
+  readonly isGuestFirst: boolean;
 }
 
 export const METHOD_TUNING_DEFAULT: MethodTuning = {
@@ -72,6 +77,7 @@ export const METHOD_TUNING_DEFAULT: MethodTuning = {
   mirrorMode: MIRROR_MODE_DEFAULT,
   asyncBufferBytes: ASYNC_BUFFER_BYTES_DEFAULT,
   asyncLagMsMax: ASYNC_LAG_MS_MAX_DEFAULT,
+  isGuestFirst: true,
 };
 
 /** What a method reports while it runs; the job turns them into events. */

@@ -60,11 +60,6 @@ export interface MigrationOptions {
   readonly speedBytesPerSecond?: number;
   readonly chunkBytes?: number;
   readonly inFlightMax?: number;
-  /**
-   * Size the copy's window from the guest's latency (guest-first.ts); default true. Off, the
-   * copier keeps `inFlightMax` chunks in flight whatever the guest goes through.
-   */
-  readonly isGuestFirst?: boolean;
   readonly tuning?: Partial<MethodTuning>;
   /** Makes the destinations the authority, durably; called with guest I/O held. */
   readonly commit: () => Promise<void>;
@@ -92,7 +87,7 @@ export type MigrationEvent =
     }
   | { readonly type: 'rollback'; readonly reason: string }
   /** The first time a way of copying data (copy-offload.ts) carried a run of a disk. */
-  | { readonly type: 'copy-path'; readonly disk: string; readonly path: CopyPath }
+  | { readonly type: 'offload'; readonly disk: string; readonly path: CopyPath }
   /**
    * A fixed cost of the move and what it took: the pre-flush before the stun (with its rounds),
    * the destination's thick allocation, the source's deletion (the host's parts).
@@ -237,10 +232,9 @@ export class Migration {
     const target = new DirtyTracker(disk.target, touched);
     const guestLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
     const inFlightMax = this.options.inFlightMax ?? IN_FLIGHT_MAX_DEFAULT;
-    const guestFirst =
-      this.options.isGuestFirst === false
-        ? undefined
-        : new GuestFirst({ windowMax: inFlightMax, sample: () => ({ ...guestLatency }) });
+    const guestFirst = !this.tuning.isGuestFirst
+      ? undefined
+      : new GuestFirst({ windowMax: inFlightMax, sample: () => ({ ...guestLatency }) });
     if (guestFirst !== undefined) this.guestFirsts.push(guestFirst);
     const copier = new Copier(disk.source, target, {
       touched,
@@ -252,7 +246,7 @@ export class Migration {
         this.copiers[0]?.speedBytesPerSecond ?? this.options.speedBytesPerSecond ?? 0,
       ...(disk.offload === undefined ? {} : { offload: disk.offload }),
       ...(guestFirst === undefined ? {} : { guestFirst }),
-      onPath: (path) => this.options.onEvent?.({ type: 'copy-path', disk: disk.name, path }),
+      onPath: (path) => this.options.onEvent?.({ type: 'offload', disk: disk.name, path }),
     });
     this.copiers.push(copier);
     return methodNamed(this.options.method)({

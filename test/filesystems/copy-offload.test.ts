@@ -99,7 +99,7 @@ async function moveWritten(
     [],
     'the source image is gone',
   );
-  const paths = events.flatMap((event) => (event.type === 'copy-path' ? [event.path] : []));
+  const paths = events.flatMap((event) => (event.type === 'offload' ? [event.path] : []));
   return { paths, writes, events };
 }
 
@@ -177,9 +177,7 @@ test('a destination that fills up fails the move with ERR_TARGET_FAILED; the sou
       [],
       'the partial copy is deleted',
     );
-    assert.ok(
-      events.some((event) => event.type === 'copy-path' && event.path === 'copy_file_range'),
-    );
+    assert.ok(events.some((event) => event.type === 'offload' && event.path === 'copy_file_range'));
   } finally {
     await agent.close();
   }

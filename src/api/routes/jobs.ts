@@ -33,7 +33,7 @@ export function registerJobRoutes(
     async (request, reply) => {
       const { disk, vm, datastore, host, method, speed, provisioning, mirror, mirrorBuffer } =
         request.body;
-      const { networkMap, datastoreMap, maxDowntimeMs } = request.body;
+      const { networkMap, datastoreMap, maxDowntimeMs, guestFirst } = request.body;
       // The schema let exactly one of `disk` and `vm` through.
       const subject = vm === undefined ? { disk: disk ?? '' } : { vm };
       const job = await jobs.startMigration({
@@ -44,6 +44,7 @@ export function registerJobRoutes(
         ...(mirrorBuffer === undefined ? {} : { mirrorBufferBytes: sizeOf(mirrorBuffer) }),
         ...(method === undefined ? {} : { method }),
         ...(speed === undefined ? {} : { speedBytesPerSecond: speedOf(speed) }),
+        ...(guestFirst === undefined ? {} : { isGuestFirst: guestFirst }),
         ...(provisioning === undefined ? {} : { provisioning }),
         ...(networkMap === undefined ? {} : { networkMap }),
         ...(datastoreMap === undefined ? {} : { datastoreMap }),
