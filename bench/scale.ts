@@ -36,7 +36,7 @@ const USAGE = `usage: node dist/bench/scale.js [options]
   --guest-iops N       each guest's write rate (default 200)
   --seconds N          seconds of guest load before the eight moves (default 5)
   --timeout N          seconds each move or copy may take before the bench fails (default 1800)
-  --agent-node-args A  Node flags for the agent, space-separated ("--cpu-prof --cpu-prof-dir=D")
+  --agent-node-args=A Node flags for the agent, space-separated (="--cpu-prof --cpu-prof-dir=D")
   --no-drop-caches     do not drop the page cache before each timed step (needs root)
   --dir DIR            where the temporary directory goes (default: the OS temp dir); a real disk
   --keep               keep the temporary directory`;
