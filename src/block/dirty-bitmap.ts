@@ -183,12 +183,12 @@ export class DirtyBitmap {
 
   /**
    * Calls `visit` for each word the granules of the range fall in, with the mask of those
-   * granules' bits in it, while it returns true (or nothing); false if a visit returned false.
+   * granules' bits in it, while it returns true; false if a visit returned false.
    */
   private forWords(
     offset: number,
     length: number,
-    visit: (index: number, mask: number) => boolean | undefined | void,
+    visit: (index: number, mask: number) => boolean,
   ): boolean {
     assert(offset >= 0 && length >= 0 && offset + length <= this.sizeBytes, 'bitmap range');
     if (length === 0) return true;
@@ -203,12 +203,14 @@ export class DirtyBitmap {
     return true;
   }
 
-  private setBits(index: number, mask: number, isDirty: boolean): void {
+  /** Sets or clears the bits of `mask` in word `index`; true, to go on to the next word. */
+  private setBits(index: number, mask: number, isDirty: boolean): boolean {
     const word = this.words[index] ?? 0;
     const next = (isDirty ? word | mask : word & ~mask) >>> 0;
-    if (next === word) return;
+    if (next === word) return true;
     this.words[index] = next;
     this.dirtyGranules += popcount(next) - popcount(word);
+    return true;
   }
 
   private testGranule(index: number): boolean {
