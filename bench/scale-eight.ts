@@ -5,6 +5,13 @@ import type { MoveOutcome } from './migrate-ferry.js';
 import type { FerryApiHost } from './migrate-ferry-api.js';
 import { log, pause, step } from './migrate-step.js';
 import { fixed, markdownTable } from './migrate-table.js';
+import {
+  type AgentMemory,
+  mib,
+  readAgentCpuSeconds,
+  readAgentMemory,
+  resetPeak,
+} from './scale-agent-usage.js';
 import { imagePathOf, type ScaleContext, settleCaches, startScaleFerry } from './scale-context.js';
 import {
   GUEST_BLOCK_BYTES,
@@ -21,7 +28,6 @@ import {
   stridedLayout,
   writeStridedImage,
 } from './scale-image.js';
-import { type AgentMemory, mib, readAgentMemory, resetPeak } from './scale-memory.js';
 import { RSS_GOAL_BYTES } from './scale-size.js';
 
 /**
@@ -112,6 +118,8 @@ interface EightResult {
   readonly endedAtMs: number;
   readonly memoryBefore: AgentMemory;
   readonly memoryAfter: AgentMemory;
+  /** The agent's CPU time over the moves (guests' requests included). */
+  readonly cpuSeconds: number;
 }
 
 async function moveUnderLoad(
@@ -128,6 +136,7 @@ async function moveUnderLoad(
     await pause(spec.baselineSeconds * 1000, context.stop);
     const memoryBefore = await readAgentMemory(ferry.pid);
     await resetPeak(ferry.pid);
+    const cpuBefore = await readAgentCpuSeconds(ferry.pid);
     const askedAtMs = Date.now();
     log(`eight: ${disks.length} moves at once`);
     const outcomes = await step('eight moves', context.stepTimeoutMs, () =>
@@ -142,6 +151,7 @@ async function moveUnderLoad(
     );
     const endedAtMs = Math.max(...outcomes.map((o) => o.endedAtMs));
     const memoryAfter = await readAgentMemory(ferry.pid);
+    const cpuSeconds = (await readAgentCpuSeconds(ferry.pid)) - cpuBefore;
     for (const [index, outcome] of outcomes.entries()) {
       if (outcome.state !== 'succeeded') {
         throw new Error(`disk${index}: the move ended ${outcome.state}: ${outcome.error}`);
@@ -156,7 +166,7 @@ async function moveUnderLoad(
       before: meanIops(samples, (samples[0]?.atMs ?? 0) + 1000, askedAtMs),
       during: meanIops(samples, askedAtMs, endedAtMs),
     }));
-    return { outcomes, iops, askedAtMs, endedAtMs, memoryBefore, memoryAfter };
+    return { outcomes, iops, askedAtMs, endedAtMs, memoryBefore, memoryAfter, cpuSeconds };
   } finally {
     await Promise.all(guests.map((guest) => guest.stop()));
   }
@@ -202,7 +212,8 @@ function report(
     table,
     '',
     `- all ${spec.count} succeeded; total time (first asked → last over): ` +
-      `${fixed((result.endedAtMs - result.askedAtMs) / 1000, 2)} s`,
+      `${fixed((result.endedAtMs - result.askedAtMs) / 1000, 2)} s; agent CPU over it ` +
+      `${fixed(result.cpuSeconds, 2)} s`,
     `- agent RSS before ${mib(result.memoryBefore.rssBytes)} MiB, peak during ${mib(peak)} MiB ` +
       `(goal < 256 MiB: ${peak < RSS_GOAL_BYTES ? 'met' : 'missed'})`,
     '',

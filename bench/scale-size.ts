@@ -5,6 +5,7 @@ import { runCommand } from './children.js';
 import { checkSucceeded } from './migrate-ferry.js';
 import { log, step } from './migrate-step.js';
 import { fixed, markdownTable } from './migrate-table.js';
+import { mib, readAgentCpuSeconds, readAgentMemory, resetPeak } from './scale-agent-usage.js';
 import { imagePathOf, type ScaleContext, settleCaches, startScaleFerry } from './scale-context.js';
 import {
   allocatedBytesOf,
@@ -12,7 +13,6 @@ import {
   stridedLayout,
   writeStridedImage,
 } from './scale-image.js';
-import { mib, readAgentMemory, resetPeak } from './scale-memory.js';
 
 /**
  * Section 1 (issue 9 item 4, "Scale"): one thin disk per size with the same share allocated in
@@ -30,6 +30,8 @@ export interface SizeSample {
   readonly ferryMs: number;
   readonly jobMs: number;
   readonly bytesCopied: number;
+  /** The agent's CPU time (user + system) over the move. */
+  readonly cpuSeconds: number;
   readonly rssBeforeBytes: number;
   readonly rssPeakBytes: number;
   readonly qemuImgMs: number;
@@ -49,7 +51,8 @@ export async function runSizeSection(
     const sample = await measureSize(context, sizeBytes);
     samples.push(sample);
     log(
-      `size ${formatSize(sizeBytes)}: Ferry ${fixed(sample.ferryMs / 1000, 2)} s, ` +
+      `size ${formatSize(sizeBytes)}: Ferry ${fixed(sample.ferryMs / 1000, 2)} s ` +
+        `(agent CPU ${fixed(sample.cpuSeconds, 2)} s), ` +
         `qemu-img ${fixed(sample.qemuImgMs / 1000, 2)} s, cp ${fixed(sample.cpMs / 1000, 2)} s, ` +
         `agent peak RSS ${mib(sample.rssPeakBytes)} MiB`,
     );
@@ -71,22 +74,22 @@ async function measureSize(context: ScaleContext, sizeBytes: number): Promise<Si
       `${image.extentCount} extents in ${fixed((Date.now() - writtenAtMs) / 1000, 1)} s`,
   );
   const ferry = await startScaleFerry(context, dir);
-  let move: Pick<
-    SizeSample,
-    'ferryMs' | 'jobMs' | 'bytesCopied' | 'rssBeforeBytes' | 'rssPeakBytes'
-  >;
+  let move: Omit<SizeSample, 'sizeBytes' | 'allocatedBytes' | 'qemuImgMs' | 'cpMs'>;
   try {
     await ferry.importDisk(DISK, staged, 'a');
     await settleCaches(context);
     const before = await readAgentMemory(ferry.pid);
     await resetPeak(ferry.pid);
+    const cpuBefore = await readAgentCpuSeconds(ferry.pid);
     const what = `moving the ${formatSize(sizeBytes)} disk`;
     const outcome = await step(what, context.stepTimeoutMs, () =>
       ferry.move({ disk: DISK, datastore: 'b', method: 'mirror' }),
     );
     checkSucceeded(outcome, what);
     const after = await readAgentMemory(ferry.pid);
+    const cpuSeconds = (await readAgentCpuSeconds(ferry.pid)) - cpuBefore;
     move = {
+      cpuSeconds,
       ferryMs: outcome.endedAtMs - outcome.askedAtMs,
       jobMs: outcome.durationMs,
       bytesCopied: outcome.bytesCopied,
@@ -141,6 +144,7 @@ function report(context: ScaleContext, samples: readonly SizeSample[]): string {
     fixed(s.ferryMs / 1000, 2),
     fixed(s.jobMs / 1000, 2),
     formatSize(s.bytesCopied),
+    fixed(s.cpuSeconds, 2),
     fixed(s.ferryMs / 1000 / gib(s.allocatedBytes), 2),
     fixed(s.qemuImgMs / 1000, 2),
     fixed(s.cpMs / 1000, 2),
@@ -156,6 +160,7 @@ function report(context: ScaleContext, samples: readonly SizeSample[]): string {
       'Ferry s',
       'job s',
       'copied',
+      'agent CPU s',
       'Ferry s / alloc GiB',
       'qemu-img s',
       'cp s',
@@ -174,18 +179,21 @@ function report(context: ScaleContext, samples: readonly SizeSample[]): string {
     `Data in ${formatSize(context.extentBytes)} extents at regular strides; a fresh \`ferry serve\` ` +
       `per size; page cache dropped before each copy: ${context.isDropCaches ? 'yes' : 'no'}. ` +
       'Ferry s: job asked → over (destination created, source removed); peak RSS: VmHWM of the ' +
-      'agent, reset just before the move. Destination checked against the model after each move.',
+      'agent, reset just before the move; agent CPU s: its user + system time over the move. ' +
+      'Destination checked against the model after each move.',
     '',
     table,
     '',
   ];
   if (first !== undefined && last !== undefined && last !== first) {
     const perGib = (s: SizeSample): number => s.ferryMs / gib(s.allocatedBytes);
+    const cpuPerGib = (s: SizeSample): number => s.cpuSeconds / gib(s.allocatedBytes);
     lines.push(
       `- ${formatSize(first.sizeBytes)} → ${formatSize(last.sizeBytes)} ` +
         `(×${fixed(last.sizeBytes / first.sizeBytes, 0)} size, ` +
         `×${fixed(last.allocatedBytes / first.allocatedBytes, 0)} allocated): time per allocated ` +
-        `GiB ×${fixed(perGib(last) / perGib(first), 2)}, agent peak RSS ` +
+        `GiB ×${fixed(perGib(last) / perGib(first), 2)}, agent CPU per allocated GiB ` +
+        `×${fixed(cpuPerGib(last) / cpuPerGib(first), 2)}, agent peak RSS ` +
         `${mib(first.rssPeakBytes)} → ${mib(last.rssPeakBytes)} MiB`,
       '',
     );
