@@ -9,6 +9,11 @@ export interface ScaleContext {
   readonly dir: string;
   /** Share of each thin disk allocated, and the size of its extents. */
   readonly fraction: number;
+  /**
+   * The size section's allocated bytes for every size instead of `fraction` of it (`--allocated`):
+   * with the data fixed, any growth of the time with the size is the size's alone.
+   */
+  readonly allocatedBytes: number | undefined;
   readonly extentBytes: number;
   /** Limit of each move or copy. */
   readonly stepTimeoutMs: number;

@@ -43,6 +43,8 @@ function fioArgs(spec: GuestSpec): string[] {
     '--iodepth=4',
     `--size=${spec.regionBytes}`,
     '--verify=crc32c',
+    // No verify state file in the bench's working directory: the whole region is checked.
+    '--verify_state_save=0',
     '--randrepeat=1',
     '--output-format=json',
   ];

@@ -63,7 +63,11 @@ export async function runSizeSection(
 async function measureSize(context: ScaleContext, sizeBytes: number): Promise<SizeSample> {
   const dir = join(context.dir, `size-${formatSize(sizeBytes)}`);
   await mkdir(dir, { recursive: true });
-  const image = stridedLayout(sizeBytes, context.fraction, context.extentBytes);
+  const fraction =
+    context.allocatedBytes === undefined
+      ? context.fraction
+      : Math.min(1, context.allocatedBytes / sizeBytes);
+  const image = stridedLayout(sizeBytes, fraction, context.extentBytes);
   const staged = join(dir, 'staged.raw');
   const writtenAtMs = Date.now();
   await step(`writing the ${formatSize(sizeBytes)} image`, context.stepTimeoutMs, () =>
@@ -174,7 +178,11 @@ function report(context: ScaleContext, samples: readonly SizeSample[]): string {
   const first = samples[0];
   const last = samples[samples.length - 1];
   const lines = [
-    `## 1. One thin disk, ${(context.fraction * 100).toFixed(2)}% allocated, moved a → b (mirror, idle)`,
+    `## 1. One thin disk, ${
+      context.allocatedBytes === undefined
+        ? `${(context.fraction * 100).toFixed(2)}%`
+        : formatSize(context.allocatedBytes)
+    } allocated, moved a → b (mirror, idle)`,
     '',
     `Data in ${formatSize(context.extentBytes)} extents at regular strides; a fresh \`ferry serve\` ` +
       `per size; page cache dropped before each copy: ${context.isDropCaches ? 'yes' : 'no'}. ` +

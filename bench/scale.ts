@@ -25,18 +25,21 @@ import { runSizeSection } from './scale-size.js';
  * signal, and the temporary directory removed unless --keep.
  *
  *   npm run bench:scale -- [--only size|eight] [--sizes 10G,100G,1T] [--fraction 0.01]
+ *                          [--allocated 100M]
  */
 const USAGE = `usage: node dist/bench/scale.js [options]
   --only SECTION       size or eight (repeatable; default: both)
   --sizes LIST         disk sizes of the size section, comma-separated (default 10G,100G; the
                        issue's figures: 10G,100G,1T, which needs about 30 GiB free)
   --fraction F         share of each thin disk allocated, in (0, 1] (default 0.01)
+  --allocated SIZE     the size section allocates this much whatever the size, instead of the
+                       fraction: any growth of the time with the size is then the size's alone
   --extent SIZE        size of each allocated extent (default 1M)
   --eight-size SIZE    size of each of the eight disks (default 10G)
   --count N            disks moving at once in the eight section (default 8)
   --guest-seconds N    seconds each guest of the eight section writes (default 40)
   --guest-iops N       each guest's write rate (default 200)
-  --seconds N          seconds of guest load before the eight moves (default 5)
+  --seconds N          seconds of guest load before the eight moves (default 10)
   --timeout N          seconds each move or copy may take before the bench fails (default 1800)
   --agent-node-args=A Node flags for the agent, space-separated (="--cpu-prof --cpu-prof-dir=D")
   --no-drop-caches     do not drop the page cache before each timed step (needs root)
@@ -50,6 +53,7 @@ interface Options {
   readonly sections: readonly Section[];
   readonly sizes: readonly number[];
   readonly fraction: number;
+  readonly allocatedBytes: number | undefined;
   readonly extentBytes: number;
   readonly eight: {
     readonly count: number;
@@ -72,12 +76,13 @@ function parseOptions(argv: string[]): Options {
       only: { type: 'string', multiple: true },
       sizes: { type: 'string', default: '10G,100G' },
       fraction: { type: 'string', default: '0.01' },
+      allocated: { type: 'string' },
       extent: { type: 'string', default: '1M' },
       'eight-size': { type: 'string', default: '10G' },
       count: { type: 'string', default: '8' },
       'guest-seconds': { type: 'string', default: '40' },
       'guest-iops': { type: 'string', default: '200' },
-      seconds: { type: 'string', default: '5' },
+      seconds: { type: 'string', default: '10' },
       timeout: { type: 'string', default: '1800' },
       'agent-node-args': { type: 'string', default: '' },
       'no-drop-caches': { type: 'boolean', default: false },
@@ -96,6 +101,7 @@ function parseOptions(argv: string[]): Options {
     sections: sectionsOf(values.only, SECTIONS),
     sizes: values.sizes.split(',').map((text) => parseSize(text.trim())),
     fraction,
+    allocatedBytes: values.allocated === undefined ? undefined : parseSize(values.allocated),
     extentBytes: parseSize(values.extent),
     eight: {
       count: positiveInteger(values.count, 'count'),
@@ -118,7 +124,7 @@ function parseOptions(argv: string[]): Options {
  * commits, so two, plus one for a margin); the eight section holds two copies of each disk's data.
  */
 async function checkSpace(options: Options): Promise<void> {
-  const largest = Math.max(0, ...options.sizes) * options.fraction;
+  const largest = options.allocatedBytes ?? Math.max(0, ...options.sizes) * options.fraction;
   const sizeNeed = options.sections.includes('size') ? 3 * largest : 0;
   const eightNeed = options.sections.includes('eight')
     ? 2 * options.eight.count * options.eight.diskBytes * options.fraction
@@ -149,6 +155,7 @@ async function main(): Promise<void> {
   const context: ScaleContext = {
     dir,
     fraction: options.fraction,
+    allocatedBytes: options.allocatedBytes,
     extentBytes: options.extentBytes,
     stepTimeoutMs: options.stepTimeoutMs,
     isDropCaches: options.isDropCaches,
@@ -158,7 +165,8 @@ async function main(): Promise<void> {
   await inBenchDir(dir, options.isKeep, stop, async () => {
     log(
       `${options.sections.join(', ')}; sizes ${options.sizes.map(formatSize).join(', ')}; ` +
-        `${options.fraction * 100}% allocated; in ${dir} (${fsType})`,
+        `${options.allocatedBytes === undefined ? `${options.fraction * 100}%` : formatSize(options.allocatedBytes)} ` +
+        `allocated; in ${dir} (${fsType})`,
     );
     process.stdout.write(
       `# Ferry scale benchmark\n\n${cpus().length} CPUs, ` +
