@@ -28,13 +28,29 @@ interface JobView {
 const TERMINAL_STATES = ['succeeded', 'failed', 'cancelled'] as const;
 type TerminalState = (typeof TERMINAL_STATES)[number];
 
-export async function startFerryApi(dataDir: string, stop: AbortSignal): Promise<FerryHost> {
-  const { child, nbdPort, apiPort } = await startFerryServe(dataDir);
+/** The `api` driver's host, with what a bench of the agent process itself needs. */
+export interface FerryApiHost extends FerryHost {
+  /** The agent's process id (`ferry serve` runs in the child itself): for /proc/PID/status. */
+  readonly pid: number;
+  /** GET on the API, for the views the interface does not carry. */
+  get(path: string): Promise<unknown>;
+}
+
+export async function startFerryApi(
+  dataDir: string,
+  stop: AbortSignal,
+  nodeArgs: readonly string[] = [],
+): Promise<FerryApiHost> {
+  const { child, nbdPort, apiPort } = await startFerryServe(dataDir, nodeArgs);
+  const pid = child.process.pid;
+  if (pid === undefined) throw new Error('ferry serve has no pid');
   const base = `http://127.0.0.1:${apiPort}`;
   const call = (method: string, path: string, body?: object): Promise<unknown> =>
     request(base, method, path, body);
   return {
     driver: 'api',
+    pid,
+    get: (path) => call('GET', path),
     nbdUrl: `nbd://127.0.0.1:${nbdPort}`,
     addDatastore: async (name, path) => void (await call('POST', '/v1/datastores', { name, path })),
     importDisk: async (name, file, datastore) =>

@@ -112,7 +112,7 @@ async function stopLoad(
 }
 
 /** Reads a fio log ("time, value, direction, block size, offset" per line), scaling the value. */
-async function readLog(path: string, scale: number): Promise<LogSample[]> {
+export async function readLog(path: string, scale: number): Promise<LogSample[]> {
   const text = await readFile(path, 'utf8');
   const samples: LogSample[] = [];
   for (const line of text.split('\n')) {

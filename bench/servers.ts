@@ -50,14 +50,17 @@ function running(child: Child, uri: string): RunningServer {
 
 /**
  * Starts `ferry serve` over `dataDir` on free ports and resolves once its API listens (which it
- * does last, once every disk is open and NBD is up); the caller stops the child.
+ * does last, once every disk is open and NBD is up); the caller stops the child. `nodeArgs` go to
+ * Node before the script (`--cpu-prof`, `--heap-prof`): the child is the agent's own process.
  */
 export async function startFerryServe(
   dataDir: string,
+  nodeArgs: readonly string[] = [],
 ): Promise<{ child: Child; nbdPort: number; apiPort: number }> {
   const nbdPort = await freePort();
   const apiPort = await freePort();
   const child = spawnChild('ferry serve', process.execPath, [
+    ...nodeArgs,
     FERRY_BIN,
     'serve',
     '--data',

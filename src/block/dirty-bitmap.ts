@@ -8,7 +8,9 @@ import { assert } from '../util/assert.js';
  * Used by the migration methods (DESIGN.md): the copier clears a granule *before* reading it for
  * copy, so a guest write that races the read marks it again (STYLE.md, dirty-tracking rule 1),
  * and re-marks it if the copy fails (rule 2). Memory: one bit per granule, 2 MiB for 1 TiB at
- * 64 KiB.
+ * 64 KiB. Time: ranges are marked, cleared, tested and searched a 32-bit word at a time, so
+ * marking a whole 1 TiB disk or skipping a 1 GiB hole costs words, not granules (issue 9 item 4:
+ * granule by granule, one walk of a 1 TiB disk spent about a second in here).
  */
 export class DirtyBitmap {
   readonly sizeBytes: number;
@@ -41,30 +43,26 @@ export class DirtyBitmap {
 
   /** Marks every granule that `[offset, offset + length)` touches. */
   mark(offset: number, length: number): void {
-    this.forGranules(offset, length, (index) => this.setGranule(index, true));
+    this.forWords(offset, length, (index, mask) => this.setBits(index, mask, true));
   }
 
   /** Clears every granule that `[offset, offset + length)` touches. */
   clear(offset: number, length: number): void {
-    this.forGranules(offset, length, (index) => this.setGranule(index, false));
+    this.forWords(offset, length, (index, mask) => this.setBits(index, mask, false));
   }
 
   /** True when any granule that the range touches is dirty. */
   isDirty(offset: number, length: number): boolean {
-    let found = false;
-    this.forGranules(offset, length, (index) => {
-      found ||= this.testGranule(index);
-    });
-    return found;
+    return !this.forWords(offset, length, (index, mask) => ((this.words[index] ?? 0) & mask) === 0);
   }
 
   /** True when every granule that the range touches is dirty. */
   isAllDirty(offset: number, length: number): boolean {
-    let all = true;
-    this.forGranules(offset, length, (index) => {
-      all &&= this.testGranule(index);
-    });
-    return all;
+    return this.forWords(
+      offset,
+      length,
+      (index, mask) => ((this.words[index] ?? 0) & mask) >>> 0 === mask,
+    );
   }
 
   /**
@@ -74,22 +72,31 @@ export class DirtyBitmap {
   nextDirty(offset: number, maxLength: number): { offset: number; length: number } | null {
     assert(maxLength > 0, 'nextDirty needs a positive maxLength');
     if (offset >= this.sizeBytes) return null;
-    let index = Math.floor(offset / this.granularityBytes);
-    while (index < this.granuleCount && !this.testGranule(index)) {
-      // Skip whole clean words at once: a mostly clean bitmap is the common case.
-      if (index % 32 === 0 && this.words[index / 32] === 0) index += 32;
-      else index += 1;
-    }
+    const index = this.findGranule(
+      Math.floor(offset / this.granularityBytes),
+      true,
+      this.granuleCount,
+    );
     if (index >= this.granuleCount) return null;
     const start = Math.max(offset, index * this.granularityBytes);
     const limit = Math.min(this.sizeBytes, start + maxLength);
-    let end = start;
-    while (end < limit) {
-      const granule = Math.floor(end / this.granularityBytes);
-      if (!this.testGranule(granule)) break;
-      end = Math.min(limit, (granule + 1) * this.granularityBytes);
+    // The run ends at the first clean granule after it, or at the limit (searched no further).
+    const clean = this.findGranule(index + 1, false, Math.ceil(limit / this.granularityBytes));
+    return { offset: start, length: Math.min(limit, clean * this.granularityBytes) - start };
+  }
+
+  /**
+   * The first granule in `[from, until)` that is dirty (`isDirty`) or clean, searched a word at a
+   * time; `until` when there is none (`until` is at most `granuleCount`).
+   */
+  private findGranule(from: number, isDirty: boolean, until: number): number {
+    for (let word = from >>> 5; word * 32 < until; word += 1) {
+      const raw = this.words[word] ?? 0;
+      let bits = (isDirty ? raw : ~raw) >>> 0;
+      if (word === from >>> 5) bits = (bits & ~lowMask(from & 31)) >>> 0;
+      if (bits !== 0) return Math.min(until, word * 32 + lowestBit(bits));
     }
-    return { offset: start, length: end - start };
+    return until;
   }
 
   /** True when nothing is dirty. */
@@ -174,31 +181,55 @@ export class DirtyBitmap {
     );
   }
 
-  private forGranules(offset: number, length: number, visit: (index: number) => void): void {
+  /**
+   * Calls `visit` for each word the granules of the range fall in, with the mask of those
+   * granules' bits in it, while it returns true; false if a visit returned false.
+   */
+  private forWords(
+    offset: number,
+    length: number,
+    visit: (index: number, mask: number) => boolean,
+  ): boolean {
     assert(offset >= 0 && length >= 0 && offset + length <= this.sizeBytes, 'bitmap range');
-    if (length === 0) return;
+    if (length === 0) return true;
     const first = Math.floor(offset / this.granularityBytes);
     const last = Math.floor((offset + length - 1) / this.granularityBytes);
-    for (let index = first; index <= last; index += 1) visit(index);
+    for (let word = first >>> 5; word <= last >>> 5; word += 1) {
+      const from = word === first >>> 5 ? first & 31 : 0;
+      const to = word === last >>> 5 ? last & 31 : 31;
+      const mask = (lowMask(to + 1) & ~lowMask(from)) >>> 0;
+      if (visit(word, mask) === false) return false;
+    }
+    return true;
+  }
+
+  /** Sets or clears the bits of `mask` in word `index`; true, to go on to the next word. */
+  private setBits(index: number, mask: number, isDirty: boolean): boolean {
+    const word = this.words[index] ?? 0;
+    const next = (isDirty ? word | mask : word & ~mask) >>> 0;
+    if (next === word) return true;
+    this.words[index] = next;
+    this.dirtyGranules += popcount(next) - popcount(word);
+    return true;
   }
 
   private testGranule(index: number): boolean {
     return (((this.words[index >>> 5] ?? 0) >>> (index & 31)) & 1) === 1;
   }
+}
 
-  private setGranule(index: number, isDirty: boolean): void {
-    const wordIndex = index >>> 5;
-    const bit = 1 << (index & 31);
-    const word = this.words[wordIndex] ?? 0;
-    const wasDirty = (word & bit) !== 0;
-    if (wasDirty === isDirty) return;
-    this.words[wordIndex] = isDirty ? word | bit : word & ~bit;
-    this.dirtyGranules += isDirty ? 1 : -1;
-  }
+/** The bits below bit `count` (0 to 32) set. */
+function lowMask(count: number): number {
+  return count >= 32 ? 0xffffffff : ((1 << count) - 1) >>> 0;
+}
+
+/** The index of the lowest set bit of a non-zero word. */
+function lowestBit(word: number): number {
+  return 31 - Math.clz32((word & -word) >>> 0);
 }
 
 function popcount(word: number): number {
-  let count = 0;
-  for (let bits = word; bits !== 0; bits &= bits - 1) count += 1;
-  return count;
+  let bits = word - ((word >>> 1) & 0x55555555);
+  bits = (bits & 0x33333333) + ((bits >>> 2) & 0x33333333);
+  return (Math.imul((bits + (bits >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24) & 0xff;
 }

@@ -105,7 +105,8 @@ export class MemoryDevice implements BlockDevice {
     this.checkOpen();
   }
 
-  async extents(offset: number, length: number): Promise<Extent[]> {
+  /** Stops after `runsMax` runs (a prefix, as the contract allows), like the raw file. */
+  async extents(offset: number, length: number, runsMax = Infinity): Promise<Extent[]> {
     this.checkOpen();
     const runs: Extent[] = [];
     const end = Math.min(this.size, offset + length);
@@ -119,6 +120,7 @@ export class MemoryDevice implements BlockDevice {
       if (last && last.kind === kind) {
         runs[runs.length - 1] = { offset: last.offset, length: runEnd - last.offset, kind };
       } else {
+        if (runs.length >= Math.max(1, runsMax)) break;
         runs.push({ offset: at, length: runEnd - at, kind });
       }
       at = runEnd;

@@ -19,13 +19,17 @@ function granulesOf(offset: number, length: number): number[] {
   return out;
 }
 
-const sizeArb = fc.integer({ min: 1, max: 40 * GRANULE + 1000 });
+// Sizes and lengths spanning several 32-granule words, whole and partial.
+const sizeArb = fc.integer({ min: 1, max: 200 * GRANULE + 1000 });
 const opArb = (size: number) =>
   fc
     .record({
       kind: fc.constantFrom('mark', 'clear', 'mark'),
       offset: fc.integer({ min: 0, max: size - 1 }),
-      length: fc.integer({ min: 0, max: 3 * GRANULE }),
+      length: fc.oneof(
+        fc.integer({ min: 0, max: 3 * GRANULE }),
+        fc.integer({ min: 0, max: 80 * GRANULE }),
+      ),
     })
     .map((op) => ({ ...op, length: Math.min(op.length, size - op.offset) }));
 
@@ -50,6 +54,18 @@ test('dirty bitmap agrees with a set model over random marks and clears', () => 
         let expectedBytes = 0;
         for (const g of model) expectedBytes += g === lastGranule ? size - g * GRANULE : GRANULE;
         assert.equal(bitmap.dirtyBytes, expectedBytes);
+        // isDirty and isAllDirty over each op's range, as the model says.
+        for (const op of ops) {
+          const touched = granulesOf(op.offset, op.length);
+          assert.equal(
+            bitmap.isDirty(op.offset, op.length),
+            touched.some((g) => model.has(g)),
+          );
+          assert.equal(
+            bitmap.isAllDirty(op.offset, op.length),
+            touched.every((g) => model.has(g)),
+          );
+        }
         // Walking nextDirty visits exactly the model's granules, in order.
         const walked: number[] = [];
         for (

@@ -119,3 +119,60 @@ test('copier: a cancel does not wait for the throttle: reads queued for tokens g
   const tookMs = performance.now() - cancelledAtMs;
   assert.ok(tookMs < 100, `the pass stopped ${tookMs.toFixed(0)} ms after the cancel`);
 });
+
+/** A memory source that counts its extents calls and may act on the walk's probe (`runsMax` 1). */
+class ProbedSource extends MemoryDevice {
+  extentsCalls = 0;
+  onProbe: ((offset: number) => Promise<void>) | undefined;
+
+  override async extents(offset: number, length: number, runsMax?: number) {
+    this.extentsCalls += 1;
+    const runs = await super.extents(offset, length, runsMax);
+    if (runsMax === 1 && this.onProbe !== undefined) await this.onProbe(offset);
+    return runs;
+  }
+}
+
+test('copier: a sparse source costs a run per hole, not per chunk, and every data byte lands', async () => {
+  const sizeBytes = 64 * 1024 * KIB;
+  const granule = 64 * KIB;
+  const source = new ProbedSource(sizeBytes);
+  const data = randomBytes(256 * KIB, prng(9));
+  // Four data extents 16 MiB apart, the rest holes: 64 chunks of 1 MiB before.
+  for (let at = 3 * 1024 * KIB; at < sizeBytes; at += 16 * 1024 * KIB) await source.write(at, data);
+  const target = new MemoryDevice(sizeBytes);
+  const progress = new Progress(sizeBytes);
+  const touched = new DirtyBitmap(sizeBytes, granule);
+  const copier = new Copier(source, target, { touched, progress });
+  const bitmap = allDirty(sizeBytes, granule);
+  await copier.copyPass(bitmap);
+  assert.ok(bitmap.isClean);
+  assertSameBytes(await target.read(0, sizeBytes), await source.read(0, sizeBytes), 'target');
+  assert.equal(progress.doneBytes, sizeBytes);
+  assert.equal(copier.copiedBytes, 4 * data.length);
+  assert.ok(source.extentsCalls <= 20, `${source.extentsCalls} extents calls for 4 extents`);
+});
+
+test('copier: data written into a hole after the walk probed it is still copied, a chunk at a time', async () => {
+  const sizeBytes = 16 * 1024 * KIB;
+  const granule = 64 * KIB;
+  const source = new ProbedSource(sizeBytes);
+  const target = new MemoryDevice(sizeBytes);
+  const reads: number[] = [];
+  const reading = source.read.bind(source);
+  source.read = async (offset, length) => {
+    reads.push(length);
+    return reading(offset, length);
+  };
+  // A guest writes 3 MiB into the hole just after the walk's probe saw it whole.
+  const written = randomBytes(3 * 1024 * KIB, prng(11));
+  source.onProbe = async (offset) => {
+    source.onProbe = undefined;
+    await source.write(offset + 2 * 1024 * KIB, written);
+  };
+  const touched = new DirtyBitmap(sizeBytes, granule);
+  const copier = new Copier(source, target, { touched, progress: new Progress(sizeBytes) });
+  await copier.copyPass(allDirty(sizeBytes, granule));
+  assert.ok(reads.length >= 3 && Math.max(...reads) <= copier.chunkBytes, 'a chunk at a time');
+  assertSameBytes(await target.read(0, sizeBytes), await source.read(0, sizeBytes), 'target');
+});
