@@ -63,12 +63,14 @@ export function formatRate(status: JobStatus): string {
   return `${rate} ETA ${eta}`;
 }
 
-/** `mirror sync · copy · pass 2 · dirty 12M`: what the method is doing. */
+/** `mirror sync · copy · reflink · pass 2 · dirty 12M`: what the method is doing. */
 export function formatActivity(status: JobStatus): string {
   const method = status.mode === null ? status.method : `${status.method} ${status.mode}`;
   const parts = [method];
   if (status.state === 'cancelling') parts.push('cancelling');
   if (status.phase !== null) parts.push(status.phase);
+  // How the data moves: in the kernel (reflink, copy_file_range) or through the agent.
+  if (status.copyPath !== null && status.copyPath !== 'read-write') parts.push(status.copyPath);
   if (status.pass > 0) parts.push(`pass ${status.pass}`);
   parts.push(`dirty ${formatSize(status.dirtyBytes)}`);
   if (status.speedBytesPerSecond > 0) parts.push(`max ${formatSpeed(status.speedBytesPerSecond)}`);

@@ -55,6 +55,11 @@ test('job format: a growing total is shown grown, and the percentage is of it', 
   assert.equal(formatAmount(grown), '1G/1.2G (+176M again)');
   assert.equal(percentDone(grown), 85);
   assert.equal(formatActivity(grown), 'dbt · copy · pass 2 · dirty 176M');
+  assert.equal(
+    formatActivity({ ...grown, copyPath: 'reflink' }),
+    'dbt · copy · reflink · pass 2 · dirty 176M',
+  );
+  assert.equal(formatActivity({ ...grown, copyPath: 'read-write' }), formatActivity(grown));
   assert.equal(percentDone(status({ total: 0 })), 100);
 });
 
