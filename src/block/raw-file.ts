@@ -279,6 +279,21 @@ export class RawFileDevice implements BlockDevice {
   }
 
   /**
+   * Allocates every block of the image that is not yet (holes become allocated zeros; data stays
+   * as it is): a thick image made thin at first. False where the file system cannot, in which
+   * case nothing changed (writing zeros here would overwrite data).
+   */
+  async allocate(): Promise<boolean> {
+    this.checkWritable();
+    if (this.size === 0) return true;
+    try {
+      return await this.tryFallocate(0, 0, this.size);
+    } catch (error) {
+      throw fromSystemError(error, `allocate ${this.path}`);
+    }
+  }
+
+  /**
    * Makes `[offset, offset+length)` of `target` share this image's extents (FICLONERANGE, a
    * reflink): no data moves. Resolves false, without touching `target`, where the kernel cannot
    * for these two files (other file systems: EXDEV; no shared extents: EOPNOTSUPP; a range not

@@ -272,7 +272,7 @@ export class Datastore {
       // ext4 here): a move's end need not wait for it. Renamed to a hidden name, the file is no
       // disk's image any more, durably; the unlink finishes behind, and a crash before it leaves
       // a remains file that the next scan deletes.
-      const remains = join(this.path, `.${descriptor.image}${REMAINS_MARK}${randomUUID()}`);
+      const remains = this.garbagePath(descriptor.image);
       await rename(image, remains);
       await syncDirectory(this.path);
       this.deleteInBackground(remains);
@@ -284,6 +284,14 @@ export class Datastore {
         message: `disk ${descriptor.name} is removed but its image ${image} could not be deleted: ${errorMessageOf(error)}`,
       };
     }
+  }
+
+  /**
+   * A path for a scratch file of this datastore's that nobody needs after a crash: hidden, and
+   * marked as the remains of a removal, so the next scan deletes it if its maker could not.
+   */
+  garbagePath(label: string): string {
+    return join(this.path, `.${label}${REMAINS_MARK}${randomUUID()}`);
   }
 
   /** Resolves once every image deleted in the background is gone (or failed to go). */
@@ -307,6 +315,7 @@ export class Datastore {
   async createMoveTarget(
     source: DiskDescriptor,
     provisioning: Provisioning,
+    options: { readonly isAllocationDeferred?: boolean } = {},
   ): Promise<DiskDescriptor> {
     const descriptor: DiskDescriptor = {
       ...source,
@@ -315,7 +324,10 @@ export class Datastore {
     };
     const imagePath = this.imagePath(descriptor);
     await this.checkFree(source.name, imagePath);
-    await createRawImage(imagePath, source.sizeBytes, provisioning);
+    // Deferred: a thick image whose blocks the move will mostly share with its source (reflinks)
+    // is allocated after the copy, where it still has holes (disk-mover.ts).
+    const created = options.isAllocationDeferred === true ? 'thin' : provisioning;
+    await createRawImage(imagePath, source.sizeBytes, created);
     return descriptor;
   }
 

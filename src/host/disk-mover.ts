@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { unlink } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
 import { Stats } from '../block/stats.js';
@@ -101,6 +102,8 @@ interface MoveTarget {
   readonly descriptor: DiskDescriptor;
   readonly device: RawFileDevice;
   readonly stats: Stats;
+  /** Thick, but created thin: allocated once the copy is done (before the stun). */
+  readonly isAllocationDeferred: boolean;
 }
 
 /** Steps 1–3, and the migration ready to run. On failure nothing is left behind. */
@@ -130,16 +133,25 @@ export async function prepareMove(
     for (const entry of spec.entries) {
       const provisioning = spec.provisioning ?? entry.descriptor.provisioning;
       const createdAtMs = performance.now();
-      const descriptor = await to.createMoveTarget(entry.descriptor, provisioning);
+      // Where the two datastores share extents, the copy is reflinks: a thick destination
+      // allocated now would only have its blocks replaced by the source's, needing the disk's
+      // size in free space for nothing. It is allocated after the copy instead, where holes remain.
+      const isAllocationDeferred =
+        provisioning === 'thick' && (await sharesExtents(entry.stack.raw, to));
+      const descriptor = await to.createMoveTarget(entry.descriptor, provisioning, {
+        isAllocationDeferred,
+      });
       onEvent({
         type: 'cost',
         part: 'destination image',
         ms: elapsedMs(createdAtMs),
-        detail: `${provisioning}, ${entry.descriptor.name}`,
+        detail:
+          `${provisioning}${isAllocationDeferred ? ' (allocated after the copy: reflinks)' : ''}, ` +
+          entry.descriptor.name,
       });
       created.push(descriptor);
       const device = await openRawFile(to.imagePath(descriptor), { provisioning });
-      targets.push({ entry, descriptor, device, stats: new Stats(device) });
+      targets.push({ entry, descriptor, device, stats: new Stats(device), isAllocationDeferred });
     }
   } catch (error) {
     for (const target of targets) await target.device.close().catch(() => undefined);
@@ -292,6 +304,17 @@ class MoveRun {
    * inside the stun. Out of the stun, their fsyncs no longer count in the guest's pause.
    */
   private async writeDescriptors(): Promise<void> {
+    for (const target of this.targets) {
+      if (!target.isAllocationDeferred) continue;
+      const allocatingAtMs = performance.now();
+      await target.device.allocate();
+      this.onEvent({
+        type: 'cost',
+        part: 'thick allocation',
+        ms: elapsedMs(allocatingAtMs),
+        detail: target.descriptor.name,
+      });
+    }
     const startedAtMs = performance.now();
     for (const target of this.targets) {
       const { descriptor } = target;
@@ -405,6 +428,32 @@ class MoveRun {
     };
   }
 }
+
+/**
+ * Whether `to` can share `source`'s extents: one block cloned into a scratch file there (never
+ * into the destination, whose fresh ranges the copier trusts to read as zeros), then deleted.
+ */
+async function sharesExtents(source: RawFileDevice, to: Datastore): Promise<boolean> {
+  const probeBytes = Math.min(PROBE_BYTES, source.size);
+  if (probeBytes % PROBE_BYTES !== 0) return false;
+  const path = to.garbagePath('reflink-probe');
+  try {
+    await createRawImage(path, probeBytes, 'thin');
+    const probe = await openRawFile(path, { provisioning: 'thin' });
+    try {
+      return await source.cloneRangeTo(probe, 0, probeBytes);
+    } finally {
+      await probe.close();
+    }
+  } catch {
+    return false;
+  } finally {
+    await unlink(path).catch(() => undefined);
+  }
+}
+
+/** One file-system block: what the reflink probe clones. */
+const PROBE_BYTES = 4096;
 
 /** Milliseconds since `startedAtMs`, to two decimals, for a `cost` event. */
 function elapsedMs(startedAtMs: number): number {

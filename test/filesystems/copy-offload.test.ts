@@ -10,6 +10,7 @@ import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { BlockDevice } from '../../src/block/device.js';
+import { statAllocatedBytes } from '../../src/block/raw-file.js';
 import { Agent } from '../../src/host/agent.js';
 import type { CopyPath } from '../../src/migrate/copy-offload.js';
 import { METHOD_NAMES, type MethodName } from '../../src/migrate/method.js';
@@ -123,9 +124,19 @@ for (const type of FILE_SYSTEM_TYPES) {
         if (method === 'snapshot') expected.push('read-write');
         assert.deepEqual(moved.paths, expected);
         const costs = moved.events.filter((event) => event.type === 'cost').map((e) => e.part);
-        for (const part of ['destination image', 'pre-flush', 'source deletion']) {
+        for (const part of [
+          'destination image',
+          'pre-flush',
+          'destination descriptors',
+          'source deletion',
+        ]) {
           assert.ok(costs.includes(part), `the job reports ${part}: ${costs.join(', ')}`);
         }
+        // Thick stays thick. Where the copy is reflinks, the destination is allocated after it
+        // (allocating first would only have its blocks replaced), else at its creation.
+        assert.equal(costs.includes('thick allocation'), EXPECTED_PATH[type] === 'reflink');
+        const allocated = await statAllocatedBytes(join(fastDir, 'vm1.raw'));
+        assert.ok(allocated >= 32 * MIB, `the thick destination holds ${allocated} bytes`);
       } finally {
         await agent.close();
       }
@@ -178,6 +189,34 @@ test('a destination that fills up fails the move with ERR_TARGET_FAILED; the sou
       'the partial copy is deleted',
     );
     assert.ok(events.some((event) => event.type === 'offload' && event.path === 'copy_file_range'));
+  } finally {
+    await agent.close();
+  }
+});
+
+test('xfs: a thick disk with unwritten ranges moves by reflinks and is still wholly allocated after', async () => {
+  const root = join(mountOf('xfs').path, 'thick-holes');
+  const fastDir = join(root, 'fast');
+  const agent = await openAgent('data', root, fastDir);
+  try {
+    const sizeBytes = 32 * MIB;
+    await agent.createDisk({ name: 'vm1', sizeBytes, provisioning: 'thick' });
+    const device = agent.exports.lookup('vm1')?.device as BlockDevice;
+    const data = randomBytes(4 * MIB, prng(400));
+    await device.write(8 * MIB, data);
+    const events: MigrationEvent[] = [];
+    const move = await agent.moveDisk({ name: 'vm1', datastore: 'fast' }, (event) =>
+      events.push(event),
+    );
+    await move.done;
+    assert.ok(events.some((event) => event.type === 'offload' && event.path === 'reflink'));
+    assert.ok(events.some((event) => event.type === 'cost' && event.part === 'thick allocation'));
+    // 28 MiB were never written: only the late allocation makes them blocks of the new image.
+    const allocated = await statAllocatedBytes(join(fastDir, 'vm1.raw'));
+    assert.ok(allocated >= sizeBytes, `the thick destination holds ${allocated} bytes`);
+    const expected = Buffer.alloc(sizeBytes);
+    data.copy(expected, 8 * MIB);
+    assertSameBytes(await readFile(join(fastDir, 'vm1.raw')), expected, 'the new image');
   } finally {
     await agent.close();
   }
