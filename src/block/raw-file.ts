@@ -3,7 +3,7 @@ import { open as openHandle, stat, unlink } from 'node:fs/promises';
 import * as os from 'node:os';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
-import { assertSafeInteger } from '../util/assert.js';
+import { assert, assertSafeInteger } from '../util/assert.js';
 import type {
   BlockCaps,
   BlockDevice,
@@ -180,10 +180,11 @@ export class RawFileDevice implements BlockDevice {
    * no waiting for the disk) and reads the rest on the thread pool, looping over short reads; a
    * read that meets end of file (the file shrank) fails EIO.
    */
-  read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
     try {
       this.checkOpen();
-      const buffer = Buffer.allocUnsafe(length);
+      assert(target === undefined || target.length === length, 'read target is not length bytes');
+      const buffer = target ?? Buffer.allocUnsafe(length);
       const cached = this.readCached(buffer, offset);
       if (cached === length) return Promise.resolve(buffer);
       return this.readRest(buffer, cached, offset);

@@ -98,10 +98,10 @@ export class Stats extends PassThrough {
   private inFlight = 0;
   private inFlightPeak = 0;
 
-  override async read(offset: number, length: number): Promise<Buffer> {
+  override async read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
     const startMs = this.begin();
     try {
-      const data = await this.next.read(offset, length);
+      const data = await this.next.read(offset, length, target);
       this.succeed(Verb.read, startMs, length);
       return data;
     } catch (error) {

@@ -148,11 +148,11 @@ export class Switch implements BlockDevice {
     for (const held of this.held.splice(0)) held.start();
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    if (this.isPausedNow) return this.hold(() => this.read(offset, length));
+  async read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
+    if (this.isPausedNow) return this.hold(() => this.read(offset, length, target));
     this.inFlight += 1;
     try {
-      return await this.current.read(offset, length);
+      return await this.current.read(offset, length, target);
     } finally {
       this.leave();
     }

@@ -118,7 +118,13 @@ export class NbdSession {
   private isDisconnecting = false;
   private isCorked = false;
   private idleWaiters: (() => void)[] = [];
+  /** Write payloads split over socket chunks, and the buffers reads are served from. */
   private readonly payloads: PayloadPool;
+  /**
+   * Pooled read buffers handed to the socket, oldest first, until their write completes; as many
+   * as the reply backlog holds (`replyBacklogBytesMax`).
+   */
+  private readonly writtenPooled: Buffer[] = [];
   /** The socket we read and write: the TCP one, then the TLS one wrapping it after STARTTLS. */
   private socket: Socket;
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
@@ -387,11 +393,19 @@ export class NbdSession {
     const { offset, length, flags } = header;
     const isFua = (flags & CmdFlag.Fua) !== 0;
     switch (header.type) {
-      case Cmd.Read:
-        return this.handleCmdRead(
-          header,
-          length === 0 ? Buffer.alloc(0) : await device.read(offset, length),
-        );
+      case Cmd.Read: {
+        if (length === 0) return this.handleCmdRead(header, Buffer.alloc(0), null);
+        // Served from a pooled buffer, given back once the socket has written the reply.
+        const target = this.payloads.acquire(length);
+        let data: Buffer;
+        try {
+          data = await device.read(offset, length, target);
+        } catch (error) {
+          this.payloads.release(target);
+          throw error;
+        }
+        return this.handleCmdRead(header, data, target);
+      }
       case Cmd.Write:
         if (length > 0) await device.write(offset, payload ?? Buffer.alloc(0), { fua: isFua });
         return this.replyOk(header);
@@ -421,11 +435,20 @@ export class NbdSession {
     }
   }
 
-  private handleCmdRead(header: RequestHeader, data: Buffer): void {
-    if (this.negotiated.isStructured) {
-      this.send(encodeOffsetDataHeader(header.cookie, header.offset, data.length, true), data);
+  /** `target`: the pooled buffer the read was asked to fill; `data` may be it or the device's own. */
+  private handleCmdRead(header: RequestHeader, data: Buffer, target: Buffer | null): void {
+    const head = this.negotiated.isStructured
+      ? encodeOffsetDataHeader(header.cookie, header.offset, data.length, true)
+      : encodeSimpleReply(header.cookie, 0);
+    if (target === null || data !== target) {
+      if (target !== null) this.payloads.release(target);
+      this.send(head, data);
+    } else if (this.state === 'closed') {
+      this.payloads.release(target);
     } else {
-      this.send(encodeSimpleReply(header.cookie, 0), data);
+      this.send(head);
+      this.writtenPooled.push(target);
+      this.socket.write(target, this.onPooledWritten);
     }
   }
 
@@ -515,6 +538,15 @@ export class NbdSession {
     this.socket.write(first);
     if (second !== undefined && second.length > 0) this.socket.write(second);
   }
+
+  /**
+   * A pooled read buffer's write is done (or failed: the socket is gone): back to the pool. A
+   * stream calls write callbacks in write order, so the oldest buffer is the one written.
+   */
+  private readonly onPooledWritten = (): void => {
+    const written = this.writtenPooled.shift();
+    if (written !== undefined) this.payloads.release(written);
+  };
 
   private readonly uncork = (): void => {
     this.isCorked = false;
