@@ -111,6 +111,9 @@ export class NbdSession {
   private negotiated: NegotiatedState = newNegotiatedState(false);
   private pendingOption: OptionHeader | null = null;
   private pendingRequest: RequestHeader | null = null;
+  /** The pooled buffer a write payload split over socket chunks is being joined in, and its fill. */
+  private splitPayload: Buffer | null = null;
+  private splitPayloadFilled = 0;
   private active: NbdExport | null = null;
   private inFlightCount = 0;
   private inFlightBytes = 0;
@@ -330,9 +333,19 @@ export class NbdSession {
     }
     const header = this.pendingRequest;
     const payloadBytes = header.type === Cmd.Write ? header.length : 0;
-    if (this.input.length < payloadBytes) return false;
-    const isPooled = payloadBytes > 0 && !this.input.isContiguous(payloadBytes);
-    const payload = payloadBytes > 0 ? this.takePayload(payloadBytes, isPooled) : null;
+    let payload: Buffer | null = null;
+    let isPooled = false;
+    if (payloadBytes > 0) {
+      if (this.splitPayload === null && this.input.isContiguous(payloadBytes)) {
+        payload = this.input.take(payloadBytes);
+      } else {
+        if (!this.fillSplitPayload(payloadBytes)) return false;
+        payload = this.splitPayload;
+        isPooled = true;
+        this.splitPayload = null;
+        this.splitPayloadFilled = 0;
+      }
+    }
     this.pendingRequest = null;
     if (header.type === Cmd.Disc) {
       // proto.md NBD_CMD_DISC: no reply; finish what is in flight, then close.
@@ -347,12 +360,20 @@ export class NbdSession {
     return true;
   }
 
-  /** A payload in one socket chunk is used in place; one split over chunks is joined in a pooled buffer. */
-  private takePayload(length: number, isPooled: boolean): Buffer {
-    if (!isPooled) return this.input.take(length);
-    const payload = this.payloads.acquire(length);
-    this.input.takeInto(payload);
-    return payload;
+  /**
+   * A payload in one socket chunk is used in place; one split over chunks is joined in a pooled
+   * buffer, chunk by chunk as they arrive, while each is still in the CPU's cache (and the chunk
+   * can be dropped at once). True once all `length` bytes are in `splitPayload`.
+   */
+  private fillSplitPayload(length: number): boolean {
+    this.splitPayload ??= this.payloads.acquire(length);
+    const count = Math.min(this.input.length, length - this.splitPayloadFilled);
+    if (count > 0) {
+      const at = this.splitPayloadFilled;
+      this.input.takeInto(this.splitPayload.subarray(at, at + count));
+      this.splitPayloadFilled += count;
+    }
+    return this.splitPayloadFilled === length;
   }
 
   private async serve(
