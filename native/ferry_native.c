@@ -10,14 +10,25 @@
  *   cloneRange(fdIn, offsetIn, fdOut, offsetOut, length) -> Promise<undefined>
  *                         ioctl(FICLONERANGE): the target range shares the source's extents
  *   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+ *   preadNowait(fd, buffer, offset) -> number   synchronous; see below
  *
- * copyRange and cloneRange are the copier's offload (src/block/raw-file.ts, `copyTo`): the data
- * never crosses into JavaScript. Where the kernel or file system cannot, they reject with its
- * errno (EXDEV, EOPNOTSUPP, EINVAL, ENOSYS) and the caller falls back to reading and writing.
+ * copyRange and cloneRange are the copier's offload (src/block/raw-file.ts, `copyRangeTo`,
+ * `cloneRangeTo`): the data never crosses into JavaScript. Where the kernel or file system cannot,
+ * they reject with its errno (EXDEV, EOPNOTSUPP, EINVAL, ENOSYS) and the caller falls back to
+ * reading and writing.
  *
- * Every call runs on the libuv thread pool (napi_create_async_work), because fallocate over a large
- * range and lseek on a fragmented file or a slow NFS mount can take milliseconds and the event loop
- * serves every guest. A failure rejects with an Error shaped like Node's own fs errors (`code` is
+ * Every call but preadNowait runs on the libuv thread pool (napi_create_async_work), because
+ * fallocate over a large range and lseek on a fragmented file or a slow NFS mount can take
+ * milliseconds and the event loop serves every guest.
+ *
+ * preadNowait is the one synchronous call: preadv2(RWF_NOWAIT) copies from the page cache and
+ * returns EAGAIN instead of waiting for the disk (or for a lock), so it never blocks the event loop
+ * on I/O. It fills `buffer` from its start with up to buffer.length bytes and returns the count
+ * (possibly short: only the cached prefix), or a negated errno: -EAGAIN when nothing was cached,
+ * -EOPNOTSUPP/-ENOSYS where the file or kernel lacks RWF_NOWAIT. The caller then reads the rest on
+ * the thread pool, which also reports real errors.
+ *
+ * A failure rejects with an Error shaped like Node's own fs errors (`code` is
  * the errno name, `errno` its negated value, `syscall`), so fromSystemError() maps both alike.
  *
  * Offsets arrive as JS numbers: anything but a non-negative safe integer is refused before the
@@ -25,6 +36,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -406,6 +418,42 @@ static napi_value clone_range(napi_env env, napi_callback_info info) {
   return transfer_range(env, info, OP_CLONE_RANGE);
 }
 
+/* preadNowait(fd, buffer, offset): see the top of this file. Runs on the calling (main) thread. */
+static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, buffer, offset)");
+    return NULL;
+  }
+  int fd;
+  int64_t offset;
+  void *data;
+  size_t length;
+  if (!get_fd(env, argv[0], &fd) || !get_integer(env, argv[2], "offset", 0, &offset)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buffer must be a Buffer");
+    return NULL;
+  }
+  ssize_t count;
+#if defined(__linux__) && defined(RWF_NOWAIT)
+  struct iovec vector = {data, length};
+  do {
+    count = preadv2(fd, &vector, 1, (off_t)offset, RWF_NOWAIT);
+  } while (count < 0 && errno == EINTR);
+  if (count < 0) count = -errno;
+#else
+  (void)fd;
+  (void)offset;
+  (void)data;
+  count = -EOPNOTSUPP;
+#endif
+  napi_value value;
+  napi_create_int64(env, (int64_t)count, &value);
+  return value;
+}
+
 static napi_value int_value(napi_env env, int32_t number) {
   napi_value value;
   napi_create_int32(env, number, &value);
@@ -419,6 +467,7 @@ NAPI_MODULE_INIT() {
       {"fallocate", NULL, do_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
       {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cloneRange", NULL, clone_range, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"FALLOC_FL_KEEP_SIZE", NULL, NULL, NULL, NULL, int_value(env, FALLOC_FL_KEEP_SIZE),
        napi_enumerable, NULL},
       {"FALLOC_FL_PUNCH_HOLE", NULL, NULL, NULL, NULL, int_value(env, FALLOC_FL_PUNCH_HOLE),

@@ -18,9 +18,9 @@ export class Delay extends PassThrough {
     this.delayMs = delayMs;
   }
 
-  override async read(offset: number, length: number): Promise<Buffer> {
+  override async read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
     await this.wait();
-    return this.next.read(offset, length);
+    return this.next.read(offset, length, target);
   }
 
   override async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {

@@ -66,8 +66,15 @@ export interface BlockDevice {
   readonly size: number;
   readonly caps: BlockCaps;
   readonly limits: BlockLimits;
-  /** Resolves with exactly `length` bytes; the buffer belongs to the caller. */
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Resolves with exactly `length` bytes; the buffer belongs to the caller. With `target`
+   * (exactly `length` bytes, the caller's), the device may read into it and resolve with it, so
+   * a server can serve reads from buffers it reuses; a device may as well ignore it and resolve
+   * with a buffer of its own, so the caller uses the buffer the promise gives. Filters pass
+   * `target` down, and none touches it after the promise settles. On failure `target`'s
+   * contents are unspecified.
+   */
+  read(offset: number, length: number, target?: Buffer): Promise<Buffer>;
   /** The device must not keep `data` after the promise settles. */
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
   /** After success the range reads as zeros. */

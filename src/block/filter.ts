@@ -38,8 +38,8 @@ export abstract class PassThrough implements BlockDevice {
     return this.next.limits;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.next.read(offset, length);
+  read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
+    return this.next.read(offset, length, target);
   }
 
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {

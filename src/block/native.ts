@@ -5,8 +5,9 @@ import { FerryError } from '../util/errors.js';
 /**
  * Typed access to `native/ferry_native.c`: lseek(SEEK_DATA/SEEK_HOLE), fallocate,
  * copy_file_range and FICLONERANGE, which Node lacks and the raw image backend needs for extents,
- * holes, thick allocation and copies that stay in the kernel. Every call runs on
- * the libuv pool and returns a promise; a failure rejects with an Error carrying `code` (errno
+ * holes, thick allocation and copies that stay in the kernel, and the page-cache read of the
+ * serving path's fast path. Every call but `preadNowait` (which cannot wait for I/O) runs on the
+ * libuv pool and returns a promise; a failure rejects with an Error carrying `code` (errno
  * name such as 'ENOSPC', 'EOPNOTSUPP'), a negated `errno` and `syscall`, the shape of Node's own fs
  * errors, so `fromSystemError` maps it.
  *
@@ -51,6 +52,14 @@ export interface NativeFs {
     offsetOut: number,
     length: number,
   ): Promise<void>;
+  /**
+   * Synchronous preadv2(RWF_NOWAIT) into `buffer` (from its start, up to its length) at
+   * `offset`: copies only what the page cache holds and never waits for the disk, so it may run
+   * on the event loop. Returns the bytes read (short when only a prefix is cached), or a negated
+   * errno: -EAGAIN when nothing is cached, -EOPNOTSUPP (or -ENOSYS) where RWF_NOWAIT is not
+   * supported. The caller reads what is left on the thread pool, which also reports real errors.
+   */
+  preadNowait(fd: number, buffer: Buffer, offset: number): number;
 }
 
 /** The addon is absent or unloadable: a build problem, not an I/O error, so not a BlockError. */
@@ -74,6 +83,7 @@ interface Addon {
     to: number,
     length: number,
   ): Promise<undefined>;
+  preadNowait(fd: number, buffer: Buffer, offset: number): number;
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
   readonly FALLOC_FL_ZERO_RANGE: number;
@@ -108,7 +118,14 @@ function requireAddon(): Addon {
 }
 
 function wrap(addon: Addon): NativeFs {
-  for (const name of ['seekData', 'seekHole', 'fallocate', 'copyRange', 'cloneRange'] as const) {
+  for (const name of [
+    'seekData',
+    'seekHole',
+    'fallocate',
+    'copyRange',
+    'cloneRange',
+    'preadNowait',
+  ] as const) {
     if (typeof addon[name] !== 'function') {
       throw new NativeAddonError(
         `the ferry_native addon lacks ${name}(); rebuild it with npm install`,
@@ -132,5 +149,6 @@ function wrap(addon: Addon): NativeFs {
     cloneRange: async (fdIn, offsetIn, fdOut, offsetOut, length) => {
       await addon.cloneRange(fdIn, offsetIn, fdOut, offsetOut, length);
     },
+    preadNowait: addon.preadNowait,
   };
 }

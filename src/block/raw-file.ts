@@ -1,8 +1,9 @@
 import * as fs from 'node:fs';
 import { open as openHandle, stat, unlink } from 'node:fs/promises';
+import * as os from 'node:os';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
-import { assertSafeInteger } from '../util/assert.js';
+import { assert, assertSafeInteger } from '../util/assert.js';
 import type {
   BlockCaps,
   BlockDevice,
@@ -38,6 +39,8 @@ const ZERO_CHUNK_BYTES = 1024 * 1024;
 const EXTENT_RUNS_MAX = 1024;
 /** A run reported as data when the file changes between SEEK_DATA and SEEK_HOLE. */
 const RACE_RUN_BYTES = 4096;
+
+const { EOPNOTSUPP, ENOSYS } = os.constants.errno;
 
 const LIMITS: BlockLimits = {
   minimumBytes: 1,
@@ -150,6 +153,8 @@ export class RawFileDevice implements BlockDevice {
   private readonly unsupportedModes = new Set<number>();
   private zeroChunk: Buffer | undefined;
   private isClosed = false;
+  /** False once preadv2(RWF_NOWAIT) was refused as unsupported on this open. */
+  private canReadNowait = true;
 
   /** Use `openRawFile`; it validates the file this takes for granted. */
   constructor(params: RawFileParams) {
@@ -170,16 +175,51 @@ export class RawFileDevice implements BlockDevice {
     };
   }
 
-  /** Loops over short reads; a read that meets end of file (the file shrank) fails EIO. */
-  async read(offset: number, length: number): Promise<Buffer> {
-    this.checkOpen();
-    const buffer = Buffer.allocUnsafe(length);
+  /**
+   * Copies what the page cache holds on the spot (preadv2 RWF_NOWAIT: no thread pool round trip,
+   * no waiting for the disk) and reads the rest on the thread pool, looping over short reads; a
+   * read that meets end of file (the file shrank) fails EIO.
+   */
+  read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
     try {
-      await transferAll(fs.read, this.fd, buffer, length, offset, this.checkOpenNow);
+      this.checkOpen();
+      assert(target === undefined || target.length === length, 'read target is not length bytes');
+      const buffer = target ?? Buffer.allocUnsafe(length);
+      const cached = this.readCached(buffer, offset);
+      if (cached === length) return Promise.resolve(buffer);
+      return this.readRest(buffer, cached, offset);
+    } catch (error) {
+      // Like every verb, fails by rejecting, never by throwing.
+      return Promise.reject(error);
+    }
+  }
+
+  private async readRest(buffer: Buffer, cached: number, offset: number): Promise<Buffer> {
+    const length = buffer.length;
+    try {
+      await transferAll(
+        fs.read,
+        this.fd,
+        buffer.subarray(cached),
+        length - cached,
+        offset + cached,
+        this.checkOpenNow,
+      );
     } catch (error) {
       throw fromSystemError(error, `read ${length} bytes at ${offset} on ${this.path}`);
     }
     return buffer;
+  }
+
+  /** Bytes of `buffer` filled from the page cache at `offset` (0 when none, or unsupported). */
+  private readCached(buffer: Buffer, offset: number): number {
+    if (!this.canReadNowait || buffer.length === 0) return 0;
+    const count = this.native.preadNowait(this.fd, buffer, offset);
+    if (count >= 0) return count;
+    // EAGAIN: not cached, the pool reads it. Anything else: the pool's read reports it; but a
+    // file (NFS, FUSE) or kernel without RWF_NOWAIT is not asked again on this open.
+    if (count === -EOPNOTSUPP || count === -ENOSYS) this.canReadNowait = false;
+    return 0;
   }
 
   /** Loops over short writes; with `fua`, resolves only after fdatasync. On failure the range is unspecified. */

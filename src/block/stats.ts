@@ -98,27 +98,36 @@ export class Stats extends PassThrough {
   private inFlight = 0;
   private inFlightPeak = 0;
 
-  override async read(offset: number, length: number): Promise<Buffer> {
+  // read and write, the guest's hot path, chain one `then` instead of an async function's await.
+  override read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
     const startMs = this.begin();
+    let pending: Promise<Buffer>;
     try {
-      const data = await this.next.read(offset, length);
-      this.succeed(Verb.read, startMs, length);
-      return data;
+      pending = this.next.read(offset, length, target);
     } catch (error) {
-      this.fail(Verb.read);
-      throw error;
+      return this.failed(Verb.read, error);
     }
+    return pending.then(
+      (data) => {
+        this.succeed(Verb.read, startMs, length);
+        return data;
+      },
+      (error: unknown) => this.failed(Verb.read, error),
+    );
   }
 
-  override async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+  override write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     const startMs = this.begin();
+    let pending: Promise<void>;
     try {
-      await this.next.write(offset, data, options);
-      this.succeed(Verb.write, startMs, data.length);
+      pending = this.next.write(offset, data, options);
     } catch (error) {
-      this.fail(Verb.write);
-      throw error;
+      return this.failed(Verb.write, error);
     }
+    return pending.then(
+      () => this.succeed(Verb.write, startMs, data.length),
+      (error: unknown) => this.failed(Verb.write, error),
+    );
   }
 
   override async writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
@@ -211,6 +220,12 @@ export class Stats extends PassThrough {
     this.latencySumUs[verb]! += latencyUs;
     if (latencyUs > this.latencyMaxUs[verb]!) this.latencyMaxUs[verb] = latencyUs;
     this.histogram[verb * LATENCY_BUCKET_COUNT + bucketOf(latencyUs)]! += 1;
+  }
+
+  /** Counts the failure and passes the same error on, as a rejection. */
+  private failed(verb: VerbIndex, error: unknown): Promise<never> {
+    this.fail(verb);
+    return Promise.reject(error);
   }
 
   private fail(verb: VerbIndex): void {

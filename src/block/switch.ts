@@ -148,23 +148,27 @@ export class Switch implements BlockDevice {
     for (const held of this.held.splice(0)) held.start();
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    if (this.isPausedNow) return this.hold(() => this.read(offset, length));
+  // read and write, the guest's hot path, chain one `then` with callbacks made once per switch
+  // instead of an async function's await: the same accounting, settled at the same point.
+  read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
+    if (this.isPausedNow) return this.hold(() => this.read(offset, length, target));
     this.inFlight += 1;
     try {
-      return await this.current.read(offset, length);
-    } finally {
+      return this.current.read(offset, length, target).then(this.leaveWith, this.leaveThrowing);
+    } catch (error) {
       this.leave();
+      return Promise.reject(error);
     }
   }
 
-  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     if (this.isPausedNow) return this.hold(() => this.write(offset, data, options));
     this.inFlight += 1;
     try {
-      return await this.current.write(offset, data, options);
-    } finally {
+      return this.current.write(offset, data, options).then(this.leaveWith, this.leaveThrowing);
+    } catch (error) {
       this.leave();
+      return Promise.reject(error);
     }
   }
 
@@ -238,10 +242,20 @@ export class Switch implements BlockDevice {
   private hold<T>(start: () => Promise<T>): Promise<T> {
     if (this.isClosed) return Promise.reject(this.closedError());
     return new Promise<T>((resolve, reject) => {
-      // `start` re-enters an async verb, which never throws synchronously.
+      // `start` re-enters a verb, which never throws synchronously.
       this.held.push({ start: () => void start().then(resolve, reject), reject });
     });
   }
+
+  private readonly leaveWith = <T>(value: T): T => {
+    this.leave();
+    return value;
+  };
+
+  private readonly leaveThrowing = (error: unknown): never => {
+    this.leave();
+    throw error;
+  };
 
   private leave(): void {
     this.inFlight -= 1;

@@ -89,9 +89,9 @@ export class Throttle extends PassThrough {
     this.serve();
   }
 
-  override read(offset: number, length: number): Promise<Buffer> {
-    if (this.tryTake(length)) return this.next.read(offset, length);
-    return this.enqueue(length, () => this.next.read(offset, length));
+  override read(offset: number, length: number, target?: Buffer): Promise<Buffer> {
+    if (this.tryTake(length)) return this.next.read(offset, length, target);
+    return this.enqueue(length, () => this.next.read(offset, length, target));
   }
 
   override write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {

@@ -111,6 +111,9 @@ export class NbdSession {
   private negotiated: NegotiatedState = newNegotiatedState(false);
   private pendingOption: OptionHeader | null = null;
   private pendingRequest: RequestHeader | null = null;
+  /** The pooled buffer a write payload split over socket chunks is being joined in, and its fill. */
+  private splitPayload: Buffer | null = null;
+  private splitPayloadFilled = 0;
   private active: NbdExport | null = null;
   private inFlightCount = 0;
   private inFlightBytes = 0;
@@ -118,7 +121,13 @@ export class NbdSession {
   private isDisconnecting = false;
   private isCorked = false;
   private idleWaiters: (() => void)[] = [];
+  /** Write payloads split over socket chunks, and the buffers reads are served from. */
   private readonly payloads: PayloadPool;
+  /**
+   * Pooled read buffers handed to the socket, oldest first, until their write completes; as many
+   * as the reply backlog holds (`replyBacklogBytesMax`).
+   */
+  private readonly writtenPooled: Buffer[] = [];
   /** The socket we read and write: the TCP one, then the TLS one wrapping it after STARTTLS. */
   private socket: Socket;
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
@@ -324,9 +333,19 @@ export class NbdSession {
     }
     const header = this.pendingRequest;
     const payloadBytes = header.type === Cmd.Write ? header.length : 0;
-    if (this.input.length < payloadBytes) return false;
-    const isPooled = payloadBytes > 0 && !this.input.isContiguous(payloadBytes);
-    const payload = payloadBytes > 0 ? this.takePayload(payloadBytes, isPooled) : null;
+    let payload: Buffer | null = null;
+    let isPooled = false;
+    if (payloadBytes > 0) {
+      if (this.splitPayload === null && this.input.isContiguous(payloadBytes)) {
+        payload = this.input.take(payloadBytes);
+      } else {
+        if (!this.fillSplitPayload(payloadBytes)) return false;
+        payload = this.splitPayload;
+        isPooled = true;
+        this.splitPayload = null;
+        this.splitPayloadFilled = 0;
+      }
+    }
     this.pendingRequest = null;
     if (header.type === Cmd.Disc) {
       // proto.md NBD_CMD_DISC: no reply; finish what is in flight, then close.
@@ -341,12 +360,20 @@ export class NbdSession {
     return true;
   }
 
-  /** A payload in one socket chunk is used in place; one split over chunks is joined in a pooled buffer. */
-  private takePayload(length: number, isPooled: boolean): Buffer {
-    if (!isPooled) return this.input.take(length);
-    const payload = this.payloads.acquire(length);
-    this.input.takeInto(payload);
-    return payload;
+  /**
+   * A payload in one socket chunk is used in place; one split over chunks is joined in a pooled
+   * buffer, chunk by chunk as they arrive, while each is still in the CPU's cache (and the chunk
+   * can be dropped at once). True once all `length` bytes are in `splitPayload`.
+   */
+  private fillSplitPayload(length: number): boolean {
+    this.splitPayload ??= this.payloads.acquire(length);
+    const count = Math.min(this.input.length, length - this.splitPayloadFilled);
+    if (count > 0) {
+      const at = this.splitPayloadFilled;
+      this.input.takeInto(this.splitPayload.subarray(at, at + count));
+      this.splitPayloadFilled += count;
+    }
+    return this.splitPayloadFilled === length;
   }
 
   private async serve(
@@ -387,11 +414,19 @@ export class NbdSession {
     const { offset, length, flags } = header;
     const isFua = (flags & CmdFlag.Fua) !== 0;
     switch (header.type) {
-      case Cmd.Read:
-        return this.handleCmdRead(
-          header,
-          length === 0 ? Buffer.alloc(0) : await device.read(offset, length),
-        );
+      case Cmd.Read: {
+        if (length === 0) return this.handleCmdRead(header, Buffer.alloc(0), null);
+        // Served from a pooled buffer, given back once the socket has written the reply.
+        const target = this.payloads.acquire(length);
+        let data: Buffer;
+        try {
+          data = await device.read(offset, length, target);
+        } catch (error) {
+          this.payloads.release(target);
+          throw error;
+        }
+        return this.handleCmdRead(header, data, target);
+      }
       case Cmd.Write:
         if (length > 0) await device.write(offset, payload ?? Buffer.alloc(0), { fua: isFua });
         return this.replyOk(header);
@@ -421,11 +456,20 @@ export class NbdSession {
     }
   }
 
-  private handleCmdRead(header: RequestHeader, data: Buffer): void {
-    if (this.negotiated.isStructured) {
-      this.send(encodeOffsetDataHeader(header.cookie, header.offset, data.length, true), data);
+  /** `target`: the pooled buffer the read was asked to fill; `data` may be it or the device's own. */
+  private handleCmdRead(header: RequestHeader, data: Buffer, target: Buffer | null): void {
+    const head = this.negotiated.isStructured
+      ? encodeOffsetDataHeader(header.cookie, header.offset, data.length, true)
+      : encodeSimpleReply(header.cookie, 0);
+    if (target === null || data !== target) {
+      if (target !== null) this.payloads.release(target);
+      this.send(head, data);
+    } else if (this.state === 'closed') {
+      this.payloads.release(target);
     } else {
-      this.send(encodeSimpleReply(header.cookie, 0), data);
+      this.send(head);
+      this.writtenPooled.push(target);
+      this.socket.write(target, this.onPooledWritten);
     }
   }
 
@@ -500,19 +544,30 @@ export class NbdSession {
   }
 
   /**
-   * Queues reply buffers. Replies finished in the same tick leave in one write: the socket is
-   * corked on the first and uncorked on the next tick.
+   * Queues reply buffers. Replies finished in the same turn of the event loop leave in one
+   * writev: the socket is corked on the first and uncorked in the check phase (setImmediate),
+   * after the poll phase has run every socket read and every thread-pool completion that was
+   * ready. A tick would flush after each completion: one system call per 4 KiB reply.
    */
   private send(first: Buffer, second?: Buffer): void {
     if (this.state === 'closed') return;
     if (!this.isCorked) {
       this.isCorked = true;
       this.socket.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     this.socket.write(first);
     if (second !== undefined && second.length > 0) this.socket.write(second);
   }
+
+  /**
+   * A pooled read buffer's write is done (or failed: the socket is gone): back to the pool. A
+   * stream calls write callbacks in write order, so the oldest buffer is the one written.
+   */
+  private readonly onPooledWritten = (): void => {
+    const written = this.writtenPooled.shift();
+    if (written !== undefined) this.payloads.release(written);
+  };
 
   private readonly uncork = (): void => {
     this.isCorked = false;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import * as os from 'node:os';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -52,6 +53,24 @@ describe('native addon', () => {
     try {
       assert.equal(await native.seekData(fd, 0), at);
       assert.equal(await native.seekHole(fd, at), at + MIB);
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+
+  test('preadNowait copies cached bytes, short at end of file, and refuses bad arguments', () => {
+    const fd = sparseFile('nowait.img', 2 * MIB, 0);
+    try {
+      // Just written: the page cache holds it, so RWF_NOWAIT reads it (or the kernel lacks it).
+      const buffer = Buffer.alloc(4096);
+      const count = native.preadNowait(fd, buffer, 4096);
+      if (count === -os.constants.errno.EOPNOTSUPP) return;
+      assert.equal(count, 4096);
+      assert.ok(buffer.equals(Buffer.alloc(4096, 0xab)));
+      assert.equal(native.preadNowait(fd, buffer, 2 * MIB - 100), 100);
+      assert.equal(native.preadNowait(fd, buffer, 4 * MIB), 0);
+      assert.throws(() => native.preadNowait(fd, buffer, -1), RangeError);
+      assert.throws(() => native.preadNowait(fd, 'x' as unknown as Buffer, 0), TypeError);
     } finally {
       fs.closeSync(fd);
     }

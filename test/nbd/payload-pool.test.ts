@@ -21,3 +21,11 @@ test('the pool keeps no more than its limit', () => {
   assert.equal(pool.acquire(128 * 1024).buffer, a.buffer);
   assert.notEqual(pool.acquire(128 * 1024).buffer, b.buffer, 'b was dropped, not kept');
 });
+
+test('4 KiB reads get 4 KiB slabs, reused', () => {
+  const pool = new PayloadPool(1024 * 1024);
+  const first = pool.acquire(4096);
+  assert.equal(first.buffer.byteLength, 4096);
+  pool.release(first);
+  assert.equal(pool.acquire(4000).buffer, first.buffer);
+});

@@ -6,7 +6,7 @@ import { NbdClient } from '../../src/nbd/client.js';
 import { encodeOptionHeader, encodeRequestHeader } from '../../src/nbd/codec.js';
 import { Cmd } from '../../src/nbd/protocol.js';
 import { prng, randomBytes, testSeed, withSeed } from '../block/random.js';
-import { closed, type Running, rawTransmission, startServer } from './helpers.js';
+import { closed, type Running, rawTransmission, readBytes, startServer } from './helpers.js';
 
 const MiB = 1024 * 1024;
 let running: Running;
@@ -39,6 +39,38 @@ test('a client that pipelines reads without reading replies does not grow server
   await other.close();
   socket.destroy();
 });
+
+test('write payloads split over many socket chunks land whole, and the next request after them too', async () => {
+  const seed = testSeed();
+  await withSeed(seed, () => splitWrites(prng(seed)));
+});
+
+async function splitWrites(random: () => number): Promise<void> {
+  const socket = await rawTransmission(running.port, 'vm1');
+  const first = randomBytes(300_000, random);
+  const second = randomBytes(5000, random);
+  const stream = Buffer.concat([
+    encodeRequestHeader(Cmd.Write, 0, 1n, 3 * MiB, first.length),
+    first,
+    encodeRequestHeader(Cmd.Write, 0, 2n, 5 * MiB + 7, second.length),
+    second,
+  ]);
+  // Pieces of random size, each its own socket chunk (a pause between writes).
+  for (let at = 0; at < stream.length; ) {
+    const size = 1 + Math.floor(random() * 40_000);
+    socket.write(stream.subarray(at, at + size));
+    at += size;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const replies = await readBytes(socket, 32);
+  assert.equal(replies.readUInt32BE(4), 0, 'first reply is success');
+  assert.equal(replies.readUInt32BE(20), 0, 'second reply is success');
+  socket.destroy();
+  const nbd = await NbdClient.connect({ port: running.port, exportName: 'vm1' });
+  assert.ok((await nbd.read(3 * MiB, first.length)).equals(first));
+  assert.ok((await nbd.read(5 * MiB + 7, second.length)).equals(second));
+  await nbd.close();
+}
 
 test('a broken handshake (bad option magic) closes that connection', async () => {
   const socket = connect({ host: '127.0.0.1', port: running.port });

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { MemoryDevice } from '../../src/block/memory.js';
+import { openRawFile } from '../../src/block/raw-file.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { encodeRequestHeader } from '../../src/nbd/codec.js';
 import { Cmd, SIMPLE_REPLY_MAGIC } from '../../src/nbd/protocol.js';
@@ -57,6 +61,35 @@ test('pipelined requests are answered as they complete and all land', async () =
     );
   }
   await nbd.close();
+});
+
+test('pipelined reads served from reused buffers each carry their own block', async () => {
+  // A raw image fills the server's pooled buffers (MemoryDevice returns its own); a buffer
+  // reused before the socket took its reply would show up here as another block's bytes.
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-server-'));
+  const path = join(dir, 'pooled.img');
+  const blocks = 512;
+  const image = Buffer.alloc(blocks * 4096);
+  for (let i = 0; i < blocks; i += 1) image.fill(i & 0xff, i * 4096, (i + 1) * 4096);
+  await writeFile(path, image);
+  const raw = await openRawFile(path, { provisioning: 'thin' });
+  const pooled = await startServer({ pooled: raw });
+  try {
+    const nbd = await NbdClient.connect({ port: pooled.port, exportName: 'pooled' });
+    for (let round = 0; round < 3; round += 1) {
+      const reads = Array.from({ length: blocks }, (_, i) => nbd.read(i * 4096, 4096));
+      const big = nbd.read(0, 1024 * 1024);
+      for (const [i, block] of (await Promise.all(reads)).entries()) {
+        assert.ok(block.equals(image.subarray(i * 4096, (i + 1) * 4096)), `block ${i}`);
+      }
+      assert.ok((await big).equals(image.subarray(0, 1024 * 1024)), 'the 1 MiB read');
+    }
+    await nbd.close();
+  } finally {
+    await pooled.server.close();
+    await raw.close();
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('out-of-range and read-only requests get the spec errors and the connection continues', async () => {

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { connect as connectTls } from 'node:tls';
 import { MemoryDevice } from '../../src/block/memory.js';
+import { openRawFile } from '../../src/block/raw-file.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { encodeLengthPrefixed, encodeOptionHeader } from '../../src/nbd/codec.js';
 import type { ExportAccess, ExportProvider, NbdExport } from '../../src/nbd/exports.js';
@@ -187,6 +188,40 @@ test('TLS-PSK: our client and server, read/write round trip; the identity reache
     }
     assert.deepEqual(exports.seen.at(-1), { isTls: true, pskIdentity: 'alice' });
   });
+});
+
+test('TLS-PSK: pipelined reads of a raw image, served from reused buffers, each carry their own block', async () => {
+  const path = join(dir, 'tls-pooled.img');
+  const blocks = 256;
+  const image = Buffer.alloc(blocks * 4096);
+  for (let i = 0; i < blocks; i += 1) image.fill(i & 0xff, i * 4096, (i + 1) * 4096);
+  await writeFile(path, image);
+  const raw = await openRawFile(path, { provisioning: 'thin' });
+  const pooled: NbdExport = { name: 'pooled', description: 'raw', device: raw };
+  const exports: ExportProvider = {
+    lookup: (name) => (name === 'pooled' ? pooled : undefined),
+    list: () => [pooled],
+  };
+  const server = new NbdServer({ exports, tls: pskServer('require') });
+  try {
+    const { port } = await server.listenTcp('127.0.0.1', 0);
+    const client = await NbdClient.connect({
+      host: '127.0.0.1',
+      port,
+      exportName: 'pooled',
+      tls: { psk: alice },
+    });
+    const reads = Array.from({ length: blocks }, (_, i) => client.read(i * 4096, 4096));
+    const whole = client.read(0, image.length);
+    for (const [i, block] of (await Promise.all(reads)).entries()) {
+      assert.ok(block.equals(image.subarray(i * 4096, (i + 1) * 4096)), `block ${i}`);
+    }
+    assert.ok((await whole).equals(image), 'the 1 MiB read');
+    await client.close();
+  } finally {
+    await server.close();
+    await raw.close();
+  }
 });
 
 test('ExportAccess: an export kept for alice is unknown to bob over TLS and to plain clients', async () => {
