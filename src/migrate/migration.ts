@@ -413,5 +413,8 @@ function sumMirrorStats(a: MirrorStats, b: MirrorStats): MirrorStats {
     peakHeldBytes: Math.max(a.peakHeldBytes, b.peakHeldBytes),
     switchesToSync: a.switchesToSync + b.switchesToSync,
     switchesToAsync: a.switchesToAsync + b.switchesToAsync,
+    lockAcquires: a.lockAcquires + b.lockAcquires,
+    lockWaits: a.lockWaits + b.lockWaits,
+    lockWaitMs: a.lockWaitMs + b.lockWaitMs,
   };
 }
