@@ -122,6 +122,8 @@ export class Migration {
   private readonly progress: Progress;
   private readonly copiers: Copier[] = [];
   private readonly guestFirsts: GuestFirst[] = [];
+  /** Each disk's meter above its method's filter, from the interpose on. */
+  private readonly guestLatencies: LatencyTotals[] = [];
   private readonly runs: MethodRun[] = [];
   private readonly abort = new AbortController();
   private readonly log: Logger;
@@ -156,6 +158,21 @@ export class Migration {
 
   get passes(): number {
     return this.runs.reduce((most, run) => Math.max(most, run.passes), 0);
+  }
+
+  /**
+   * The guest's data requests through the methods' filters (from each one's interpose, until
+   * the switchover re-points the disk) and their latencies, summed over the disks: the time the
+   * guest spends inside the migration's stack, without the NBD server and socket above it.
+   */
+  get guestLatency(): LatencyTotals {
+    let operations = 0;
+    let latencySumUs = 0;
+    for (const totals of this.guestLatencies) {
+      operations += totals.operations;
+      latencySumUs += totals.latencySumUs;
+    }
+    return { operations, latencySumUs };
   }
 
   /**
@@ -236,6 +253,7 @@ export class Migration {
     const touched = new DirtyBitmap(disk.target.size, this.tuning.granularityBytes);
     const target = new DirtyTracker(disk.target, touched);
     const guestLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
+    this.guestLatencies.push(guestLatency);
     const inFlightMax = this.options.inFlightMax ?? IN_FLIGHT_MAX_DEFAULT;
     const guestFirst =
       this.options.isGuestFirst === false
