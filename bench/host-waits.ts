@@ -1,4 +1,5 @@
 import { close, fstat, open } from 'node:fs';
+import { cpus } from 'node:os';
 import {
   createHistogram,
   type IntervalHistogram,
@@ -18,7 +19,10 @@ import {
  *   µs of work), timed from submission to its callback: the time it queued behind other pool
  *   jobs (the guest's writes, the copier's chunks), plus the loop's delay in running the callback;
  *   one probe in flight at a time, so it never adds more than one job to the queue;
- * - the range lock: the mirror's own counts (MirrorStats), read once the move is over.
+ * - the range lock: the mirror's own counts (MirrorStats), read once the move is over;
+ * - the CPUs: this process's CPU time over the window (in cores), and how busy the machine's
+ *   CPUs were (every process: fio, the kernel's copy, other work on the machine), since a wait
+ *   for a CPU shows up in each of the above.
  */
 
 /** A distribution of waits, in ms; all zero when nothing was sampled. */
@@ -34,6 +38,10 @@ export interface WaitWindow {
   readonly durationMs: number;
   readonly loopDelay: Distribution;
   readonly poolProbe: Distribution;
+  /** This process's user and system CPU time over the window, per wall-clock time: cores used. */
+  readonly processCores: number;
+  /** The machine's CPUs, busy (not idle) over the window: 0..1. */
+  readonly machineBusy: number;
 }
 
 /** The guest's side of a method's range lock (MirrorStats). */
@@ -55,7 +63,31 @@ export interface HostWaits {
    * The guest's data requests below the migration's Switch (the method's filter and what is
    * under it: lock, mirrored writes, the file writes), and their mean latency, during the move.
    */
-  readonly guestInStack: { readonly operations: number; readonly meanMs: number };
+  readonly guestInStack: MeanLatency;
+  /**
+   * The guest's writes to the source file (the disk's Stats filter, right above it: one pool
+   * job each, plus the loop to run its callback), over `before` and from the move's start to its
+   * switchover.
+   */
+  readonly sourceWrite: { readonly before: MeanLatency | null; readonly during: MeanLatency };
+}
+
+export interface MeanLatency {
+  readonly operations: number;
+  readonly meanMs: number;
+}
+
+/** Cumulative counts of requests and their summed latencies (a Stats verb's, a LatencyMeter's). */
+export interface LatencyCount {
+  readonly operations: number;
+  readonly latencySumUs: number;
+}
+
+/** The mean latency of the requests between two cumulative counts. */
+export function meanBetween(from: LatencyCount, to: LatencyCount): MeanLatency {
+  const operations = to.operations - from.operations;
+  const sumUs = to.latencySumUs - from.latencySumUs;
+  return { operations, meanMs: operations > 0 ? sumUs / operations / 1000 : 0 };
 }
 
 const LOOP_RESOLUTION_MS = 5;
@@ -68,6 +100,8 @@ export class WaitProbes {
   private readonly pool: RecordableHistogram;
   private timer: NodeJS.Timeout | undefined;
   private startMs = 0;
+  private startCpu: NodeJS.CpuUsage = { user: 0, system: 0 };
+  private startTimes: CpuTimes = { busyMs: 0, totalMs: 0 };
   private isRunning = false;
   /** Counts windows, so a probe of an earlier window that completes late is dropped. */
   private window = 0;
@@ -95,6 +129,8 @@ export class WaitProbes {
     this.pool.reset();
     this.loop.enable();
     this.startMs = performance.now();
+    this.startCpu = process.cpuUsage();
+    this.startTimes = machineTimes();
     this.probe();
   }
 
@@ -104,8 +140,14 @@ export class WaitProbes {
     this.isRunning = false;
     clearTimeout(this.timer);
     this.loop.disable();
+    const durationMs = performance.now() - this.startMs;
+    const cpu = process.cpuUsage(this.startCpu);
+    const times = machineTimes();
+    const totalMs = times.totalMs - this.startTimes.totalMs;
     return {
-      durationMs: performance.now() - this.startMs,
+      durationMs,
+      processCores: (cpu.user + cpu.system) / 1000 / durationMs,
+      machineBusy: totalMs > 0 ? (times.busyMs - this.startTimes.busyMs) / totalMs : 0,
       // The histogram holds each whole interval between the timer's runs: its lateness is what
       // exceeds the resolution.
       loopDelay: distributionOf(this.loop, LOOP_RESOLUTION_MS),
@@ -151,4 +193,21 @@ function distributionOf(
     p99Ms: ms(histogram.percentile(99)),
     maxMs: ms(histogram.max),
   };
+}
+
+interface CpuTimes {
+  readonly busyMs: number;
+  readonly totalMs: number;
+}
+
+/** Every CPU's time since boot, summed: busy, and in all (idle included; Linux counts iowait as idle here). */
+function machineTimes(): CpuTimes {
+  let busyMs = 0;
+  let totalMs = 0;
+  for (const { times } of cpus()) {
+    const total = times.user + times.nice + times.sys + times.idle + times.irq;
+    busyMs += total - times.idle;
+    totalMs += total;
+  }
+  return { busyMs, totalMs };
 }

@@ -3,7 +3,7 @@ import { Agent } from '../src/host/agent.js';
 import type { MigrationEvent } from '../src/migrate/migration.js';
 import { NbdServer } from '../src/nbd/index.js';
 import { errorMessageOf } from '../src/util/errors.js';
-import { type HostWaits, WaitProbes } from './host-waits.js';
+import { type HostWaits, type LatencyCount, meanBetween, WaitProbes } from './host-waits.js';
 import type { AgentReply, AgentRequest, MoveReport } from './migrate-ferry-agent.js';
 
 /**
@@ -57,7 +57,14 @@ async function handle(request: AgentRequest): Promise<unknown> {
  * `baselineMs` > 0, samples the wait probes that long with the guest alone.
  */
 async function move(request: MoveDiskRequest, baselineMs: number): Promise<MoveReport> {
+  const writesNow = (): LatencyCount => {
+    const { operations, latency } = agent.diskStats(request.name).verbs.write;
+    return { operations, latencySumUs: latency.meanUs * operations };
+  };
+  const writesAtBaseline = writesNow();
   const before = baselineMs > 0 ? await probes.sample(baselineMs) : null;
+  const writesAtStart = writesNow();
+  let writesAtSwitchover: LatencyCount | undefined;
   const events: { atMs: number; event: MigrationEvent }[] = [];
   let dirtyAtSwitchoverBytes: number | null = null;
   let dirtyNow = (): number | null => null;
@@ -70,6 +77,7 @@ async function move(request: MoveDiskRequest, baselineMs: number): Promise<MoveR
       // still holds then is what the final copy will copy (plus the writes of the pre-flush).
       if (event.type === 'phase' && event.phase === 'switchover') {
         dirtyAtSwitchoverBytes = dirtyNow();
+        writesAtSwitchover = writesNow();
       }
       events.push({ atMs: Date.now(), event });
     });
@@ -91,9 +99,10 @@ async function move(request: MoveDiskRequest, baselineMs: number): Promise<MoveR
         lock === undefined
           ? null
           : { acquires: lock.lockAcquires, waits: lock.lockWaits, waitMs: lock.lockWaitMs },
-      guestInStack: {
-        operations: guest.operations,
-        meanMs: guest.operations === 0 ? 0 : guest.latencySumUs / guest.operations / 1000,
+      guestInStack: meanBetween({ operations: 0, latencySumUs: 0 }, guest),
+      sourceWrite: {
+        before: before === null ? null : meanBetween(writesAtBaseline, writesAtStart),
+        during: meanBetween(writesAtStart, writesAtSwitchover ?? writesNow()),
       },
     };
   };

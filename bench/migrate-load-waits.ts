@@ -32,7 +32,10 @@ const HEADER = [
   'lock wait ms total',
   'lock wait ms per write',
   'guest in stack ms',
+  'source file write ms',
   'fio write lat ms (iodepth/IOPS)',
+  'host CPU cores',
+  'machine CPU busy',
 ];
 
 /** A table of the medians per label, in `labels`' order; empty when no sample has waits. */
@@ -50,8 +53,11 @@ export function waitsTable(labels: readonly string[], samples: readonly WaitsSam
       'behind other pool jobs, plus the loop delay to run its callback). Lock: the guest ' +
       "mutations' waits for the method's range lock (copy chunks or other guest writes). Guest " +
       "in stack: mean latency of the guest's requests below the migration's Switch (method " +
-      'filter, lock, mirrored writes, file writes), during the move. fio latency: ' +
-      `${LOAD_IODEPTH} / IOPS (Little's law).`,
+      'filter, lock, mirrored writes, file writes), during the move. Source file write: mean ' +
+      "latency of the guest's writes at the source file (the disk's Stats filter: a pool job " +
+      'each and the loop to run its callback), up to the switchover. fio latency: ' +
+      `${LOAD_IODEPTH} / IOPS (Little's law). CPU: the host process's CPU time per second ` +
+      "(cores), and the share of the machine's CPUs not idle (every process).",
     '',
     markdownTable(HEADER, rows),
     '',
@@ -98,7 +104,14 @@ function rowFor(mine: readonly WaitsSample[]): string[] {
       med((s) => s.waits.guestInStack.meanMs),
       3,
     ),
+    pair((s, when) =>
+      when === 'before'
+        ? (s.waits.sourceWrite.before?.meanMs ?? null)
+        : s.waits.sourceWrite.during.meanMs,
+    ),
     pair((s, when) => (LOAD_IODEPTH / (when === 'before' ? s.iopsBefore : s.iopsDuring)) * 1000),
+    pair((s, when) => windowOf(s, when)?.processCores ?? null),
+    pair((s, when) => windowOf(s, when)?.machineBusy ?? null),
   ];
 }
 
