@@ -70,6 +70,11 @@ export interface HostWaits {
    * switchover.
    */
   readonly sourceWrite: { readonly before: MeanLatency | null; readonly during: MeanLatency };
+  /**
+   * The migration's requests to the target file during the move (the mirrored writes; the
+   * copier's too when the kernel does not copy for it).
+   */
+  readonly targetRequests: MeanLatency;
 }
 
 export interface MeanLatency {

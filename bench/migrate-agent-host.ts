@@ -99,7 +99,8 @@ async function move(request: MoveDiskRequest, baselineMs: number): Promise<MoveR
         lock === undefined
           ? null
           : { acquires: lock.lockAcquires, waits: lock.lockWaits, waitMs: lock.lockWaitMs },
-      guestInStack: meanBetween({ operations: 0, latencySumUs: 0 }, guest),
+      guestInStack: meanBetween(NONE, guest),
+      targetRequests: meanBetween(NONE, migration.targetLatency),
       sourceWrite: {
         before: before === null ? null : meanBetween(writesAtBaseline, writesAtStart),
         during: meanBetween(writesAtStart, writesAtSwitchover ?? writesNow()),
@@ -114,6 +115,8 @@ async function move(request: MoveDiskRequest, baselineMs: number): Promise<MoveR
     return { ...report, result: null, error: message, dirtyAtSwitchoverBytes, waits: waitsOf() };
   }
 }
+
+const NONE: LatencyCount = { operations: 0, latencySumUs: 0 };
 
 let isStopping = false;
 async function stop(): Promise<void> {

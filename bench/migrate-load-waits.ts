@@ -33,6 +33,7 @@ const HEADER = [
   'lock wait ms per write',
   'guest in stack ms',
   'source file write ms',
+  'target file request ms',
   'fio write lat ms (iodepth/IOPS)',
   'host CPU cores',
   'machine CPU busy',
@@ -55,7 +56,9 @@ export function waitsTable(labels: readonly string[], samples: readonly WaitsSam
       "in stack: mean latency of the guest's requests below the migration's Switch (method " +
       'filter, lock, mirrored writes, file writes), during the move. Source file write: mean ' +
       "latency of the guest's writes at the source file (the disk's Stats filter: a pool job " +
-      'each and the loop to run its callback), up to the switchover. fio latency: ' +
+      'each and the loop to run its callback), up to the switchover. Target file request: mean ' +
+      "latency of the migration's requests to the target file (mirrored writes), during. " +
+      'fio latency: ' +
       `${LOAD_IODEPTH} / IOPS (Little's law). CPU: the host process's CPU time per second ` +
       "(cores), and the share of the machine's CPUs not idle (every process).",
     '',
@@ -108,6 +111,10 @@ function rowFor(mine: readonly WaitsSample[]): string[] {
       when === 'before'
         ? (s.waits.sourceWrite.before?.meanMs ?? null)
         : s.waits.sourceWrite.during.meanMs,
+    ),
+    fixed(
+      med((s) => (s.waits.targetRequests.operations > 0 ? s.waits.targetRequests.meanMs : null)),
+      3,
     ),
     pair((s, when) => (LOAD_IODEPTH / (when === 'before' ? s.iopsBefore : s.iopsDuring)) * 1000),
     pair((s, when) => windowOf(s, when)?.processCores ?? null),

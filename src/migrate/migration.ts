@@ -124,6 +124,8 @@ export class Migration {
   private readonly guestFirsts: GuestFirst[] = [];
   /** Each disk's meter above its method's filter, from the interpose on. */
   private readonly guestLatencies: LatencyTotals[] = [];
+  /** Each disk's meter on its target, below the dirty tracker. */
+  private readonly targetLatencies: LatencyTotals[] = [];
   private readonly runs: MethodRun[] = [];
   private readonly abort = new AbortController();
   private readonly log: Logger;
@@ -166,13 +168,15 @@ export class Migration {
    * guest spends inside the migration's stack, without the NBD server and socket above it.
    */
   get guestLatency(): LatencyTotals {
-    let operations = 0;
-    let latencySumUs = 0;
-    for (const totals of this.guestLatencies) {
-      operations += totals.operations;
-      latencySumUs += totals.latencySumUs;
-    }
-    return { operations, latencySumUs };
+    return sumLatencies(this.guestLatencies);
+  }
+
+  /**
+   * The requests the migration made of the targets (mirrored writes, and the copier's when the
+   * kernel does not copy for it) and their latencies, summed over the disks.
+   */
+  get targetLatency(): LatencyTotals {
+    return sumLatencies(this.targetLatencies);
   }
 
   /**
@@ -251,7 +255,9 @@ export class Migration {
 
   private startMethod(disk: MigrationDisk): MethodRun {
     const touched = new DirtyBitmap(disk.target.size, this.tuning.granularityBytes);
-    const target = new DirtyTracker(disk.target, touched);
+    const targetLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
+    this.targetLatencies.push(targetLatency);
+    const target = new DirtyTracker(new LatencyMeter(disk.target, targetLatency), touched);
     const guestLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
     this.guestLatencies.push(guestLatency);
     const inFlightMax = this.options.inFlightMax ?? IN_FLIGHT_MAX_DEFAULT;
@@ -419,6 +425,16 @@ export class Migration {
   private checkCancelled(): void {
     if (this.abort.signal.aborted) throw cancelledError();
   }
+}
+
+function sumLatencies(all: readonly LatencyTotals[]): LatencyTotals {
+  let operations = 0;
+  let latencySumUs = 0;
+  for (const totals of all) {
+    operations += totals.operations;
+    latencySumUs += totals.latencySumUs;
+  }
+  return { operations, latencySumUs };
 }
 
 function sumMirrorStats(a: MirrorStats, b: MirrorStats): MirrorStats {
