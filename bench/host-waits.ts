@@ -2,6 +2,7 @@ import { close, fstat, open } from 'node:fs';
 import { cpus } from 'node:os';
 import {
   createHistogram,
+  type EventLoopUtilization,
   type IntervalHistogram,
   monitorEventLoopDelay,
   performance,
@@ -20,6 +21,7 @@ import {
  *   jobs (the guest's writes, the copier's chunks), plus the loop's delay in running the callback;
  *   one probe in flight at a time, so it never adds more than one job to the queue;
  * - the range lock: the mirror's own counts (MirrorStats), read once the move is over;
+ * - how busy the loop was: `eventLoopUtilization`, the share of the window spent in callbacks;
  * - the CPUs: this process's CPU time over the window (in cores), and how busy the machine's
  *   CPUs were (every process: fio, the kernel's copy, other work on the machine), since a wait
  *   for a CPU shows up in each of the above.
@@ -38,6 +40,8 @@ export interface WaitWindow {
   readonly durationMs: number;
   readonly loopDelay: Distribution;
   readonly poolProbe: Distribution;
+  /** The share of the window the event loop was running callbacks, not waiting for events. */
+  readonly loopUtilization: number;
   /** This process's user and system CPU time over the window, per wall-clock time: cores used. */
   readonly processCores: number;
   /** The machine's CPUs, busy (not idle) over the window: 0..1. */
@@ -107,6 +111,7 @@ export class WaitProbes {
   private startMs = 0;
   private startCpu: NodeJS.CpuUsage = { user: 0, system: 0 };
   private startTimes: CpuTimes = { busyMs: 0, totalMs: 0 };
+  private startLoop: EventLoopUtilization = performance.eventLoopUtilization();
   private isRunning = false;
   /** Counts windows, so a probe of an earlier window that completes late is dropped. */
   private window = 0;
@@ -136,6 +141,7 @@ export class WaitProbes {
     this.startMs = performance.now();
     this.startCpu = process.cpuUsage();
     this.startTimes = machineTimes();
+    this.startLoop = performance.eventLoopUtilization();
     this.probe();
   }
 
@@ -151,6 +157,7 @@ export class WaitProbes {
     const totalMs = times.totalMs - this.startTimes.totalMs;
     return {
       durationMs,
+      loopUtilization: performance.eventLoopUtilization(this.startLoop).utilization,
       processCores: (cpu.user + cpu.system) / 1000 / durationMs,
       machineBusy: totalMs > 0 ? (times.busyMs - this.startTimes.busyMs) / totalMs : 0,
       // The histogram holds each whole interval between the timer's runs: its lateness is what

@@ -35,6 +35,7 @@ const HEADER = [
   'source file write ms',
   'target file request ms',
   'fio write lat ms (iodepth/IOPS)',
+  'loop busy',
   'host CPU cores',
   'machine CPU busy',
 ];
@@ -59,7 +60,8 @@ export function waitsTable(labels: readonly string[], samples: readonly WaitsSam
       'each and the loop to run its callback), up to the switchover. Target file request: mean ' +
       "latency of the migration's requests to the target file (mirrored writes), during. " +
       'fio latency: ' +
-      `${LOAD_IODEPTH} / IOPS (Little's law). CPU: the host process's CPU time per second ` +
+      `${LOAD_IODEPTH} / IOPS (Little's law). Loop busy: eventLoopUtilization, the share of ` +
+      "the time the loop ran callbacks. CPU: the host process's CPU time per second " +
       "(cores), and the share of the machine's CPUs not idle (every process).",
     '',
     markdownTable(HEADER, rows),
@@ -117,6 +119,7 @@ function rowFor(mine: readonly WaitsSample[]): string[] {
       3,
     ),
     pair((s, when) => (LOAD_IODEPTH / (when === 'before' ? s.iopsBefore : s.iopsDuring)) * 1000),
+    pair((s, when) => windowOf(s, when)?.loopUtilization ?? null),
     pair((s, when) => windowOf(s, when)?.processCores ?? null),
     pair((s, when) => windowOf(s, when)?.machineBusy ?? null),
   ];
