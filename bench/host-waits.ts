@@ -1,4 +1,4 @@
-import { close, fstat, open } from 'node:fs';
+import { close, fstat, open, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import {
   createHistogram,
@@ -42,6 +42,11 @@ export interface WaitWindow {
   readonly poolProbe: Distribution;
   /** The share of the window the event loop was running callbacks, not waiting for events. */
   readonly loopUtilization: number;
+  /**
+   * The loop thread's own CPU time per wall-clock time (Linux, /proc; NaN elsewhere): below
+   * `loopUtilization`, the loop was busy without a CPU (waiting for one).
+   */
+  readonly loopThreadCores: number;
   /** This process's user and system CPU time over the window, per wall-clock time: cores used. */
   readonly processCores: number;
   /** The machine's CPUs, busy (not idle) over the window: 0..1. */
@@ -112,6 +117,7 @@ export class WaitProbes {
   private startCpu: NodeJS.CpuUsage = { user: 0, system: 0 };
   private startTimes: CpuTimes = { busyMs: 0, totalMs: 0 };
   private startLoop: EventLoopUtilization = performance.eventLoopUtilization();
+  private startLoopThreadMs = 0;
   private isRunning = false;
   /** Counts windows, so a probe of an earlier window that completes late is dropped. */
   private window = 0;
@@ -142,6 +148,7 @@ export class WaitProbes {
     this.startCpu = process.cpuUsage();
     this.startTimes = machineTimes();
     this.startLoop = performance.eventLoopUtilization();
+    this.startLoopThreadMs = loopThreadCpuMs();
     this.probe();
   }
 
@@ -158,6 +165,7 @@ export class WaitProbes {
     return {
       durationMs,
       loopUtilization: performance.eventLoopUtilization(this.startLoop).utilization,
+      loopThreadCores: (loopThreadCpuMs() - this.startLoopThreadMs) / durationMs,
       processCores: (cpu.user + cpu.system) / 1000 / durationMs,
       machineBusy: totalMs > 0 ? (times.busyMs - this.startTimes.busyMs) / totalMs : 0,
       // The histogram holds each whole interval between the timer's runs: its lateness is what
@@ -222,4 +230,19 @@ function machineTimes(): CpuTimes {
     totalMs += total;
   }
   return { busyMs, totalMs };
+}
+
+/** Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/** The main (loop) thread's user and system CPU time so far, in ms; NaN without /proc. */
+function loopThreadCpuMs(): number {
+  try {
+    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    // Fields after the command name, which may hold spaces: state is field 3, utime 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / USER_HZ;
+  } catch {
+    return Number.NaN;
+  }
 }

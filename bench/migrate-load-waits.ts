@@ -36,6 +36,7 @@ const HEADER = [
   'target file request ms',
   'fio write lat ms (iodepth/IOPS)',
   'loop busy',
+  'loop thread CPU cores',
   'host CPU cores',
   'machine CPU busy',
 ];
@@ -61,7 +62,7 @@ export function waitsTable(labels: readonly string[], samples: readonly WaitsSam
       "latency of the migration's requests to the target file (mirrored writes), during. " +
       'fio latency: ' +
       `${LOAD_IODEPTH} / IOPS (Little's law). Loop busy: eventLoopUtilization, the share of ` +
-      "the time the loop ran callbacks. CPU: the host process's CPU time per second " +
+      "the time the loop ran callbacks; loop thread CPU: the CPU time it got for them. CPU: the host process's CPU time per second " +
       "(cores), and the share of the machine's CPUs not idle (every process).",
     '',
     markdownTable(HEADER, rows),
@@ -120,6 +121,7 @@ function rowFor(mine: readonly WaitsSample[]): string[] {
     ),
     pair((s, when) => (LOAD_IODEPTH / (when === 'before' ? s.iopsBefore : s.iopsDuring)) * 1000),
     pair((s, when) => windowOf(s, when)?.loopUtilization ?? null),
+    pair((s, when) => windowOf(s, when)?.loopThreadCores ?? null),
     pair((s, when) => windowOf(s, when)?.processCores ?? null),
     pair((s, when) => windowOf(s, when)?.machineBusy ?? null),
   ];
