@@ -37,6 +37,7 @@ const HEADER = [
   'fio write lat ms (iodepth/IOPS)',
   'loop busy',
   'loop thread CPU cores',
+  'loop CPU µs per write',
   'host CPU cores',
   'machine CPU busy',
 ];
@@ -62,7 +63,8 @@ export function waitsTable(labels: readonly string[], samples: readonly WaitsSam
       "latency of the migration's requests to the target file (mirrored writes), during. " +
       'fio latency: ' +
       `${LOAD_IODEPTH} / IOPS (Little's law). Loop busy: eventLoopUtilization, the share of ` +
-      "the time the loop ran callbacks; loop thread CPU: the CPU time it got for them. CPU: the host process's CPU time per second " +
+      'the time the loop ran callbacks; loop thread CPU: the CPU time it got for them, and ' +
+      "that per guest write (fio's IOPS). CPU: the host process's CPU time per second " +
       "(cores), and the share of the machine's CPUs not idle (every process).",
     '',
     markdownTable(HEADER, rows),
@@ -122,6 +124,11 @@ function rowFor(mine: readonly WaitsSample[]): string[] {
     pair((s, when) => (LOAD_IODEPTH / (when === 'before' ? s.iopsBefore : s.iopsDuring)) * 1000),
     pair((s, when) => windowOf(s, when)?.loopUtilization ?? null),
     pair((s, when) => windowOf(s, when)?.loopThreadCores ?? null),
+    pair((s, when) => {
+      const cores = windowOf(s, when)?.loopThreadCores;
+      const iops = when === 'before' ? s.iopsBefore : s.iopsDuring;
+      return cores === undefined ? null : (cores / iops) * 1e6;
+    }, 1),
     pair((s, when) => windowOf(s, when)?.processCores ?? null),
     pair((s, when) => windowOf(s, when)?.machineBusy ?? null),
   ];
