@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { MoveDiskRequest, MoveResult } from '../src/host/agent.js';
 import type { MigrationEvent } from '../src/migrate/migration.js';
 import { type Child, spawnChild, stopChild } from './children.js';
+import type { HostWaits } from './host-waits.js';
 import type { FerryHost, MoveOutcome, MoveSpec, StunBreakdown } from './migrate-ferry.js';
 import { step } from './migrate-step.js';
 import { REPO_ROOT } from './servers.js';
@@ -18,7 +19,12 @@ export type AgentOperation =
       readonly file: string;
       readonly datastore: string;
     }
-  | { readonly op: 'move'; readonly request: MoveDiskRequest };
+  | {
+      readonly op: 'move';
+      readonly request: MoveDiskRequest;
+      /** Sample the host's wait probes this long before the move (0 or absent: do not). */
+      readonly waitsBaselineMs?: number;
+    };
 
 export type AgentRequest = AgentOperation & { readonly id: number };
 
@@ -31,10 +37,14 @@ export interface AgentReply {
 
 /** What the host answers to `move`, once the move is over either way. */
 export interface MoveReport {
+  /** Date.now() in the host when the move was asked of the agent (after the baseline). */
+  readonly startedAtMs: number;
   readonly result: MoveResult | null;
   readonly error: string | null;
   readonly events: readonly { readonly atMs: number; readonly event: MigrationEvent }[];
   readonly dirtyAtSwitchoverBytes: number | null;
+  /** Where the guest waited in the host, before and during the move (host-waits.ts). */
+  readonly waits: HostWaits;
 }
 
 const HOST_SCRIPT = join(REPO_ROOT, 'dist', 'bench', 'migrate-agent-host.js');
@@ -89,9 +99,12 @@ export async function startFerryAgent(dataDir: string): Promise<FerryHost> {
     importDisk: async (name, file, datastore) =>
       void (await ask({ op: 'importDisk', name, file, datastore })),
     move: async (spec) => {
-      const askedAtMs = Date.now();
-      const report = (await ask({ op: 'move', request: moveRequest(spec) })) as MoveReport;
-      return outcomeOf(spec, report, askedAtMs, Date.now());
+      const report = (await ask({
+        op: 'move',
+        request: moveRequest(spec),
+        waitsBaselineMs: spec.waitsBaselineMs ?? 0,
+      })) as MoveReport;
+      return outcomeOf(spec, report, report.startedAtMs, Date.now());
     },
     stop: () => stopChild(child),
   };
@@ -135,6 +148,7 @@ function outcomeOf(
     passes: result?.passes ?? 0,
     dirtyAtSwitchoverBytes: report.dirtyAtSwitchoverBytes,
     stun: switchover?.event.type === 'switchover' ? stunOf(switchover.event) : null,
+    waits: report.waits,
     error: report.error,
   };
 }

@@ -90,6 +90,7 @@ async function moveThroughApi(call: Call, spec: MoveSpec, stop: AbortSignal): Pr
     passes: job.passes,
     dirtyAtSwitchoverBytes: null,
     stun: null,
+    waits: null,
     error: job.error === null ? null : `${job.error.code}: ${job.error.message}`,
   };
 }

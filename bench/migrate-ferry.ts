@@ -1,4 +1,5 @@
 import type { MethodName, MethodTuning } from '../src/migrate/method.js';
+import type { HostWaits } from './host-waits.js';
 import { medianOf } from './migrate-table.js';
 
 /**
@@ -20,6 +21,11 @@ export interface MoveSpec {
   readonly method: MethodName;
   /** Only the `agent` driver takes tuning. */
   readonly tuning?: Partial<MethodTuning>;
+  /**
+   * `agent` driver only: first sample where the guest waits in the host this long, the guest
+   * alone (the move's `askedAtMs` comes after it).
+   */
+  readonly waitsBaselineMs?: number;
 }
 
 export interface MoveOutcome {
@@ -40,6 +46,8 @@ export interface MoveOutcome {
   readonly dirtyAtSwitchoverBytes: number | null;
   /** Where the downtime went; `agent` driver only. */
   readonly stun: StunBreakdown | null;
+  /** Where the guest waited in the host, before and during the move; `agent` driver only. */
+  readonly waits: HostWaits | null;
   readonly error: string | null;
 }
 

@@ -45,6 +45,8 @@ interface RunningLoad {
 }
 
 export const LOAD_WINDOW_MS = 100;
+/** fio's queue depth: the writes it keeps in flight. */
+export const LOAD_IODEPTH = 16;
 const STOP_TIMEOUT_MS = 30_000;
 const SIGINT_EXIT = 128;
 
@@ -57,7 +59,7 @@ function startLoad(spec: LoadSpec): RunningLoad {
     `--uri=${spec.uri}`,
     '--rw=randwrite',
     '--bs=4k',
-    '--iodepth=16',
+    `--iodepth=${LOAD_IODEPTH}`,
     `--size=${spec.sizeBytes}`,
     '--time_based=1',
     `--runtime=${spec.runtimeMaxSeconds}`,
@@ -171,7 +173,7 @@ export interface GuestImpact {
 /** A request held at the switchover completes, and is logged, just after the guest is released. */
 const SWITCH_MARGIN_MS = 300;
 /** fio's first second: connecting, filling the queue. */
-const WARMUP_MS = 1000;
+export const WARMUP_MS = 1000;
 
 export function guestImpact(trace: LoadTrace, window: MigrationWindow): GuestImpact {
   const warmEndMs = firstWindowMs(trace) + WARMUP_MS;

@@ -2,6 +2,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MethodName } from '../src/migrate/method.js';
 import { formatSize } from '../src/util/size.js';
+import type { HostWaits } from './host-waits.js';
 import {
   type BenchContext,
   copyImage,
@@ -15,7 +16,14 @@ import {
   medianStun,
   type StunBreakdown,
 } from './migrate-ferry.js';
-import { type GuestImpact, guestImpact, type MigrationWindow, withLoad } from './migrate-load.js';
+import {
+  type GuestImpact,
+  guestImpact,
+  type MigrationWindow,
+  WARMUP_MS,
+  withLoad,
+} from './migrate-load.js';
+import { waitsTable } from './migrate-load-waits.js';
 import { type QemuCopyMode, startQemuExport } from './migrate-qemu.js';
 import { log, step } from './migrate-step.js';
 import { fixed, markdownTable, medianOf, ratioAgainst } from './migrate-table.js';
@@ -26,7 +34,10 @@ import { fixed, markdownTable, medianOf, ratioAgainst } from './migrate-table.js
  * each Ferry method against QEMU's `blockdev-mirror` in both copy modes, the export served by
  * qemu-storage-daemon. Reported: migration time, guest IOPS before and during, the largest write
  * latency before, during and around the switchover (for QEMU, the stall at the pivot: QEMU
- * reports no downtime), and Ferry's own downtime.
+ * reports no downtime), and Ferry's own downtime. With the agent driver, also where the guest
+ * waits in Ferry's process, before and during each move (migrate-load-waits.ts): for that the
+ * agent samples its probes over the load alone for the baseline's length, just before the move,
+ * after a pause of fio's warm-up only, so the probes and the IOPS "before" cover the same time.
  */
 type LoadCase =
   | { readonly kind: 'ferry'; readonly method: MethodName }
@@ -56,6 +67,8 @@ interface LoadSample {
   readonly method: string | null;
   readonly passes: number | null;
   readonly stun: StunBreakdown | null;
+  /** Ferry with the agent driver only: where the guest waited in the host. */
+  readonly waits: HostWaits | null;
 }
 
 interface Fixture {
@@ -138,9 +151,17 @@ async function runCase(
   });
   if (loadCase.kind === 'ferry') {
     const to = fixture.where === 'a' ? 'b' : 'a';
-    const spec = { disk: DISK, datastore: to, method: loadCase.method };
+    const isProbed = fixture.ferry.driver === 'agent';
+    const spec = {
+      disk: DISK,
+      datastore: to,
+      method: loadCase.method,
+      ...(isProbed ? { waitsBaselineMs: timing.baselineMs } : {}),
+    };
     const uri = `${fixture.ferry.nbdUrl}/${DISK}`;
-    const { trace, value: outcome } = await withLoad(loadSpec(uri), timing, context.stop, () =>
+    // The agent samples the baseline itself, just before the move: fio's warm-up is paused here.
+    const ferryTiming = isProbed ? { ...timing, baselineMs: WARMUP_MS } : timing;
+    const { trace, value: outcome } = await withLoad(loadSpec(uri), ferryTiming, context.stop, () =>
       step(label, context.stepTimeoutMs, () => fixture.ferry.move(spec)),
     );
     checkSucceeded(outcome, label);
@@ -161,6 +182,7 @@ async function runCase(
       method: outcome.method,
       passes: outcome.passes,
       stun: outcome.stun,
+      waits: outcome.waits,
     };
   }
   const qemu = await startQemuExport(fixture.qemuSource, fixture.sizeBytes, fixture.dir);
@@ -185,6 +207,7 @@ async function runCase(
       method: null,
       passes: null,
       stun: null,
+      waits: null,
     };
   } finally {
     await qemu.stop();
@@ -288,5 +311,24 @@ function report(
     `- Ferry mirror guest IOPS during / before: ${ratioAgainst(iopsRatio, { atLeast: 0.5 })}`,
     `- Ferry mirror downtime ms: ${ratioAgainst(downtime, { atMost: 10 })}`,
     '',
+    waitsReport(samples),
   ].join('\n');
+}
+
+/** The "where the guest waits" table, for the Ferry samples that carry the host's probes. */
+function waitsReport(samples: readonly LoadSample[]): string {
+  const labels = LOAD_CASES.filter((c) => c.kind === 'ferry').map(labelOf);
+  const probed = samples.flatMap((s) =>
+    s.waits === null
+      ? []
+      : [
+          {
+            label: s.label,
+            waits: s.waits,
+            iopsBefore: s.impact.iopsBefore,
+            iopsDuring: s.impact.iopsDuring,
+          },
+        ],
+  );
+  return waitsTable(labels, probed);
 }

@@ -1,3 +1,5 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * Exclusive holds over byte ranges, for work that must not overlap in time where its ranges
  * overlap:
@@ -15,6 +17,11 @@
  * ordering and no deadlock; waiters are woken when any overlapping holder releases, and re-check.
  * Bounded by its users' windows (the copier's chunks in flight plus the guest's requests in
  * flight): the set holds one entry per holder, scanned linearly.
+ *
+ * It counts the acquires that had to wait and how long they waited (issue 9: where the guest
+ * waits), for all acquirers in `waits` and, for one kind of acquirer (the guest's writes, not the
+ * copier's chunks), in the tally that acquirer passes. The clock is read only once an overlap is
+ * found, so an uncontended acquire costs only its count.
  */
 interface RangeHold {
   readonly offset: number;
@@ -23,7 +30,18 @@ interface RangeHold {
   readonly released: Promise<void>;
 }
 
+/** Acquires counted by a `RangeLock`: all of them, those that waited, and the time they waited. */
+export class LockWaits {
+  acquires = 0;
+  /** Acquires that found an overlapping hold and waited for it (once each, however many). */
+  waits = 0;
+  /** From the first overlap found to the hold taken, summed over the acquires that waited. */
+  waitMs = 0;
+}
+
 export class RangeLock {
+  /** Every acquire's, whoever asked. */
+  readonly waits = new LockWaits();
   private readonly holds = new Set<RangeHold>();
 
   /** How many ranges are held now. */
@@ -34,16 +52,28 @@ export class RangeLock {
   /**
    * Waits until nothing overlaps `[offset, offset + length)`, then holds it; call the returned
    * function once to release it (later calls do nothing). Overlapping acquirers run one after
-   * another.
+   * another. Counted in `waits`, and in `tally` too when given.
    */
-  async acquire(offset: number, length: number): Promise<() => void> {
+  async acquire(offset: number, length: number, tally?: LockWaits): Promise<() => void> {
+    this.waits.acquires += 1;
+    if (tally !== undefined) tally.acquires += 1;
     // Check and take in the same turn: between an awaited check and the take, another acquirer
     // could slip in.
-    for (;;) {
-      const overlap = this.firstOverlap(offset, offset + length);
-      if (overlap === undefined) return this.hold(offset, length);
+    let overlap = this.firstOverlap(offset, offset + length);
+    if (overlap === undefined) return this.hold(offset, length);
+    const startMs = performance.now();
+    do {
       await overlap.released;
+      overlap = this.firstOverlap(offset, offset + length);
+    } while (overlap !== undefined);
+    const waitMs = performance.now() - startMs;
+    this.waits.waits += 1;
+    this.waits.waitMs += waitMs;
+    if (tally !== undefined) {
+      tally.waits += 1;
+      tally.waitMs += waitMs;
     }
+    return this.hold(offset, length);
   }
 
   /** Resolves once nothing at all is held (the switchover's quiesce). */

@@ -136,7 +136,7 @@ export interface MethodContext {
 }
 
 /** What the write queue of a mirroring method did (mirror-queue.ts), for progress and tests. */
-export interface MirrorStats {
+export interface MirrorQueueStats {
   readonly mode: 'sync' | 'async';
   /** Guest writes, zeroes and trims acknowledged before the destination had them. */
   readonly asyncWrites: number;
@@ -150,6 +150,20 @@ export interface MirrorStats {
   readonly peakHeldBytes: number;
   readonly switchesToSync: number;
   readonly switchesToAsync: number;
+}
+
+/**
+ * What a mirroring method's filter did: its queue's counts, and how long the guest's writes,
+ * zeroes and trims waited for the range lock (for copy chunks or each other; the copier's own
+ * acquires are not counted here).
+ */
+export interface MirrorStats extends MirrorQueueStats {
+  /** Guest mutations that took the range lock. */
+  readonly lockAcquires: number;
+  /** Those that found an overlapping hold and waited. */
+  readonly lockWaits: number;
+  /** Their waits, summed. */
+  readonly lockWaitMs: number;
 }
 
 export interface MethodRun {

@@ -117,6 +117,10 @@ export class Migration {
   private readonly progress: Progress;
   private readonly copiers: Copier[] = [];
   private readonly guestFirsts: GuestFirst[] = [];
+  /** Each disk's meter above its method's filter, from the interpose on. */
+  private readonly guestLatencies: LatencyTotals[] = [];
+  /** Each disk's meter on its target, below the dirty tracker. */
+  private readonly targetLatencies: LatencyTotals[] = [];
   private readonly runs: MethodRun[] = [];
   private readonly abort = new AbortController();
   private readonly log: Logger;
@@ -151,6 +155,23 @@ export class Migration {
 
   get passes(): number {
     return this.runs.reduce((most, run) => Math.max(most, run.passes), 0);
+  }
+
+  /**
+   * The guest's data requests through the methods' filters (from each one's interpose, until
+   * the switchover re-points the disk) and their latencies, summed over the disks: the time the
+   * guest spends inside the migration's stack, without the NBD server and socket above it.
+   */
+  get guestLatency(): LatencyTotals {
+    return sumLatencies(this.guestLatencies);
+  }
+
+  /**
+   * The requests the migration made of the targets (mirrored writes, and the copier's when the
+   * kernel does not copy for it) and their latencies, summed over the disks.
+   */
+  get targetLatency(): LatencyTotals {
+    return sumLatencies(this.targetLatencies);
   }
 
   /**
@@ -229,8 +250,11 @@ export class Migration {
 
   private startMethod(disk: MigrationDisk): MethodRun {
     const touched = new DirtyBitmap(disk.target.size, this.tuning.granularityBytes);
-    const target = new DirtyTracker(disk.target, touched);
+    const targetLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
+    this.targetLatencies.push(targetLatency);
+    const target = new DirtyTracker(new LatencyMeter(disk.target, targetLatency), touched);
     const guestLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
+    this.guestLatencies.push(guestLatency);
     const inFlightMax = this.options.inFlightMax ?? IN_FLIGHT_MAX_DEFAULT;
     const guestFirst = !this.tuning.isGuestFirst
       ? undefined
@@ -397,6 +421,16 @@ export class Migration {
   }
 }
 
+function sumLatencies(all: readonly LatencyTotals[]): LatencyTotals {
+  let operations = 0;
+  let latencySumUs = 0;
+  for (const totals of all) {
+    operations += totals.operations;
+    latencySumUs += totals.latencySumUs;
+  }
+  return { operations, latencySumUs };
+}
+
 function sumMirrorStats(a: MirrorStats, b: MirrorStats): MirrorStats {
   return {
     mode: a.mode === 'sync' || b.mode === 'sync' ? 'sync' : 'async',
@@ -407,5 +441,8 @@ function sumMirrorStats(a: MirrorStats, b: MirrorStats): MirrorStats {
     peakHeldBytes: Math.max(a.peakHeldBytes, b.peakHeldBytes),
     switchesToSync: a.switchesToSync + b.switchesToSync,
     switchesToAsync: a.switchesToAsync + b.switchesToAsync,
+    lockAcquires: a.lockAcquires + b.lockAcquires,
+    lockWaits: a.lockWaits + b.lockWaits,
+    lockWaitMs: a.lockWaitMs + b.lockWaitMs,
   };
 }

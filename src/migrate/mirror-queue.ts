@@ -40,7 +40,7 @@ import { performance } from 'node:perf_hooks';
 import type { BlockDevice } from '../block/device.js';
 import { assert } from '../util/assert.js';
 import { formatSize } from '../util/size.js';
-import type { MethodEvent, MirrorMode, MirrorStats } from './method.js';
+import type { MethodEvent, MirrorMode, MirrorQueueStats } from './method.js';
 
 /** A mirrored mutation in the form the target gets it (mirrored-writes.ts). */
 export type TargetWrite =
@@ -200,7 +200,7 @@ export class MirrorQueue {
     return this.isClosedNow;
   }
 
-  get stats(): MirrorStats {
+  get stats(): MirrorQueueStats {
     return { mode: this.modeNow, heldBytes: this.heldBytes, ...this.counts };
   }
 

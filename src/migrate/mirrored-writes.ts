@@ -29,9 +29,10 @@ import type {
   WriteOptions,
   ZeroOptions,
 } from '../block/device.js';
+import { LockWaits } from '../block/range-lock.js';
 import { errorMessageOf } from '../util/errors.js';
 import { MigrateError, MigrateErrorCode } from './errors.js';
-import type { MethodEvent, MethodTuning } from './method.js';
+import type { MethodEvent, MethodTuning, MirrorStats } from './method.js';
 import { MirrorQueue, type TargetWrite } from './mirror-queue.js';
 
 /** One guest mutation: the guest's request on the source, and its mirrored form for the target. */
@@ -53,6 +54,8 @@ export abstract class MirroredWriteFilter implements BlockDevice {
   readonly failed: Promise<never>;
   /** The target writes acknowledged ahead of the target, and the mode machine. */
   readonly queue: MirrorQueue;
+  /** The guest's acquires of the method's range lock (`mutate` passes it to `acquire`). */
+  protected readonly lockWaits = new LockWaits();
   protected readonly source: BlockDevice;
   protected readonly target: BlockDevice;
   private failure: MigrateError | undefined;
@@ -79,6 +82,12 @@ export abstract class MirroredWriteFilter implements BlockDevice {
   /** Set once a target write failed; then every write goes to the source only. */
   get targetFailure(): MigrateError | undefined {
     return this.failure;
+  }
+
+  /** The queue's counts and the guest's waits for the range lock. */
+  get stats(): MirrorStats {
+    const { acquires, waits, waitMs } = this.lockWaits;
+    return { ...this.queue.stats, lockAcquires: acquires, lockWaits: waits, lockWaitMs: waitMs };
   }
 
   /** The target gets nothing more from the guest: it failed, or the job is being undone. */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { RangeLock } from '../../src/block/range-lock.js';
+import { LockWaits, RangeLock } from '../../src/block/range-lock.js';
 
 /** True once `promise` settled, checked after the pending turns ran. */
 async function isSettled(promise: Promise<unknown>): Promise<boolean> {
@@ -62,4 +62,37 @@ test('range lock: waitIdle resolves once nothing at all is held', async () => {
   releaseB();
   await idle;
   assert.equal(lock.heldCount, 0);
+});
+
+test('range lock: counts every acquire, and the waits and their time of those that overlapped', async () => {
+  const lock = new RangeLock();
+  const guest = new LockWaits();
+  const releaseChunk = await lock.acquire(0, 100);
+  const releaseFree = await lock.acquire(200, 100, guest);
+  assert.deepEqual({ ...guest }, { acquires: 1, waits: 0, waitMs: 0 }, 'no overlap, no wait');
+  const waiting = lock.acquire(50, 10, guest);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  releaseChunk();
+  (await waiting)();
+  releaseFree();
+  assert.equal(guest.acquires, 2);
+  assert.equal(guest.waits, 1);
+  assert.ok(guest.waitMs >= 15, `waited about 20 ms (${guest.waitMs})`);
+  // The lock's own count has every acquirer's, the one without a tally too.
+  assert.equal(lock.waits.acquires, 3);
+  assert.equal(lock.waits.waits, 1);
+  assert.equal(lock.waits.waitMs, guest.waitMs);
+});
+
+test('range lock: an acquire woken by one release but still overlapping another counts one wait', async () => {
+  const lock = new RangeLock();
+  const releaseA = await lock.acquire(0, 100);
+  const releaseB = await lock.acquire(100, 100);
+  const waiting = lock.acquire(50, 100);
+  releaseA();
+  assert.equal(await isSettled(waiting), false);
+  releaseB();
+  (await waiting)();
+  assert.equal(lock.waits.waits, 1);
+  assert.equal(lock.waits.acquires, 3);
 });

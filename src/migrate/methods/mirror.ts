@@ -72,7 +72,7 @@ export class MirrorFilter extends MirroredWriteFilter {
     // copied here is waited for (DESIGN.md), and a chunk cannot start under a write in flight and
     // carry the old data. Without the hold on source-only writes, a guest rewriting one block
     // keeps re-dirtying it behind every chunk and the copy never finishes.
-    const release = await this.lock.acquire(offset, length);
+    const release = await this.lock.acquire(offset, length, this.lockWaits);
     try {
       if (this.isSourceOnly || this.toCopy.isAllDirty(offset, length)) {
         await this.toSourceOnly(mutation);
@@ -221,7 +221,7 @@ export class MirrorCopy {
   }
 
   get mirrorStats(): MirrorStats {
-    return this.filter.queue.stats;
+    return this.filter.stats;
   }
 
   /** Puts the mirror in the guest's path, in place of what was there. */

@@ -157,7 +157,7 @@ export class SxmFilter extends MirroredWriteFilter {
   protected override async mutate(mutation: GuestMutation): Promise<void> {
     if (this.isSourceOnly) return mutation.toSource();
     const span = this.state.granuleSpan(mutation.offset, mutation.length);
-    const release = await this.state.lock.acquire(span.offset, span.length);
+    const release = await this.state.lock.acquire(span.offset, span.length, this.lockWaits);
     try {
       if (this.isSourceOnly) return await mutation.toSource();
       const fills = this.edgeFills(mutation.offset, mutation.length, span);
@@ -340,7 +340,7 @@ class SxmRun implements MethodRun {
   }
 
   get mirrorStats(): MirrorStats {
-    return this.filter.queue.stats;
+    return this.filter.stats;
   }
 
   /**

@@ -1,6 +1,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { DirtyBitmap } from '../../../src/block/dirty-bitmap.js';
+import { MemoryDevice } from '../../../src/block/memory.js';
+import { RangeLock } from '../../../src/block/range-lock.js';
+import { METHOD_TUNING_DEFAULT } from '../../../src/migrate/method.js';
+import { MirrorFilter } from '../../../src/migrate/methods/mirror.js';
 import {
   assertRaced,
   assertStunCopiedAtMost,
@@ -83,4 +88,27 @@ test('mirror: a guest rewriting one block over and over does not keep the copy f
   await checkMoved(bench);
   assert.ok(rewrites > 10, `the hot block was rewritten during the copy (${rewrites})`);
   assert.ok(result.passes <= 2, `finished in ${result.passes} passes`);
+});
+
+test('mirror: the filter counts the guest writes that waited for a copy chunk, and not the chunk', async () => {
+  const source = new MemoryDevice(1024 * 1024);
+  const target = new MemoryDevice(1024 * 1024);
+  const toCopy = new DirtyBitmap(source.size, 64 * 1024);
+  const lock = new RangeLock();
+  const filter = new MirrorFilter(source, target, toCopy, lock, {
+    tuning: METHOD_TUNING_DEFAULT,
+    emit: () => undefined,
+  });
+  const releaseChunk = await lock.acquire(0, 64 * 1024); // a chunk being copied
+  await filter.write(128 * 1024, Buffer.alloc(4096, 1)); // elsewhere: no wait
+  const waiting = filter.write(4096, Buffer.alloc(4096, 2));
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  releaseChunk();
+  await waiting;
+  const stats = filter.stats;
+  assert.equal(stats.lockAcquires, 2);
+  assert.equal(stats.lockWaits, 1);
+  assert.ok(stats.lockWaitMs >= 15, `waited about 20 ms (${stats.lockWaitMs})`);
+  assert.equal(lock.waits.acquires, 3, 'the lock counts the chunk too');
+  await filter.queue.close();
 });
