@@ -19,12 +19,13 @@ import {
 import {
   type GuestImpact,
   guestImpact,
+  type LoadTrace,
   type MigrationWindow,
   WARMUP_MS,
   withLoad,
 } from './migrate-load.js';
 import { waitsTable } from './migrate-load-waits.js';
-import { type QemuCopyMode, startQemuExport } from './migrate-qemu.js';
+import { type QemuCopyMode, type QemuMirrorOutcome, startQemuExport } from './migrate-qemu.js';
 import { log, step } from './migrate-step.js';
 import { fixed, markdownTable, medianOf, ratioAgainst } from './migrate-table.js';
 
@@ -187,10 +188,24 @@ async function runCase(
   }
   const qemu = await startQemuExport(fixture.qemuSource, fixture.sizeBytes, fixture.dir);
   const target = join(fixture.dir, 'qemu-target.raw');
+  // QEMU's background mirror may never converge under a guest that writes faster than it copies:
+  // that is a result (the row says so), not a reason to lose the whole section.
+  const limitMs =
+    loadCase.mode === 'background'
+      ? Math.min(context.stepTimeoutMs, QEMU_BACKGROUND_LIMIT_MS)
+      : context.stepTimeoutMs;
   try {
-    const { trace, value: outcome } = await withLoad(loadSpec(qemu.uri), timing, context.stop, () =>
-      qemu.mirror(target, loadCase.mode, context.stepTimeoutMs),
-    );
+    let loaded: { readonly trace: LoadTrace; readonly value: QemuMirrorOutcome };
+    try {
+      loaded = await withLoad(loadSpec(qemu.uri), timing, context.stop, () =>
+        qemu.mirror(target, loadCase.mode, limitMs),
+      );
+    } catch (error) {
+      if (loadCase.mode !== 'background' || context.stop.aborted) throw error;
+      log(`${label}: did not converge within ${limitMs / 1000} s (${String(error)})`);
+      return notConverged(label);
+    }
+    const { trace, value: outcome } = loaded;
     const window: MigrationWindow = {
       startMs: outcome.startedAtMs,
       endMs: outcome.finishedAtMs,
@@ -213,6 +228,30 @@ async function runCase(
     await qemu.stop();
     await rm(target, { force: true });
   }
+}
+
+/** How long QEMU's background mirror may run before its row says it did not converge. */
+const QEMU_BACKGROUND_LIMIT_MS = 120_000;
+
+/** A migration that never finished: no time, no impact to report (the table prints `-`). */
+function notConverged(label: string): LoadSample {
+  return {
+    label,
+    durationMs: Number.POSITIVE_INFINITY,
+    bytesCopied: Number.NaN,
+    impact: {
+      iopsBefore: Number.NaN,
+      iopsDuring: Number.NaN,
+      latencyMaxBeforeMs: Number.NaN,
+      latencyMaxDuringMs: Number.NaN,
+      latencyMaxAtSwitchMs: Number.NaN,
+    },
+    downtimeMs: null,
+    method: null,
+    passes: null,
+    stun: null,
+    waits: null,
+  };
 }
 
 const HEADER = [
@@ -293,6 +332,7 @@ function report(
   const qemuMs = medianFor('QEMU mirror write-blocking', (s) => s.durationMs);
   const iopsRatio = medianFor('Ferry mirror', (s) => s.impact.iopsDuring / s.impact.iopsBefore);
   const downtime = medianFor('Ferry mirror', (s) => s.downtimeMs);
+  const atSwitchMs = medianFor('Ferry mirror', (s) => s.impact.latencyMaxAtSwitchMs);
   return [
     `## 2. Migration under load, ${formatSize(sizeBytes)} disk, fio randwrite 4k iodepth 16 over NBD`,
     '',
@@ -308,8 +348,14 @@ function report(
     table,
     '',
     `- Ferry mirror time / QEMU write-blocking time: ${ratioAgainst(mirrorMs / qemuMs, { atMost: 1 })}`,
-    `- Ferry mirror guest IOPS during / before: ${ratioAgainst(iopsRatio, { atLeast: 0.5 })}`,
-    `- Ferry mirror downtime ms: ${ratioAgainst(downtime, { atMost: 10 })}`,
+    `- Ferry mirror guest IOPS during / before: ${ratioAgainst(iopsRatio, { atLeast: 0.6 })}`,
+    `- Ferry mirror downtime ms: ${ratioAgainst(downtime, { atMost: 5 })}`,
+    `- Ferry mirror slowest guest write at the switchover, ms: ${ratioAgainst(atSwitchMs, { atMost: 20 })}`,
+    ...(samples.some((s) => s.durationMs === Number.POSITIVE_INFINITY)
+      ? [
+          `- "-" in a QEMU background row: a run did not converge within ${QEMU_BACKGROUND_LIMIT_MS / 1000} s under the guest's writes.`,
+        ]
+      : []),
     '',
     waitsReport(samples),
   ].join('\n');
