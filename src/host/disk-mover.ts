@@ -104,6 +104,12 @@ interface MoveTarget {
   readonly stats: Stats;
   /** Thick, but created thin: allocated once the copy is done (before the stun). */
   readonly isAllocationDeferred: boolean;
+  /**
+   * The probe cloned a block from the source's file system into the destination's: the copy
+   * starts with reflinks (and their large chunks). Otherwise it never tries one: a first chunk
+   * sized for a reflink but copied byte by byte would hold guest writes for its whole copy.
+   */
+  readonly isSharingExtents: boolean;
 }
 
 /** Steps 1–3, and the migration ready to run. On failure nothing is left behind. */
@@ -136,8 +142,8 @@ export async function prepareMove(
       // Where the two datastores share extents, the copy is reflinks: a thick destination
       // allocated now would only have its blocks replaced by the source's, needing the disk's
       // size in free space for nothing. It is allocated after the copy instead, where holes remain.
-      const isAllocationDeferred =
-        provisioning === 'thick' && (await sharesExtents(entry.stack.raw, to));
+      const isSharingExtents = await sharesExtents(entry.stack.raw, to);
+      const isAllocationDeferred = provisioning === 'thick' && isSharingExtents;
       const descriptor = await to.createMoveTarget(entry.descriptor, provisioning, {
         isAllocationDeferred,
       });
@@ -151,7 +157,14 @@ export async function prepareMove(
       });
       created.push(descriptor);
       const device = await openRawFile(to.imagePath(descriptor), { provisioning });
-      targets.push({ entry, descriptor, device, stats: new Stats(device), isAllocationDeferred });
+      targets.push({
+        entry,
+        descriptor,
+        device,
+        stats: new Stats(device),
+        isAllocationDeferred,
+        isSharingExtents,
+      });
     }
   } catch (error) {
     for (const target of targets) await target.device.close().catch(() => undefined);
@@ -265,7 +278,9 @@ class MoveRun {
         target: target.device,
         targetTop: target.stats,
         createScratch: (label: string) => this.createRedoLog(index, label),
-        offload: new FileCopyOffload(target.entry.stack.raw, target.device),
+        offload: new FileCopyOffload(target.entry.stack.raw, target.device, {
+          isReflinkAllowed: target.isSharingExtents,
+        }),
       })),
       {
         method: spec.method,
