@@ -317,23 +317,37 @@ static napi_value queue(napi_env env, request *req, const char *resource) {
   return promise;
 }
 
-static napi_value seek(napi_env env, napi_callback_info info, op_kind kind) {
-  size_t argc = 2;
-  napi_value argv[2];
+/* Reads exactly `count` arguments into argv; throws ERR_MISSING_ARGS naming `usage` when fewer came. */
+static bool get_args(napi_env env, napi_callback_info info, size_t count, napi_value *argv,
+                     const char *usage) {
+  size_t argc = count;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, offset)");
-    return NULL;
+  if (argc < count) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
+    return false;
   }
-  int fd;
-  int64_t offset;
-  if (!get_fd(env, argv[0], &fd) || !get_integer(env, argv[1], "offset", 0, &offset)) return NULL;
+  return true;
+}
+
+/* A zeroed request of `kind`, or NULL with ENOMEM thrown. */
+static request *new_request(napi_env env, op_kind kind) {
   request *req = calloc(1, sizeof *req);
   if (req == NULL) {
     napi_throw_error(env, "ENOMEM", "out of memory");
     return NULL;
   }
   req->kind = kind;
+  return req;
+}
+
+static napi_value seek(napi_env env, napi_callback_info info, op_kind kind) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv, "expected (fd, offset)")) return NULL;
+  int fd;
+  int64_t offset;
+  if (!get_fd(env, argv[0], &fd) || !get_integer(env, argv[1], "offset", 0, &offset)) return NULL;
+  request *req = new_request(env, kind);
+  if (req == NULL) return NULL;
   req->fd = fd;
   req->offset = offset;
   return queue(env, req, kind == OP_SEEK_DATA ? "ferry:seekData" : "ferry:seekHole");
@@ -348,13 +362,8 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
 }
 
 static napi_value do_fallocate(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 4) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, mode, offset, length)");
-    return NULL;
-  }
+  if (!get_args(env, info, 4, argv, "expected (fd, mode, offset, length)")) return NULL;
   int fd;
   int64_t mode, offset, length;
   if (!get_fd(env, argv[0], &fd) || !get_integer(env, argv[1], "mode", 0, &mode) ||
@@ -366,12 +375,8 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "mode must be a 32-bit flag set");
     return NULL;
   }
-  request *req = calloc(1, sizeof *req);
-  if (req == NULL) {
-    napi_throw_error(env, "ENOMEM", "out of memory");
-    return NULL;
-  }
-  req->kind = OP_FALLOCATE;
+  request *req = new_request(env, OP_FALLOCATE);
+  if (req == NULL) return NULL;
   req->fd = fd;
   req->mode = (int)mode;
   req->offset = offset;
@@ -381,12 +386,8 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
 
 /* copyRange and cloneRange: (fdIn, offsetIn, fdOut, offsetOut, length). */
 static napi_value transfer_range(napi_env env, napi_callback_info info, op_kind kind) {
-  size_t argc = 5;
   napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS",
-                          "expected (fdIn, offsetIn, fdOut, offsetOut, length)");
+  if (!get_args(env, info, 5, argv, "expected (fdIn, offsetIn, fdOut, offsetOut, length)")) {
     return NULL;
   }
   int fd_in, fd_out;
@@ -396,12 +397,8 @@ static napi_value transfer_range(napi_env env, napi_callback_info info, op_kind 
       !get_integer(env, argv[4], "length", 1, &length)) {
     return NULL;
   }
-  request *req = calloc(1, sizeof *req);
-  if (req == NULL) {
-    napi_throw_error(env, "ENOMEM", "out of memory");
-    return NULL;
-  }
-  req->kind = kind;
+  request *req = new_request(env, kind);
+  if (req == NULL) return NULL;
   req->fd = fd_in;
   req->offset = offset_in;
   req->fd_out = fd_out;
@@ -420,13 +417,8 @@ static napi_value clone_range(napi_env env, napi_callback_info info) {
 
 /* preadNowait(fd, buffer, offset): see the top of this file. Runs on the calling (main) thread. */
 static napi_value pread_nowait(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, buffer, offset)");
-    return NULL;
-  }
+  if (!get_args(env, info, 3, argv, "expected (fd, buffer, offset)")) return NULL;
   int fd;
   int64_t offset;
   void *data;
