@@ -44,6 +44,14 @@ export async function startFerryWithTwoStores(
   await mkdir(dataDir, { recursive: true });
   const host =
     driver === 'api' ? await startFerryApi(dataDir, context.stop) : await startFerryAgent(dataDir);
+  return withTwoStores(host, dir);
+}
+
+/** Adds datastores `a` and `b` in `dir/a` and `dir/b` to a started host; stops it on failure. */
+export async function withTwoStores<Host extends FerryHost>(
+  host: Host,
+  dir: string,
+): Promise<Host> {
   try {
     for (const name of ['a', 'b']) {
       await mkdir(join(dir, name), { recursive: true });

@@ -1,5 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { withTwoStores } from './migrate-context.js';
 import { type FerryApiHost, startFerryApi } from './migrate-ferry-api.js';
 import { dropCaches } from './migrate-system.js';
 
@@ -41,16 +42,7 @@ export async function startScaleFerry(context: ScaleContext, dir: string): Promi
   const dataDir = join(dir, 'ferry-data');
   await mkdir(dataDir, { recursive: true });
   const host = await startFerryApi(dataDir, context.stop, context.agentNodeArgs);
-  try {
-    for (const name of ['a', 'b']) {
-      await mkdir(join(dir, name), { recursive: true });
-      await host.addDatastore(name, join(dir, name));
-    }
-  } catch (error) {
-    await host.stop();
-    throw error;
-  }
-  return host;
+  return withTwoStores(host, dir);
 }
 
 /** Where disk `disk`'s image lives in datastore `store` of a host started in `dir`. */
