@@ -51,7 +51,7 @@ export class GuestFirst {
   /** Interval means of the last BASE_WINDOW_INTERVALS busy intervals, oldest first. */
   private readonly recentMeansUs: number[] = [];
   private timer: NodeJS.Timeout | undefined;
-  /** Halvings and growths, for tests and the job's events. */
+  /** Halvings and growths, for tests. */
   backoffs = 0;
   growths = 0;
 

@@ -332,7 +332,6 @@ export class Migration {
     }
     const downtimeMs = Math.max(...this.disks.map((disk) => disk.switch.lastPauseMs ?? 0));
     const [paused = 0, drained = 0, copied = 0, flushed = 0, committed = 0] = stamps;
-    const round = (ms: number): number => Math.round(ms * 100) / 100;
     this.options.onEvent?.({
       type: 'switchover',
       downtimeMs: round(downtimeMs),
@@ -362,7 +361,7 @@ export class Migration {
     this.options.onEvent?.({
       type: 'cost',
       part: 'pre-flush',
-      ms: Math.round((performance.now() - firstMs) * 100) / 100,
+      ms: round(performance.now() - firstMs),
       detail: `${rounds} round${rounds === 1 ? '' : 's'}`,
     });
   }
@@ -429,6 +428,11 @@ function sumLatencies(all: readonly LatencyTotals[]): LatencyTotals {
     latencySumUs += totals.latencySumUs;
   }
   return { operations, latencySumUs };
+}
+
+/** Milliseconds to two decimals, as the switchover and cost events report them. */
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100;
 }
 
 function sumMirrorStats(a: MirrorStats, b: MirrorStats): MirrorStats {
