@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import type { Database } from '../control/database.js';
 import type { JobManager } from '../control/job-manager.js';
 import { RemoteJobs } from '../control/remote-jobs.js';
 import type { Agent } from '../host/agent.js';
@@ -21,6 +22,8 @@ import { registerVmRoutes } from './routes/vms.js';
 
 export interface ApiOptions {
   readonly agent: Agent;
+  /** The control plane's store (control/database.ts); routes that keep state there need it. */
+  readonly db?: Database;
   /** Where the NBD server listens, `nbd://HOST:PORT`; disk replies carry `<nbdUrl>/<disk>`. */
   readonly nbdUrl: string;
   readonly nbdSocketPath?: string;

@@ -1,10 +1,11 @@
 import { mkdir, realpath } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { type Logger as PinoLogger, pino } from 'pino';
 import { createApi } from '../api/index.js';
 import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
+import { DATABASE_FILE, type Database, openDatabase } from '../control/database.js';
 import { JobManager } from '../control/index.js';
 import {
   CRASH_POINTS,
@@ -75,6 +76,8 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     signals.dispose();
     throw error;
   });
+  // The inventory and job history (control/database.ts); the datastores stay the authority.
+  const db = openDatabase(join(agent.dataDir, DATABASE_FILE));
   server = new NbdServer({
     exports: agent.exports,
     log: log.child({ component: 'nbd' }),
@@ -91,6 +94,7 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     const nbdUrl = `nbd://${formatHostPort(nbd)}`;
     api = createApi({
       agent,
+      db,
       jobs,
       nbdUrl,
       peers,
@@ -120,13 +124,13 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
       'ready',
     );
   } catch (error) {
-    await shutdown(log, api, jobs, nbdServer, agent);
+    await shutdown(log, api, jobs, nbdServer, agent, db);
     signals.dispose();
     throw error;
   }
   const signal = await signals.first;
   log.info({ signal }, 'stopping');
-  const code = await shutdown(log, api, jobs, nbdServer, agent);
+  const code = await shutdown(log, api, jobs, nbdServer, agent, db);
   signals.dispose();
   log.info({ code }, 'stopped');
   return code;
@@ -166,6 +170,7 @@ async function shutdown(
   jobs: JobManager,
   server: NbdServer,
   agent: Agent,
+  db: Database,
 ): Promise<number> {
   let code = 0;
   const step = async (what: string, action: () => Promise<unknown>): Promise<void> => {
@@ -182,6 +187,7 @@ async function shutdown(
   await step('cancelling the jobs', () => jobs.shutdown());
   await step('closing the NBD server', () => server.close());
   await step('closing the agent', () => agent.close());
+  await step('closing the database', async () => db.close());
   return code;
 }
 
