@@ -83,10 +83,16 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
     log: log.child({ component: 'nbd' }),
     tls: nbdTls.tls,
   });
-  const jobs = new JobManager(agent, { log: log.child({ component: 'jobs' }) });
+  const jobs = new JobManager(agent, {
+    db,
+    ...(options.limits === undefined ? {} : { limits: options.limits }),
+    log: log.child({ component: 'jobs' }),
+  });
   const nbdServer = server;
   let api: ReturnType<typeof createApi> | undefined;
   try {
+    // Ends or resumes the jobs the last process left running; lets the queued ones start.
+    await jobs.recover();
     const nbd = await nbdServer.listenTcp(options.nbd.host, options.nbd.port);
     if (options.socketPath !== undefined) await nbdServer.listenUnix(options.socketPath);
     // This host's QEMU guests reach their disks here (vm-runtime.ts).

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { JobRecord, JobStatus } from '../control/job-record.js';
+import type { JobQueueStatus, JobRecord, JobStatus } from '../control/job-record.js';
 import { isTerminal } from '../control/job-states.js';
 import type { RemoteJobStatus, UnreachableJob } from '../control/remote-jobs.js';
 import { formatSpeed, SPEED_HELP } from '../control/speed.js';
@@ -51,7 +51,7 @@ function addList(job: Command, context: CliContext): void {
   job
     .command('list')
     .alias('ls')
-    .description('list running jobs and the latest finished ones')
+    .description('list queued and running jobs and the latest finished ones')
     .option('--json', 'print the list as JSON')
     .addHelpText('after', '\nExample:\n  $ ferry job list --json')
     .action(async (options: { json?: boolean }) => {
@@ -69,7 +69,7 @@ function addList(job: Command, context: CliContext): void {
             { header: 'FROM', value: listedSource },
             { header: 'TO', value: (j) => j.to },
             { header: 'METHOD', value: known((j) => j.method) },
-            { header: 'STATE', value: (j) => j.state },
+            { header: 'STATE', value: listedState },
             { header: 'DONE', value: (j) => `${percentDone(j)}%`, align: 'right' },
             { header: 'COPIED', value: (j) => formatAmount(j) },
             { header: 'STARTED', value: known((j) => formatClock(j.startedAt)) },
@@ -82,6 +82,11 @@ function addList(job: Command, context: CliContext): void {
           jobs,
         ),
       );
+      for (const j of jobs) {
+        const place = queueOf(j);
+        if (place === null) continue;
+        context.print(`job ${j.id} is queued #${place.position}: waiting for ${place.waitingFor}`);
+      }
       for (const j of jobs.filter(isUnanswered)) {
         context.print(`job ${j.id}: only what this host receives is known: ${j.error.message}`);
       }
@@ -96,6 +101,17 @@ type ListedJob = JobStatus | RemoteJobStatus | UnreachableJob;
 
 function isUnanswered(job: ListedJob): job is UnreachableJob {
   return 'sourceHost' in job;
+}
+
+/** A queued job's place, when the row has one (a peer of an older version sends none). */
+function queueOf(job: ListedJob): JobQueueStatus | null {
+  return 'queue' in job && job.queue !== undefined ? job.queue : null;
+}
+
+/** `running`; `queued #2` for a queued job, 1 being the next to start. */
+function listedState(job: ListedJob): string {
+  const place = queueOf(job);
+  return place === null ? job.state : `${job.state} #${place.position}`;
 }
 
 /** `local` here; `a:local` for a job host a runs; `a:?` when host a did not say. */
@@ -199,6 +215,15 @@ function jobFields(record: ShownJob): [string, string][] {
     ['move', `${record.from} -> ${record.to}`],
     ['method', method],
     ['state', record.state],
+    ...(record.queue === null || record.queue === undefined
+      ? []
+      : [
+          ['queue', `#${record.queue.position}: waiting for ${record.queue.waitingFor}`] satisfies [
+            string,
+            string,
+          ],
+        ]),
+    ['move id', record.moveId ?? '-'],
     ['progress', formatProgress(record)],
     ['activity', formatActivity(record)],
     ['copied', `${formatSize(record.bytesCopied)} in ${record.passes} pass(es)`],

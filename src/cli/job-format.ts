@@ -65,6 +65,7 @@ export function formatRate(status: JobStatus): string {
 
 /** `mirror sync · copy · reflink · pass 2 · dirty 12M`: what the method is doing. */
 export function formatActivity(status: JobStatus): string {
+  if (status.state === 'queued') return formatQueued(status);
   const method = status.mode === null ? status.method : `${status.method} ${status.mode}`;
   const parts = [method];
   if (status.state === 'cancelling') parts.push('cancelling');
@@ -73,6 +74,16 @@ export function formatActivity(status: JobStatus): string {
   if (status.copyPath !== null && status.copyPath !== 'read-write') parts.push(status.copyPath);
   if (status.pass > 0) parts.push(`pass ${status.pass}`);
   parts.push(`dirty ${formatSize(status.dirtyBytes)}`);
+  if (status.speedBytesPerSecond > 0) parts.push(`max ${formatSpeed(status.speedBytesPerSecond)}`);
+  return parts.join(' · ');
+}
+
+/** `queued #2 · waiting for host limit: 2 of 2 migrations running on this host · max 10M/s`. */
+export function formatQueued(status: Pick<JobStatus, 'queue' | 'speedBytesPerSecond'>): string {
+  const parts =
+    status.queue === null
+      ? ['queued']
+      : [`queued #${status.queue.position}`, `waiting for ${status.queue.waitingFor}`];
   if (status.speedBytesPerSecond > 0) parts.push(`max ${formatSpeed(status.speedBytesPerSecond)}`);
   return parts.join(' · ');
 }

@@ -26,6 +26,8 @@ export interface ServeOptions {
   readonly tls?: string;
   /** `--tls-mode`; absent: `require` with `--tls`, else TLS only for peer hosts' keys. */
   readonly tlsMode?: 'require' | 'allow';
+  /** `--max-host-migrations`, `--max-datastore-migrations` (control/scheduler.ts). */
+  readonly limits?: { readonly host: number; readonly datastore: number };
 }
 
 export interface DiskWish {
@@ -81,6 +83,18 @@ export function addServeCommand(
       ).choices(['require', 'allow']),
     )
     .option(
+      '--max-host-migrations <n>',
+      'storage migrations run at once on this host; more wait in the queue',
+      parseLimit,
+      2,
+    )
+    .option(
+      '--max-datastore-migrations <n>',
+      'storage migrations at once per datastore (counted at both ends of a move)',
+      parseLimit,
+      8,
+    )
+    .option(
       '--disk <name:size>',
       'create this thin disk at start unless a disk of that name exists (repeatable)',
       collectDiskWish,
@@ -111,6 +125,7 @@ export function addServeCommand(
         dataDir: resolve(context.cwd, options.data),
         ensureDisks: options.disk,
         hostName: options.name,
+        limits: { host: options.maxHostMigrations, datastore: options.maxDatastoreMigrations },
         ...(options.tls === undefined ? {} : { tls: options.tls }),
         ...(options.tlsMode === undefined ? {} : { tlsMode: options.tlsMode }),
         nbd: options.nbd,
@@ -132,6 +147,17 @@ interface ServeCommandOptions {
   name: string;
   tls?: string;
   tlsMode?: 'require' | 'allow';
+  maxHostMigrations: number;
+  maxDatastoreMigrations: number;
+}
+
+/** A limit: a whole number of at least 1. */
+function parseLimit(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidArgumentError(`"${text}" is not a whole number of at least 1`);
+  }
+  return value;
 }
 
 /** `--disk NAME:SIZE`, e.g. `vm1:10G`; names are checked by the agent when it creates the disk. */

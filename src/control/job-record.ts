@@ -10,8 +10,13 @@ import type { JobState, JobVerb } from './job-states.js';
  * `--json` and the dashboard. Sizes are bytes, times ISO 8601 (UTC), durations milliseconds.
  */
 export interface JobStatus {
+  /** Made by the job manager (8 hex digits); not the agent's move id (see `moveId`). */
   readonly id: string;
   readonly kind: 'migrate';
+  /** The agent's move journal id once the move started; null while queued. */
+  readonly moveId: string | null;
+  /** Where a queued job stands (scheduler.ts); null once it started. */
+  readonly queue: JobQueueStatus | null;
   /** The disk moved; for a VM move, the VM's name (see `vm` and `disks`). */
   readonly disk: string;
   /** The VM moved (its home directory and disks), or null for a disk move. */
@@ -68,6 +73,12 @@ export interface JobStatus {
   readonly allowed: readonly JobVerb[];
 }
 
+/** A queued job's place: 1 is the next to start; `waitingFor` says which limit holds it. */
+export interface JobQueueStatus {
+  readonly position: number;
+  readonly waitingFor: string;
+}
+
 /** One line of a job's history. */
 export interface JobLogEntry {
   readonly time: string;
@@ -93,11 +104,12 @@ export type JobEventType =
   | 'rollback'
   | 'offload'
   | 'cost'
+  | 'queue'
   | 'progress';
 
 /**
  * A change of a job, as listeners and the event stream see it: what happened (`message` is null
- * for the periodic `progress`) and the job's status after it.
+ * for the periodic `progress` and for `queue`, a queued job's new place) and the job's status after it.
  */
 export interface JobEvent {
   readonly type: JobEventType;

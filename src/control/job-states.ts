@@ -4,6 +4,10 @@
  * `JOB_TRANSITIONS` (through `checkTransition`), and the API answers 409 `ERR_JOB_STATE` by
  * consulting `JOB_VERBS` (through `checkVerb`), so the message always says what is allowed.
  *
+ *   queued ──► running               (the scheduler started it: within the host and datastore limits)
+ *      └───► cancelled              (cancelled while queued: nothing had started, nothing to undo)
+ *      └───► failed                 (the agent refused it when its turn came, e.g. no space left)
+ *
  *   running ──► switching ──► succeeded
  *      │            ├───────► failed        (the commit failed: rolled back to the source)
  *      │            └───────► cancelled     (cancelled by the agent itself before the commit)
@@ -14,13 +18,14 @@
  *      ├──► cancelled                       (cancelled by the agent itself, e.g. at shutdown)
  *      └──► succeeded                       (a move that finished without reporting its switchover)
  *
- * There is no `queued` state yet: a job exists once the agent has created the destination and
- * journaled the move (the job id is the journal's), and the scheduler that would hold jobs back
- * under per-host and per-datastore limits (DESIGN.md, "Control plane") is still to come.
+ * A job is `queued` until the scheduler (scheduler.ts) starts it within the per-host and
+ * per-datastore limits (DESIGN.md, "Control plane"); only then does the agent create the
+ * destination and journal the move (`JobStatus.moveId`).
  */
 import { FerryError } from '../util/errors.js';
 
 export const JOB_STATES = [
+  'queued',
   'running',
   'switching',
   'cancelling',
@@ -35,6 +40,7 @@ export const JOB_VERBS_ALL = ['cancel', 'speed'] as const;
 export type JobVerb = (typeof JOB_VERBS_ALL)[number];
 
 export const JOB_TRANSITIONS: Readonly<Record<JobState, readonly JobState[]>> = {
+  queued: ['running', 'cancelled', 'failed'],
   running: ['switching', 'cancelling', 'failed', 'cancelled', 'succeeded'],
   switching: ['succeeded', 'failed', 'cancelled'],
   cancelling: ['cancelled', 'succeeded', 'failed'],
@@ -48,6 +54,7 @@ export const JOB_TRANSITIONS: Readonly<Record<JobState, readonly JobState[]>> = 
  * and the outcome is decided within the downtime target, so a cancel would only lengthen it.
  */
 export const JOB_VERBS: Readonly<Record<JobState, readonly JobVerb[]>> = {
+  queued: ['cancel', 'speed'],
   running: ['cancel', 'speed'],
   switching: [],
   cancelling: [],
@@ -58,6 +65,7 @@ export const JOB_VERBS: Readonly<Record<JobState, readonly JobVerb[]>> = {
 
 /** What each state means to the person reading an error message. */
 const STATE_MEANING: Readonly<Record<JobState, string>> = {
+  queued: 'is waiting for its turn',
   running: 'is copying',
   switching: 'is switching over',
   cancelling: 'is being cancelled (rolling back to the source)',

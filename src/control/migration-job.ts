@@ -6,12 +6,14 @@ import type { Migration, MigrationEvent } from '../migrate/migration.js';
 import type { ProgressSnapshot } from '../migrate/progress.js';
 import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
+import { formatSize } from '../util/size.js';
 import {
   describeMigrationEvent,
   JOB_LOG_MAX,
   type JobEvent,
   type JobEventType,
   type JobLogEntry,
+  type JobQueueStatus,
   type JobRecord,
   type JobStatus,
 } from './job-record.js';
@@ -31,7 +33,8 @@ export interface MigrationJobInit {
   readonly sizeBytes: number;
   readonly speedBytesPerSecond: number;
   readonly createdAt: Date;
-  readonly migration: Migration;
+  /** The method asked for (the agent's default when the request named none). */
+  readonly requestedMethod: MethodName;
   /** How often a running job reports its progress. */
   readonly progressIntervalMs: number;
   /** Receives every change; must not throw (the manager guards its listeners). */
@@ -49,7 +52,7 @@ interface FinalCounters {
 }
 
 /**
- * One disk move as a job: follows its migration's events, moves along the state table
+ * One disk move as a job: `queued` until the scheduler starts it (`start`), then follows its migration's events, moves along the state table
  * (job-states.ts), reports progress every `progressIntervalMs` while it runs, and keeps the
  * latest events. Once finished it drops the migration (and the bitmaps it holds) and keeps only
  * its final counters, so a finished job costs a few hundred bytes.
@@ -62,12 +65,16 @@ export class MigrationJob {
   /** What the job's messages call what it moves: `disk d1`, or `VM web (disks d1, d2)`. */
   private readonly subject: string;
   private readonly sizeBytes: number;
-  private readonly requestedMethod: MethodName;
+  private requestedMethod: MethodName;
   private readonly createdAt: Date;
-  private readonly startedAt = new Date();
+  /** The creation time while queued. */
+  private startedAt: Date;
+  private readonly progressIntervalMs: number;
   private readonly emitTo: (event: JobEvent) => void;
-  private migration: Migration | null;
-  private stateNow: JobState = 'running';
+  private migration: Migration | null = null;
+  private moveId: string | null = null;
+  private queue: JobQueueStatus | null = null;
+  private stateNow: JobState = 'queued';
   private phase: string | null = null;
   private pass = 0;
   private mode: 'sync' | 'async' | null = null;
@@ -81,7 +88,7 @@ export class MigrationJob {
   private error: { code: string; message: string } | null = null;
   private final: FinalCounters | null = null;
   private readonly log: JobLogEntry[] = [];
-  private ticker: NodeJS.Timeout | null;
+  private ticker: NodeJS.Timeout | null = null;
 
   constructor(init: MigrationJobInit) {
     this.id = init.id;
@@ -91,16 +98,130 @@ export class MigrationJob {
     this.subject =
       init.vm === null ? `disk ${init.disk}` : `VM ${init.vm} (disks ${init.disks.join(', ')})`;
     this.sizeBytes = init.sizeBytes;
-    this.requestedMethod = init.migration.requestedMethod;
+    this.requestedMethod = init.requestedMethod;
     this.createdAt = init.createdAt;
+    this.startedAt = init.createdAt;
+    this.progressIntervalMs = init.progressIntervalMs;
     this.emitTo = init.emit;
-    this.migration = init.migration;
     this.from = init.from;
     this.to = init.to;
     this.speedBytesPerSecond = init.speedBytesPerSecond;
+  }
+
+  /**
+   * A job as the database kept it (job-store.ts), without a migration. A finished one stays as
+   * it was; one that was queued is queued again; one that was running when the process stopped
+   * is `running` with its last counters until the manager resumes it (`resume`) or ends it
+   * (`interrupted`). Emits nothing.
+   */
+  static restore(
+    record: JobRecord,
+    options: Pick<MigrationJobInit, 'progressIntervalMs' | 'emit'>,
+  ): MigrationJob {
+    const job = new MigrationJob({
+      ...record,
+      createdAt: new Date(record.createdAt),
+      ...options,
+    });
+    job.startedAt = new Date(record.startedAt);
+    job.moveId = record.moveId;
+    job.stateNow = isTerminal(record.state) || record.state === 'queued' ? record.state : 'running';
+    job.phase = record.phase;
+    job.pass = record.pass;
+    job.mode = record.mode;
+    job.copyPath = record.copyPath;
+    job.downtimeMs = record.downtimeMs;
+    job.memory = record.memory;
+    job.finishedAt = record.finishedAt === null ? null : new Date(record.finishedAt);
+    job.error = record.error;
+    job.final = {
+      method: record.method,
+      progress: record.progress,
+      dirtyBytes: record.dirtyBytes,
+      bytesCopied: record.bytesCopied,
+      passes: record.passes,
+      durationMs: record.durationMs,
+    };
+    job.log.push(...record.events.slice(-JOB_LOG_MAX));
+    return job;
+  }
+
+  /** The requested copy rate (bytes per second, 0 unlimited): a queued job starts with it. */
+  get speed(): number {
+    return this.speedBytesPerSecond;
+  }
+
+  /** The agent's move journal id, once started. */
+  get move(): string | null {
+    return this.moveId;
+  }
+
+  /**
+   * The scheduler started the job: the agent journaled move `moveId` and `migration` copies.
+   * Precondition: queued.
+   */
+  start(moveId: string, migration: Migration): void {
+    assert(this.stateNow === 'queued', `job ${this.id} starts only from queued`);
+    this.attach(moveId, migration);
+    this.startedAt = new Date();
+    this.queue = null;
+    this.moveTo('running', `started move ${moveId} with method ${this.requestedMethod}`);
+  }
+
+  /**
+   * Follows a move the agent resumed after a restart (contract 2 in CONTRACTS.md), the
+   * restored job's own or a new job's. Precondition: running (as restored) without a migration.
+   */
+  resume(moveId: string, migration: Migration, copiedBytes: number): void {
+    assert(this.stateNow === 'running' && this.migration === null, 'resumes a restored job');
+    this.attach(moveId, migration);
+    this.emit(
+      'message',
+      `resumed move ${moveId} after the agent restarted: ${formatSize(copiedBytes)} of ` +
+        `${formatSize(this.sizeBytes)} were already on the destination`,
+    );
+  }
+
+  /**
+   * A job that was running when the process stopped, and that the agent cannot resume: the
+   * agent's recovery put the disks back where `at` says (the source unless the switchover had
+   * committed).
+   */
+  interrupted(at: string): void {
+    assert(!this.isFinished && this.stateNow !== 'queued', 'ends a restored running job');
+    this.finish(this.counters());
+    if (at === this.to) {
+      this.moveTo(
+        'succeeded',
+        `the agent stopped during the switchover, after the commit: ${this.subject} is on its ` +
+          `destination datastore ${at}`,
+      );
+      return;
+    }
+    const message = `the agent stopped during the move; the disk stayed on its source datastore ${at}`;
+    this.error = { code: 'ERR_JOB_INTERRUPTED', message };
+    this.moveTo('failed', `failed: ${message}; start the move again to retry it`);
+  }
+
+  /** A queued job's place changed (the scheduler's view); emits `queue` when it did. */
+  setQueue(queue: JobQueueStatus): void {
+    if (this.stateNow !== 'queued') return;
+    const now = this.queue;
+    if (now !== null && now.position === queue.position && now.waitingFor === queue.waitingFor) {
+      return;
+    }
+    this.queue = queue;
+    this.emit('queue', null);
+  }
+
+  private attach(moveId: string, migration: Migration): void {
+    this.moveId = moveId;
+    this.migration = migration;
+    this.requestedMethod = migration.requestedMethod;
+    this.final = null;
     // Left ref'd on purpose: cleared when the job finishes, so one that outlives its job shows
     // up as a process that will not exit (and the tests count timers).
-    this.ticker = setInterval(() => this.emit('progress', null), init.progressIntervalMs);
+    this.ticker = setInterval(() => this.emit('progress', null), this.progressIntervalMs);
   }
 
   get state(): JobState {
@@ -115,7 +236,7 @@ export class MigrationJob {
   announce(): void {
     this.emit(
       'created',
-      `moving ${this.subject} from datastore ${this.from} to ${this.to} with method ` +
+      `queued: moving ${this.subject} from datastore ${this.from} to ${this.to} with method ` +
         `${this.requestedMethod}`,
     );
   }
@@ -154,9 +275,18 @@ export class MigrationJob {
     }
   }
 
-  /** Asks the migration to stop and roll back; `ERR_JOB_STATE` unless the state allows it. */
+  /**
+   * Asks the migration to stop and roll back; `ERR_JOB_STATE` unless the state allows it. A
+   * queued job is cancelled at once: nothing was started.
+   */
   cancel(reason: string): void {
     checkVerb(this.id, this.stateNow, 'cancel');
+    if (this.stateNow === 'queued') {
+      this.finish(this.counters());
+      this.queue = null;
+      this.moveTo('cancelled', `cancelled while queued (${reason}): nothing was started`);
+      return;
+    }
     assert(this.migration !== null, 'a running job holds its migration');
     if (!this.migration.cancel()) {
       // Committed between the state check and here: the switchover event is on its way.
@@ -168,8 +298,8 @@ export class MigrationJob {
   /** Changes the copy rate at once; 0 is unlimited. */
   setSpeed(bytesPerSecond: number): void {
     checkVerb(this.id, this.stateNow, 'speed');
-    assert(this.migration !== null, 'a running job holds its migration');
-    this.migration.setSpeed(bytesPerSecond);
+    // A queued job takes it when it starts.
+    this.migration?.setSpeed(bytesPerSecond);
     this.speedBytesPerSecond = bytesPerSecond;
     this.emit('speed', `speed set to ${formatSpeed(bytesPerSecond)}`);
   }
@@ -193,6 +323,7 @@ export class MigrationJob {
     const code = errorCodeOf(error) ?? 'ERR_INTERNAL';
     this.error = { code, message: errorMessageOf(error) };
     this.finish(this.counters());
+    this.queue = null;
     const isCancel =
       code === MigrateErrorCode.Cancelled && canTransition(this.stateNow, 'cancelled');
     const where = `${this.subject} stays on datastore ${this.from}`;
@@ -205,6 +336,8 @@ export class MigrationJob {
     return {
       id: this.id,
       kind: 'migrate',
+      moveId: this.moveId,
+      queue: this.queue,
       disk: this.disk,
       vm: this.vm,
       disks: this.disks,
@@ -238,9 +371,26 @@ export class MigrationJob {
     return { ...this.status(), events: [...this.log] };
   }
 
+  /** Live from the migration; else the last kept (restored or final); else nothing yet. */
   private counters(): FinalCounters {
     const migration = this.migration;
-    assert(migration !== null, 'counters are read from the migration until the job finishes');
+    if (migration === null) {
+      return (
+        this.final ?? {
+          method: this.requestedMethod,
+          progress: {
+            doneBytes: 0,
+            totalBytes: this.sizeBytes,
+            rateBytesPerSecond: 0,
+            etaSeconds: null,
+          },
+          dirtyBytes: this.sizeBytes,
+          bytesCopied: 0,
+          passes: 0,
+          durationMs: 0,
+        }
+      );
+    }
     return {
       method: migration.method,
       progress: migration.progressSnapshot,

@@ -178,7 +178,9 @@ export class RemoteJobs {
       }
       return entries;
     }
-    const known = new Map(jobs.map((job) => [job.id, job]));
+    // A receive is named by the move's journal id; the source's job has its own id (its `moveId`
+    // is the journal's; a source of an older version used the journal id as the job id).
+    const known = new Map(jobs.map((job) => [job.moveId ?? job.id, job]));
     for (const [id, receive] of ids) {
       const job = known.get(id);
       if (job !== undefined) entries.push({ ...job, runsOn: peer.name });

@@ -17,6 +17,8 @@ function status(patch: Partial<JobStatus> & { done?: number; total?: number }): 
   return {
     id: 'move-1',
     kind: 'migrate',
+    moveId: 'move-1',
+    queue: null,
     disk: 'vm1',
     vm: null,
     disks: ['vm1'],

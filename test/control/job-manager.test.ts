@@ -38,7 +38,11 @@ test('job manager: a move runs to success, with its events, counters and history
   const timersBefore = timerCount();
   const started = await jobs.startMigration({ disk: 'vm1', datastore: 'fast' });
   assert.equal(started.kind, 'migrate');
-  assert.equal(started.id, 'move-1');
+  assert.match(started.id, /^[0-9a-f]{8}$/);
+  assert.equal(started.moveId, 'move-1');
+  assert.equal(started.state, 'running', 'started at once: nothing else runs');
+  assert.equal(started.queue, null);
+  assert.equal(jobs.get('move-1').id, started.id, 'a move id finds its job');
   assert.deepEqual(
     [started.disk, started.from, started.to, started.sizeBytes],
     ['vm1', 'local', 'fast', MIB],
@@ -66,7 +70,7 @@ test('job manager: a move runs to success, with its events, counters and history
   for (const type of ['mode', 'phase', 'switchover', 'state']) assert.ok(types.includes(type));
   assert.match(done.events.at(-1)?.message ?? '', /moved disk vm1 to datastore fast/);
   const states = seen.filter((e) => e.type === 'state').map((e) => e.job.state);
-  assert.deepEqual(states, ['switching', 'succeeded']);
+  assert.deepEqual(states, ['running', 'switching', 'succeeded']);
   assert.equal(timerCount(), timersBefore, 'the progress ticker is gone');
 });
 

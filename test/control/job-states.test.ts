@@ -31,13 +31,16 @@ test('job states: every state reaches an end, and the ends go nowhere', () => {
   assert.ok(canTransition('running', 'switching'));
   assert.ok(!canTransition('switching', 'running'));
   assert.ok(!canTransition('succeeded', 'failed'));
+  assert.ok(canTransition('queued', 'running'));
+  assert.ok(canTransition('queued', 'cancelled'));
+  assert.ok(!canTransition('running', 'queued'));
 });
 
-test('job states: verbs only while running, and a refusal says what the state allows', () => {
+test('job states: verbs only while queued or running, and a refusal says what the state allows', () => {
   for (const state of JOB_STATES) {
     for (const verb of JOB_VERBS_ALL) {
       const isAllowed = JOB_VERBS[state].includes(verb);
-      assert.equal(isAllowed, state === 'running', `${verb} in ${state}`);
+      assert.equal(isAllowed, state === 'running' || state === 'queued', `${verb} in ${state}`);
       if (isAllowed) {
         checkVerb('j1', state, verb);
         continue;
@@ -49,7 +52,7 @@ test('job states: verbs only while running, and a refusal says what the state al
           const message = errorMessageOf(error);
           assert.ok(message.includes(`job j1`), message);
           assert.ok(message.includes(`state ${state}`), message);
-          assert.ok(message.includes('only while running'), message);
+          assert.ok(message.includes('only while queued or running'), message);
           return true;
         },
       );

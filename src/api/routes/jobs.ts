@@ -55,6 +55,10 @@ export function registerJobRoutes(
     },
   );
 
+  // The scheduler's limits and what holds them (control/scheduler.ts); set by `ferry serve
+  // --max-host-migrations N --max-datastore-migrations N`.
+  app.get('/v1/limits', async () => jobs.limits());
+
   app.get('/v1/jobs', async (request) => {
     const elsewhere = remoteFor(request, remote);
     return { jobs: [...jobs.list(), ...(elsewhere === undefined ? [] : await elsewhere.list())] };
