@@ -9,7 +9,7 @@ import type { BlockDevice, WriteOptions, ZeroOptions } from '../../src/block/dev
 import type { BlockErrorCode } from '../../src/block/errors.js';
 import { FaultInjector } from '../../src/block/fault.js';
 import { PassThrough } from '../../src/block/filter.js';
-import type { JobAgent } from '../../src/control/job-manager.js';
+import type { JobAgent, ResumableMove } from '../../src/control/job-manager.js';
 import type {
   DiskMove,
   MoveDiskRequest,
@@ -92,12 +92,21 @@ export class FakeAgent implements JobAgent {
   readonly migrations: RecordingMigration[] = [];
   readonly requests: MoveDiskRequest[] = [];
   next: NextMove = {};
+  /** Every move's destination is gated (`gates[i].open()`), not only the next one's. */
+  isGatingAll = false;
   private readonly busy = new Set<string>();
   private moveCount = 0;
 
   constructor(datastores: readonly string[], disks: Record<string, FakeDisk>) {
     this.datastores = new Set(datastores);
     for (const [name, disk] of Object.entries(disks)) this.disks.set(name, { ...disk });
+  }
+
+  async getDatastore(name: string): Promise<{ name: string }> {
+    if (!this.datastores.has(name)) {
+      throw new HostError(HostErrorCode.NotFound, `no datastore named ${name}`);
+    }
+    return { name };
   }
 
   async getDisk(name: string): Promise<FakeDisk> {
@@ -134,6 +143,17 @@ export class FakeAgent implements JobAgent {
       throw new HostError(HostErrorCode.DiskBusy, `disk ${request.name} is being moved`);
     }
     this.requests.push(request);
+    this.moveCount += 1;
+    return this.run(`move-${this.moveCount}`, request, disk, onEvent);
+  }
+
+  /** Runs move `id` of `disk` as `request` asks: a real migration to a fresh bench disk. */
+  protected async run(
+    id: string,
+    request: MoveDiskRequest,
+    disk: FakeDisk,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove> {
     const bench = await this.makeBench(request.name, disk.sizeBytes);
     const migration = new RecordingMigration([bench.disk], {
       method: request.method ?? 'mirror',
@@ -155,8 +175,7 @@ export class FakeAgent implements JobAgent {
         return { ...result, disk: request.name, from, to: request.datastore };
       })
       .finally(() => this.busy.delete(request.name));
-    this.moveCount += 1;
-    return { id: `move-${this.moveCount}`, migration, done };
+    return { id, migration, done };
   }
 
   private async makeBench(name: string, sizeBytes: number): Promise<BenchDisk> {
@@ -164,18 +183,51 @@ export class FakeAgent implements JobAgent {
     this.next = {};
     const bench = await makeBenchDisk(name, {
       sizeBytes,
-      random: prng(this.moveCount + 1),
+      random: prng(this.benches.length + 1),
       delayMaxMs: 0,
       filledFraction: 1,
       wrapTarget: (device) => {
         let target = device;
         if (next.fault) target = new FaultInjector(target, next.fault);
-        const gate = new Gate(target, next.isGated !== true);
+        const gate = new Gate(target, next.isGated !== true && !this.isGatingAll);
         this.gates.push(gate);
         return gate;
       },
     });
     this.benches.push(bench);
     return bench;
+  }
+}
+
+/**
+ * A fake agent that came back from a stop with interrupted moves in its journal (contract 2):
+ * `resumeMove` continues one as a real migration of the same id, `abandonMove` rolls it back.
+ */
+export class ResumingFakeAgent extends FakeAgent {
+  readonly offered: ResumableMove[] = [];
+  readonly resumed: string[] = [];
+  readonly abandoned: string[] = [];
+
+  resumableMoves(): readonly ResumableMove[] {
+    return this.offered.filter((move) => !this.resumed.includes(move.id));
+  }
+
+  async resumeMove(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove> {
+    const move = this.offered.find((each) => each.id === id);
+    if (move === undefined)
+      throw new HostError(HostErrorCode.NotFound, `no interrupted move ${id}`);
+    const disk = this.disks.get(move.disk);
+    if (!disk) throw new HostError(HostErrorCode.NotFound, `no disk named ${move.disk}`);
+    this.resumed.push(id);
+    return this.run(
+      id,
+      { name: move.disk, datastore: move.to, method: move.method },
+      disk,
+      onEvent,
+    );
+  }
+
+  async abandonMove(id: string): Promise<void> {
+    this.abandoned.push(id);
   }
 }
