@@ -483,7 +483,6 @@ export class JobManager {
       this.settle(job);
       return;
     }
-    if (job.state === 'queued') job.start(move.id, resumed.migration);
     job.resume(move.id, resumed.migration, move.copiedBytes);
     for (const event of early) job.apply(event);
     isStarted = true;

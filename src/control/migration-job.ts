@@ -169,12 +169,16 @@ export class MigrationJob {
   }
 
   /**
-   * Follows a move the agent resumed after a restart (contract 2 in CONTRACTS.md), the
-   * restored job's own or a new job's. Precondition: running (as restored) without a migration.
+   * Follows a move the agent resumed after a restart (contract 2 in CONTRACTS.md): the
+   * restored job's own (running, without a migration) or a new job's (queued).
    */
   resume(moveId: string, migration: Migration, copiedBytes: number): void {
-    assert(this.stateNow === 'running' && this.migration === null, 'resumes a restored job');
-    this.attach(moveId, migration);
+    if (this.stateNow === 'queued') {
+      this.start(moveId, migration);
+    } else {
+      assert(this.stateNow === 'running' && this.migration === null, 'resumes a restored job');
+      this.attach(moveId, migration);
+    }
     this.emit(
       'message',
       `resumed move ${moveId} after the agent restarted: ${formatSize(copiedBytes)} of ` +
