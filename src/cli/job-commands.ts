@@ -72,7 +72,10 @@ function addList(job: Command, context: CliContext): void {
             { header: 'STATE', value: listedState },
             { header: 'DONE', value: (j) => `${percentDone(j)}%`, align: 'right' },
             { header: 'COPIED', value: (j) => formatAmount(j) },
-            { header: 'STARTED', value: known((j) => formatClock(j.startedAt)) },
+            {
+              header: 'STARTED',
+              value: known((j) => (j.state === 'queued' ? '-' : formatClock(j.startedAt))),
+            },
             {
               header: 'DURATION',
               value: known((j) => formatDuration(j.durationMs)),
@@ -158,13 +161,21 @@ function addWatch(job: Command, context: CliContext, setExitCode: (code: number)
 function addCancel(job: Command, context: CliContext): void {
   job
     .command('cancel')
-    .description('stop a running job; the disk stays on (goes back to) its source datastore')
+    .description(
+      'stop a running job, or drop a queued one; the disk stays on (goes back to) its source datastore',
+    )
     .argument('<id>', 'job id')
     .option('--json', 'print the job as JSON')
     .addHelpText('after', '\nExample:\n  $ ferry job cancel move-1 && ferry job watch move-1')
     .action(async (id: string, options: { json?: boolean }) => {
       const record = await context.api.post<ShownJob>(jobPath(id, '/cancel'), {});
       if (options.json) return printJson(context, record);
+      if (record.state === 'cancelled') {
+        return context.print(
+          `Cancelled job ${record.id} before it started: ${describeSubject(record)} stays on ` +
+            `${describeSource(record)}.`,
+        );
+      }
       context.print(
         `Cancelling job ${record.id}: ${describeSubject(record)} stays on ${describeSource(record)} ` +
           `once the copy has stopped. Follow it: ferry job watch ${record.id}`,
@@ -175,7 +186,7 @@ function addCancel(job: Command, context: CliContext): void {
 function addSpeed(job: Command, context: CliContext): void {
   job
     .command('speed')
-    .description('change the copy rate of a running job, at once')
+    .description('change the copy rate of a running job at once, or of a queued one for its start')
     .argument('<id>', 'job id')
     .argument('<speed>', SPEED_HELP, parseSpeedOption)
     .option('--json', 'print the job as JSON')
@@ -190,7 +201,8 @@ function addSpeed(job: Command, context: CliContext): void {
         record.speedBytesPerSecond === 0
           ? 'without a limit'
           : `at up to ${formatSpeed(record.speedBytesPerSecond)}`;
-      context.print(`Job ${record.id} now copies ${limit}.`);
+      const when = record.state === 'queued' ? 'will copy, once it starts,' : 'now copies';
+      context.print(`Job ${record.id} ${when} ${limit}.`);
     });
 }
 
@@ -228,7 +240,7 @@ function jobFields(record: ShownJob): [string, string][] {
     ['activity', formatActivity(record)],
     ['copied', `${formatSize(record.bytesCopied)} in ${record.passes} pass(es)`],
     ['speed', formatSpeed(record.speedBytesPerSecond)],
-    ['started', record.startedAt],
+    ['started', record.state === 'queued' ? '-' : record.startedAt],
     ['finished', record.finishedAt ?? '-'],
     ['duration', formatDuration(record.durationMs)],
     ['downtime', record.downtimeMs === null ? '-' : formatDuration(record.downtimeMs)],

@@ -169,7 +169,7 @@ test('POST /v1/jobs/:id/speed and /cancel, and 409 with what the state allows', 
     409,
     'ERR_JOB_STATE',
   );
-  assert.match(again, /state cancelling.*allowed only while running/);
+  assert.match(again, /state cancelling.*allowed only while queued or running/);
   fake.gates.at(-1)!.open();
   assert.equal((await finished(jobs, job.id)).state, 'cancelled');
   const late = assertError(
