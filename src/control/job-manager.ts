@@ -563,7 +563,7 @@ export class JobManager {
       if (request.datastore === subject.from) {
         throw new HostError(
           HostErrorCode.SameDatastore,
-          `${what} is already in datastore ${request.datastore}; name another datastore`,
+          `${what} is already in datastore ${request.datastore}`,
         );
       }
     }

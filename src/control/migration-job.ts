@@ -240,7 +240,7 @@ export class MigrationJob {
   announce(): void {
     this.emit(
       'created',
-      `queued: moving ${this.subject} from datastore ${this.from} to ${this.to} with method ` +
+      `moving ${this.subject} from datastore ${this.from} to ${this.to} with method ` +
         `${this.requestedMethod}`,
     );
   }

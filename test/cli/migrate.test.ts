@@ -96,10 +96,10 @@ test('migrate --json prints the final record; --detach returns at once', async (
   assert.equal(detached.code, 0, detached.stderr);
   assert.match(
     detached.stdout,
-    /^Started job (move-\d+): moving disk vm3 from local to fast with mirror \(speed unlimited\)\.\n {2}follow it: {2}ferry job watch \1\n/,
+    /^Started job ([0-9a-f]{8}): moving disk vm3 from local to fast with mirror \(speed unlimited\)\.\n {2}follow it: {2}ferry job watch \1\n/,
   );
   assert.equal(fake.requests.at(-1)?.provisioning, 'thick');
-  const id = /job (move-\d+)/.exec(detached.stdout)?.[1] ?? '';
+  const id = /job ([0-9a-f]{8})/.exec(detached.stdout)?.[1] ?? '';
   assert.equal(jobs.get(id).state, 'running');
   fake.gates.at(-1)!.open();
   await finished(jobs, id);
@@ -112,7 +112,7 @@ test('migrate: a failed job exits 1 and says the guest runs on the source', asyn
   assert.equal(run.stdout, '');
   assert.match(
     run.stderr,
-    /ferry: job move-\d+ failed: .*\(ERR_TARGET_FAILED\)\. Disk vm4 was not moved: its guest runs on datastore local as before\.\n$/,
+    /ferry: job [0-9a-f]{8} failed: .*\(ERR_TARGET_FAILED\)\. Disk vm4 was not moved: its guest runs on datastore local as before\.\n$/,
   );
 });
 
@@ -156,7 +156,7 @@ test('migrate: Ctrl-C stops following, not the job; job list, show, speed, watch
   });
   assert.equal(run.code, 130, run.stderr);
   assert.equal(handlers, 0, 'the Ctrl-C handler is removed');
-  const id = /Stopped following job (move-\d+); it keeps running/.exec(run.stderr)?.[1] ?? '';
+  const id = /Stopped following job ([0-9a-f]{8}); it keeps running/.exec(run.stderr)?.[1] ?? '';
   assert.ok(id !== '', run.stderr);
   assert.match(
     run.stderr,
@@ -188,7 +188,7 @@ test('migrate: Ctrl-C stops following, not the job; job list, show, speed, watch
 
   const show = await ferry(['job', 'show', id]);
   assert.equal(show.code, 0);
-  assert.match(show.stdout, /^id: +move-\d+$/m);
+  assert.match(show.stdout, /^id: +[0-9a-f]{8}$/m);
   assert.match(show.stdout, /^move: +local -> fast$/m);
   assert.match(show.stdout, /^state: +running$/m);
   assert.match(show.stdout, /^allowed: +cancel, speed$/m);
