@@ -7,6 +7,11 @@ import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
 import { DATABASE_FILE, type Database, openDatabase } from '../control/database.js';
 import { JobManager } from '../control/index.js';
+import { Inventory } from '../control/inventory.js';
+
+/** How often the inventory in ferry.db catches up with disks added or removed through the API. */
+const INVENTORY_REFRESH_MS = 10_000;
+
 import {
   CRASH_POINTS,
   type CrashPoint,
@@ -90,9 +95,21 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
   });
   const nbdServer = server;
   let api: ReturnType<typeof createApi> | undefined;
+  let stopInventory = (): void => {};
   try {
     // Ends or resumes the jobs the last process left running; lets the queued ones start.
     await jobs.recover();
+    // The inventory tables, rebuilt from the agent (the datastores are the authority).
+    const inventory = new Inventory(db, agent, {
+      hostName: options.hostName,
+      peers: () => peers.list(),
+    });
+    await inventory.refresh();
+    stopInventory = inventory.follow(
+      jobs,
+      INVENTORY_REFRESH_MS,
+      log.child({ component: 'inventory' }),
+    );
     const nbd = await nbdServer.listenTcp(options.nbd.host, options.nbd.port);
     if (options.socketPath !== undefined) await nbdServer.listenUnix(options.socketPath);
     // This host's QEMU guests reach their disks here (vm-runtime.ts).
@@ -130,12 +147,14 @@ export async function serve(options: ServeOptions, log: PinoLogger): Promise<num
       'ready',
     );
   } catch (error) {
+    stopInventory();
     await shutdown(log, api, jobs, nbdServer, agent, db);
     signals.dispose();
     throw error;
   }
   const signal = await signals.first;
   log.info({ signal }, 'stopping');
+  stopInventory();
   const code = await shutdown(log, api, jobs, nbdServer, agent, db);
   signals.dispose();
   log.info({ code }, 'stopped');
