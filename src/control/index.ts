@@ -3,12 +3,15 @@ export {
   type JobListener,
   JobManager,
   type JobManagerOptions,
+  type LimitsStatus,
   type MigrationRequest,
+  type ResumableMove,
 } from './job-manager.js';
 export type {
   JobEvent,
   JobEventType,
   JobLogEntry,
+  JobQueueStatus,
   JobRecord,
   JobStatus,
 } from './job-record.js';
@@ -33,4 +36,5 @@ export {
   RemoteJobs,
   type UnreachableJob,
 } from './remote-jobs.js';
+export { LIMITS_DEFAULT, type Limits } from './scheduler.js';
 export { formatSpeed, parseSpeed, SPEED_HELP } from './speed.js';
