@@ -85,6 +85,8 @@ export class RemoteJobs {
   private readonly listTimeoutMs: number;
   /** Job id → our name for the host that runs it; oldest first. */
   private readonly remembered = new Map<string, string>();
+  /** The source's job id → the move (receive) id it journals, as the sources' lists said. */
+  private readonly aliases = new Map<string, string>();
 
   constructor(options: RemoteJobsOptions) {
     this.options = options;
@@ -117,7 +119,7 @@ export class RemoteJobs {
    * `get` before anything was sent. `signal` ends the stream (see PeerClient.stream).
    */
   async events(id: string, signal: AbortSignal): Promise<ReadableStream<Uint8Array>> {
-    const route = this.route(id);
+    const route = await this.routeOf(id);
     const client = new PeerClient(route.peer);
     return client.stream(`${jobPath(id)}/events`, { signal }).catch((error: unknown) => {
       throw relayed(error);
@@ -150,7 +152,7 @@ export class RemoteJobs {
     const found = new Map<string, RemoteJobEntry>();
     await Promise.all(
       [...byPeer.values()].map(async ({ peer, ids }) => {
-        for (const entry of await this.askHost(peer, ids)) found.set(entry.id, entry);
+        for (const [id, entry] of await this.askHost(peer, ids)) found.set(id, entry);
       }),
     );
     const entries: RemoteJobEntry[] = [];
@@ -165,8 +167,8 @@ export class RemoteJobs {
   private async askHost(
     peer: Peer,
     ids: ReadonlyMap<string, ReceiveInfo | undefined>,
-  ): Promise<RemoteJobEntry[]> {
-    const entries: RemoteJobEntry[] = [];
+  ): Promise<[string, RemoteJobEntry][]> {
+    const entries: [string, RemoteJobEntry][] = [];
     let jobs: readonly JobStatus[];
     try {
       const client = new PeerClient(peer, { timeoutMs: this.listTimeoutMs });
@@ -174,7 +176,10 @@ export class RemoteJobs {
     } catch (error) {
       // Listed with what we know; remembered jobs of that host are left out this time only.
       for (const receive of ids.values()) {
-        if (receive !== undefined) entries.push(unreachable(receive, peer.name, failureOf(error)));
+        if (receive !== undefined) {
+          const entry = unreachable(receive, peer.name, failureOf(error));
+          entries.push([receive.id, { ...entry, id: this.jobIdOf(receive.id) }]);
+        }
       }
       return entries;
     }
@@ -183,9 +188,15 @@ export class RemoteJobs {
     const known = new Map(jobs.map((job) => [job.moveId ?? job.id, job]));
     for (const [id, receive] of ids) {
       const job = known.get(id);
-      if (job !== undefined) entries.push({ ...job, runsOn: peer.name });
-      else if (receive === undefined) this.remembered.delete(id);
-      else entries.push(unreachable(receive, peer.name, notKnownError(peer, id)));
+      if (job !== undefined) {
+        entries.push([id, { ...job, runsOn: peer.name }]);
+        if (job.id !== id) this.alias(job.id, id);
+      } else if (receive === undefined) {
+        this.remembered.delete(id);
+      } else {
+        const entry = unreachable(receive, peer.name, notKnownError(peer, id));
+        entries.push([id, { ...entry, id: this.jobIdOf(id) }]);
+      }
     }
     return entries;
   }
@@ -194,7 +205,7 @@ export class RemoteJobs {
     id: string,
     send: (client: PeerClient, path: string) => Promise<JobRecord>,
   ): Promise<RemoteJobRecord> {
-    const route = this.route(id);
+    const route = await this.routeOf(id);
     try {
       const record = await send(new PeerClient(route.peer), jobPath(id));
       return { ...record, runsOn: route.peer.name };
@@ -208,8 +219,23 @@ export class RemoteJobs {
     }
   }
 
-  /** Where job `id` runs; `ERR_JOB_NOT_FOUND` or `ERR_PEER_UNREACHABLE` (see `get`). */
-  private route(id: string): Route {
+  /**
+   * As `route`, but a job id not seen yet (the source names its jobs apart from the moves they
+   * journal) is looked for by listing the sources' jobs once.
+   */
+  private async routeOf(id: string): Promise<Route> {
+    try {
+      return this.route(id);
+    } catch (error) {
+      if (errorCodeOf(error) !== JobErrorCode.NotFound) throw error;
+      await this.list();
+      return this.route(id);
+    }
+  }
+
+  /** Where job `id` (or move `id`) runs; `ERR_JOB_NOT_FOUND` or `ERR_PEER_UNREACHABLE`. */
+  private route(jobId: string): Route {
+    const id = this.aliases.get(jobId) ?? jobId;
     const receive = this.options.receives().find((each) => each.id === id);
     if (receive !== undefined) {
       const peer = this.sourceOf(receive);
@@ -220,8 +246,24 @@ export class RemoteJobs {
     }
     const name = this.remembered.get(id);
     const peer = name === undefined ? undefined : this.options.peers.get(name);
-    if (peer === undefined) throw new JobError(JobErrorCode.NotFound, `no job ${id}`);
+    if (peer === undefined) throw new JobError(JobErrorCode.NotFound, `no job ${jobId}`);
     return { peer, receive: undefined };
+  }
+
+  /** Remembers that the source's job `jobId` journals move `moveId`; as many as `remembered`. */
+  private alias(jobId: string, moveId: string): void {
+    this.aliases.delete(jobId);
+    this.aliases.set(jobId, moveId);
+    for (const oldest of this.aliases.keys()) {
+      if (this.aliases.size <= REMEMBERED_MAX) break;
+      this.aliases.delete(oldest);
+    }
+  }
+
+  /** The source's job id of move `moveId` when a list said it; else the move id. */
+  private jobIdOf(moveId: string): string {
+    for (const [jobId, aliased] of this.aliases) if (aliased === moveId) return jobId;
+    return moveId;
   }
 
   /** The peer that sends `receive` (see the rule above), or undefined. */
