@@ -92,7 +92,7 @@ export class MoveJournal {
   }
 
   async remove(id: string): Promise<void> {
-    for (const path of [this.pathOf(id), this.markPathOf(id)]) {
+    for (const path of [this.pathOf(id), this.markPathOf(id), this.copyStatePathOf(id)]) {
       try {
         await unlink(path);
       } catch (error) {
@@ -123,6 +123,11 @@ export class MoveJournal {
     }
     records.sort((a, b) => a.startedAt.localeCompare(b.startedAt));
     return { records, problems };
+  }
+
+  /** Move `id`'s persisted copy state (copy-state-file.ts), removed with the record. */
+  copyStatePathOf(id: string): string {
+    return join(this.dir, `${id}.bitmap`);
   }
 
   private pathOf(id: string): string {

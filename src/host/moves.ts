@@ -179,6 +179,20 @@ export class Moves {
   }
 
   /**
+   * Runs a move prepared elsewhere (a resumed one: resumable-moves.ts) of one disk, and holds the
+   * disk busy as `moveDisk` does until it settles.
+   */
+  adopt(prepared: PreparedMove, entry: DiskEntry, to: Datastore): DiskMove {
+    const name = entry.descriptor.name;
+    this.checkNotMoving(name);
+    const from = entry.datastore.name;
+    const done = prepared
+      .run()
+      .then((result): MoveResult => ({ ...result, disk: name, from, to: to.name }));
+    return this.track(prepared, done, [name]);
+  }
+
+  /**
    * Starts moving disk `name` to another host while it stays served (issue 7; remote-mover.ts
    * has the steps). Resolves once the peer has created the destination and the connections to
    * it are open; `done` settles when the move finished or failed. After it, the disk lives on
@@ -433,7 +447,8 @@ export class Moves {
   }
 
   /** What a mover needs of this host: the exports, the journal, the log, the crash seam. */
-  private moverHost(): MoverHost {
+  /** What a disk move needs of the host (disk-mover.ts). */
+  moverHost(): MoverHost {
     const { exports, journal, log, crashAt } = this.host;
     return { exports, journal, log, ...(crashAt === undefined ? {} : { crashAt }) };
   }
