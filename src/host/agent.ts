@@ -319,7 +319,7 @@ export class Agent {
       agent.warnings.push(...vmMotions.messages);
       for (const datastore of registry.list()) await agent.publisher.openDatastore(datastore);
       for (const { resumable } of recovered) {
-        if (resumable !== undefined) agent.resumable.offer(resumable.record, resumable.file);
+        if (resumable !== undefined) await agent.resumable.offer(resumable.record, resumable.file);
       }
       await agent.held.holdUnresolved(remote);
       agent.vms.nowServing();

@@ -91,6 +91,19 @@ export class MoveJournal {
     return CommitMark.create(this.markPathOf(id), id);
   }
 
+  /**
+   * Deletes move `id`'s commit mark, which must be unset (`list` read the record uncommitted): a
+   * resumed move creates a fresh one.
+   */
+  async removeCommitMark(id: string): Promise<void> {
+    try {
+      await unlink(this.markPathOf(id));
+    } catch (error) {
+      if (errorCodeOf(error) !== 'ENOENT') throw error;
+    }
+    await syncDirectory(this.dir);
+  }
+
   async remove(id: string): Promise<void> {
     for (const path of [this.pathOf(id), this.markPathOf(id), this.copyStatePathOf(id)]) {
       try {

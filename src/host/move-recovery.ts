@@ -120,6 +120,7 @@ async function keepResumable(
     disks: record.disks.map((disk) => ({ ...disk, redoLogs: [] })),
   };
   await journal.write(kept);
+  await journal.removeCommitMark(record.id);
   for (const disk of record.disks) {
     for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
   }

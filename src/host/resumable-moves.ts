@@ -58,9 +58,9 @@ export class ResumableMoves {
 
   /**
    * Offers a move recovery kept; puts each of its disks behind the write-intent filter. Call at
-   * open, before the disks serve anything (a Switch is re-pointed without a pause then).
+   * open, before the disks serve the guest.
    */
-  offer(record: MoveRecord, file: CopyStateFile): void {
+  async offer(record: MoveRecord, file: CopyStateFile): Promise<void> {
     for (const disk of record.disks) {
       const entry = this.host.findEntry(disk.disk);
       const state = file.stateOf(disk.disk);
@@ -71,7 +71,9 @@ export class ResumableMoves {
         );
         continue;
       }
+      await entry.stack.top.pause();
       entry.stack.top.repoint(new WriteIntentFilter(entry.stack.stats, state));
+      entry.stack.top.resume();
     }
     this.offers.set(record.id, { record, file });
   }
