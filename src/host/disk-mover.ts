@@ -88,11 +88,18 @@ export const CRASH_POINTS = ['copy', 'final-copy', 'before-commit', 'after-commi
  * descriptor durable, before it answers the source, which then cannot learn the outcome.
  */
 export const RECEIVE_CRASH_POINTS = ['receive-commit'] as const;
+/**
+ * A local move (issue 10): just after the guest resumes on the destination, before the sources
+ * are buried, once the guest has had `AFTER_RELEASE_MS` to write there.
+ */
+export const RELEASE_CRASH_POINTS = ['after-release'] as const;
+const AFTER_RELEASE_MS = 300;
 /** A VM's move to another host (issue 8): once QEMU has started sending the memory. */
 export const VM_CRASH_POINTS = ['memory'] as const;
 export type CrashPoint =
   | (typeof CRASH_POINTS)[number]
   | (typeof RECEIVE_CRASH_POINTS)[number]
+  | (typeof RELEASE_CRASH_POINTS)[number]
   | (typeof VM_CRASH_POINTS)[number];
 
 export interface PreparedMove {
@@ -406,6 +413,10 @@ class MoveRun {
       isCommitted: () => this.isCommitted,
       discard: () => this.discardTargets(),
     });
+    if (this.host.crashAt === 'after-release') {
+      await new Promise((resolve) => setTimeout(resolve, AFTER_RELEASE_MS));
+      this.crashIf('after-release');
+    }
     await this.finish();
     return result;
   }
