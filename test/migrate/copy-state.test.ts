@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CopyState, type CopyStateBits } from '../../src/migrate/copy-state.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SHAPE = { sizeBytes: 8 * MiB, copiedGranuleBytes: 64 * KiB, intentRegionBytes: MiB };
+
+/** A state whose persists are recorded (the bits as each persist wrote them). */
+function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateBits[] } {
+  const files: CopyStateBits[] = [];
+  const state: CopyState = new CopyState(
+    SHAPE,
+    async () => {
+      files.push(state.encode());
+    },
+    loaded,
+  );
+  return { state, files };
+}
+
+/** What a state read back from `bits` would copy, in bytes. */
+function toCopyBytes(bits: CopyStateBits): number {
+  return new CopyState(SHAPE, async () => {}, bits).toCopy(64 * KiB).dirtyBytes;
+}
+
+test('copy state: copies count only once flushed, and a resume copies the rest', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  const token = state.copyStarting(0, 2 * MiB);
+  state.copyLanded(token);
+  assert.equal(state.copiedBytes, 0, 'landed is not copied before the flush');
+  let flushes = 0;
+  await state.checkpoint(async () => {
+    flushes += 1;
+  });
+  assert.equal(flushes, 1);
+  assert.equal(state.copiedBytes, 2 * MiB);
+  const last = files.at(-1);
+  assert.ok(last !== undefined);
+  assert.equal(toCopyBytes(last), 6 * MiB);
+});
+
+test('copy state: a write persists its intent first, once per region; the resume copies it again', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, 4 * MiB));
+  await state.checkpoint(async () => {});
+  const persisted = files.length;
+  const waiting = state.beforeWrite(MiB + 4 * KiB, 4 * KiB);
+  assert.ok(waiting !== undefined, 'the first write to a region waits for its intent');
+  await waiting;
+  assert.equal(files.length, persisted + 1);
+  const file = files.at(-1);
+  assert.ok(file !== undefined);
+  // The crash could come now, with the write on the source only: the resume copies its region.
+  assert.equal(toCopyBytes(file), 4 * MiB + MiB);
+  state.afterWrite(MiB + 4 * KiB, 4 * KiB);
+  assert.equal(state.beforeWrite(MiB + 64 * KiB, 4 * KiB), undefined, 'then no sync per write');
+  state.afterWrite(MiB + 64 * KiB, 4 * KiB);
+  assert.equal(files.length, persisted + 1);
+});
+
+test('copy state: a write racing a copy run keeps it from counting', async () => {
+  const { state } = recorded();
+  state.startTracking();
+  const token = state.copyStarting(0, MiB);
+  await state.beforeWrite(4 * KiB, 4 * KiB);
+  state.afterWrite(4 * KiB, 4 * KiB);
+  state.copyLanded(token);
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 0);
+  // A run that starts while a write is in flight does not count either.
+  const inFlight = state.beforeWrite(2 * MiB, 4 * KiB);
+  await inFlight;
+  const during = state.copyStarting(2 * MiB, MiB);
+  state.afterWrite(2 * MiB, 4 * KiB);
+  state.copyLanded(during);
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 0);
+});
+
+test('copy state: a checkpoint clears a quiet intent with its copied bits, never a busy one', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, 2 * MiB));
+  await state.checkpoint(async () => {});
+  await state.beforeWrite(0, 4 * KiB);
+  state.afterWrite(0, 4 * KiB);
+  await state.beforeWrite(MiB, 4 * KiB); // still in flight at the checkpoint
+  await state.checkpoint(async () => {});
+  const file = files.at(-1);
+  assert.ok(file !== undefined);
+  const read = new CopyState(SHAPE, async () => {}, file);
+  // Region 0: intent gone, copied gone: copied again. Region 1: intent kept.
+  assert.equal(read.toCopy(64 * KiB).dirtyBytes, 8 * MiB);
+  state.afterWrite(MiB, 4 * KiB);
+  await state.checkpoint(async () => {});
+  state.copyLanded(state.copyStarting(0, 2 * MiB));
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 2 * MiB);
+});
+
+test('copy state: nothing counts before tracking starts, and a failed flush loses nothing', async () => {
+  const { state } = recorded();
+  state.copyLanded(state.copyStarting(0, MiB));
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 0);
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, MiB));
+  await assert.rejects(
+    state.checkpoint(async () => {
+      throw new Error('EIO');
+    }),
+  );
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, MiB);
+});
