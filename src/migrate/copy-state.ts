@@ -20,8 +20,10 @@ import { assert } from '../util/assert.js';
  * 2. A granule becomes `copied` only from a copy of the source whose run started with no guest
  *    write in flight in its regions and saw none start before it landed (`copyStarting` /
  *    `copyLanded`), and only after the destination was flushed (`checkpoint`).
- * 3. `checkpoint` clears the intent of a region with no write in flight, and with it the region's
- *    `copied` granules, in the same persisted write: what a write changed is copied again on
+ * 3. `checkpoint` clears the intent of a region with no write in flight and none started since
+ *    the checkpoint before (idle for a whole interval, as md clears its bits only after a delay:
+ *    a region the guest keeps writing keeps its bit and costs no more persists), and with it the
+ *    region's `copied` granules, in the same persisted write: what a write changed is copied again on
  *    resume unless a later valid copy (rule 2) carries it. The methods' own convergence (dbt's
  *    dirty passes, the mirror's second write, a redo log) is not trusted here: that costs a
  *    re-copy of the regions written during the move, and makes the rule the same for all four.
@@ -58,9 +60,9 @@ export interface CopyToken {
 
 export class CopyState {
   readonly shape: CopyStateShape;
-  /** Counts for the report and tests: persists made, and those a guest write waited for. */
+  /** Counts for the report and tests: persists made, and guest writes that waited for one. */
   persists = 0;
-  intentPersists = 0;
+  writesWaited = 0;
   private readonly copied: DirtyBitmap;
   private readonly intent: DirtyBitmap;
   /** `intent` as of the last completed persist (a subset of what the file holds then). */
@@ -69,6 +71,8 @@ export class CopyState {
   private landed: DirtyBitmap;
   private readonly writesStarted: Uint32Array;
   private readonly inFlight: Uint32Array;
+  /** `writesStarted` at the last checkpoint: a region is idle if it has not moved since. */
+  private writesAtCheckpoint: Uint32Array;
   private isTracking = false;
   private running: Promise<void> = Promise.resolve();
   private queued: Promise<void> | undefined;
@@ -94,6 +98,7 @@ export class CopyState {
     const regions = Math.ceil(sizeBytes / intentRegionBytes);
     this.writesStarted = new Uint32Array(regions);
     this.inFlight = new Uint32Array(regions);
+    this.writesAtCheckpoint = new Uint32Array(regions);
     // A state read back after a crash already tracks: the file says what it says.
     this.isTracking = loaded !== undefined;
   }
@@ -130,7 +135,7 @@ export class CopyState {
       if (!this.durable.isDirty(at, 1)) isDurable = false;
     }
     if (isDurable) return undefined;
-    this.intentPersists += 1;
+    this.writesWaited += 1;
     return this.persistSoon();
   }
 
@@ -172,8 +177,8 @@ export class CopyState {
 
   /**
    * Rules 2 and 3: flushes the destination (`flushTarget`), then counts what had landed before
-   * the flush as copied, clears the intent (and the copied granules) of every region with no
-   * write in flight, and persists. Callers run one at a time.
+   * the flush as copied, clears the intent (and the copied granules) of every region idle since
+   * the last checkpoint, and persists. Callers run one at a time.
    */
   async checkpoint(flushTarget: () => Promise<void>): Promise<void> {
     const landed = this.landed;
@@ -189,13 +194,16 @@ export class CopyState {
     for (let run = this.intent.nextDirty(0, this.shape.sizeBytes); run !== null; ) {
       const end = run.offset + run.length;
       for (let at = run.offset; at < end; at += region) {
-        if (this.inFlight[at / region] !== 0) continue;
+        const r = at / region;
+        if (this.inFlight[r] !== 0 || this.writesStarted[r] !== this.writesAtCheckpoint[r])
+          continue;
         const length = Math.min(region, this.shape.sizeBytes - at);
         this.intent.clear(at, length);
         this.copied.clear(at, length);
       }
       run = end >= this.shape.sizeBytes ? null : this.intent.nextDirty(end, this.shape.sizeBytes);
     }
+    this.writesAtCheckpoint = this.writesStarted.slice();
     await this.persistSoon();
   }
 

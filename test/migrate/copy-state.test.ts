@@ -116,3 +116,20 @@ test('copy state: nothing counts before tracking starts, and a failed flush lose
   await state.checkpoint(async () => {});
   assert.equal(state.copiedBytes, MiB);
 });
+
+test('copy state: a region keeps its intent until idle for a whole checkpoint interval', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  await state.checkpoint(async () => {});
+  await state.beforeWrite(3 * MiB, 4 * KiB);
+  state.afterWrite(3 * MiB, 4 * KiB);
+  await state.checkpoint(async () => {});
+  assert.equal(state.beforeWrite(3 * MiB, 4 * KiB), undefined, 'still durable: no persist');
+  state.afterWrite(3 * MiB, 4 * KiB);
+  await state.checkpoint(async () => {});
+  await state.checkpoint(async () => {});
+  const persisted = files.length;
+  assert.ok(state.beforeWrite(3 * MiB, 4 * KiB) !== undefined, 'cleared once idle');
+  state.afterWrite(3 * MiB, 4 * KiB);
+  assert.ok(files.length >= persisted);
+});
