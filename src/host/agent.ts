@@ -280,6 +280,7 @@ export class Agent {
       findEntry: (name) => this.exports.get(name),
       serialize: (task) => this.serialize(task),
       adopt: (prepared, entry, to) => this.moves.adopt(prepared, entry, to),
+      adoptVm: (prepared, vm, entries, to) => this.moves.adoptVm(prepared, vm, entries, to),
     });
   }
 
@@ -436,7 +437,7 @@ export class Agent {
   }
 
   /** Continues interrupted move `id` from its persisted copy state (resumable-moves.ts). */
-  resumeMove(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove> {
+  resumeMove(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove | VmMove> {
     return this.resumable.resume(id, onEvent);
   }
 

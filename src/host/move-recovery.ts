@@ -89,12 +89,9 @@ export async function recoverMoves(
   return outcomes;
 }
 
-/**
- * Whether an uncommitted move may resume: a disk move inside this host (a VM's move rolls back
- * as before: its resume would have to bring the VM's runtime along, TODO(#10)).
- */
+/** Whether an uncommitted move may resume: one inside this host, of disks or of a VM. */
 function isResumable(record: MoveRecord): boolean {
-  return !isRemote(record) && record.vm === null && record.committed === false;
+  return !isRemote(record) && record.committed === false;
 }
 
 async function keepResumable(
@@ -115,6 +112,12 @@ async function keepResumable(
   }
   // Durable before the logs go: a crash in between finds a record naming no log, never a
   // record naming a log half deleted.
+  if (record.vm !== null && record.homeFrom !== null) {
+    // The resume copies the home again (small files); a commit cut short may have placed it.
+    await removeHome(homeMovePath(to, record.vm));
+    const source = homePath(sourceOf(sources, record.homeFrom), record.vm);
+    if (await pathIsDirectory(source)) await removeHome(homePath(to, record.vm));
+  }
   const kept: MoveRecord = {
     ...record,
     disks: record.disks.map((disk) => ({ ...disk, redoLogs: [] })),

@@ -270,19 +270,41 @@ export class Moves {
         { vm: request.name, disks, from: from.name, to: to.name, move: prepared.id },
         'VM move started',
       );
-      const done = prepared.run().then(async (result): Promise<VmMoveResult> => {
-        this.host.vms.table.set({ config: vm.config, datastore: to });
-        await this.host.vms.runtime
-          .moveConsole(request.name, homePath(to, request.name))
-          .catch((error: unknown) => {
-            this.host.log.warn(
-              { vm: request.name, err: error },
-              'the console could not follow the home',
-            );
-          });
-        return { ...result, vm: request.name, disks, from: from.name, to: to.name };
+      return this.trackVm(request.name, prepared, this.runVmMove(prepared, vm, to, disks), disks);
+    });
+  }
+
+  /**
+   * Runs a move prepared elsewhere (a resumed one: resumable-moves.ts) of VM `name`'s `entries`
+   * and home, and holds them busy as `moveVm` does until it settles.
+   */
+  adoptVm(
+    prepared: PreparedMove,
+    name: string,
+    entries: readonly DiskEntry[],
+    to: Datastore,
+  ): VmMove {
+    const vm = this.host.vms.entryOf(name);
+    this.checkVmNotMoving(vm);
+    const disks = entries.map((entry) => entry.descriptor.name);
+    return this.trackVm(name, prepared, this.runVmMove(prepared, vm, to, disks), disks);
+  }
+
+  /** Runs a local VM move; once done, the VM's table entry and console follow its home. */
+  private runVmMove(
+    prepared: PreparedMove,
+    vm: VmEntry,
+    to: Datastore,
+    disks: readonly string[],
+  ): Promise<VmMoveResult> {
+    const name = vm.config.name;
+    const from = vm.datastore;
+    return prepared.run().then(async (result): Promise<VmMoveResult> => {
+      this.host.vms.table.set({ config: vm.config, datastore: to });
+      await this.host.vms.runtime.moveConsole(name, homePath(to, name)).catch((error: unknown) => {
+        this.host.log.warn({ vm: name, err: error }, 'the console could not follow the home');
       });
-      return this.trackVm(request.name, prepared, done, disks);
+      return { ...result, vm: name, disks, from: from.name, to: to.name };
     });
   }
 

@@ -8,7 +8,7 @@ import { type MoverHost, type PreparedMove, prepareResumedMove } from './disk-mo
 import { HostError, HostErrorCode, notFound } from './errors.js';
 import type { DiskEntry } from './export-table.js';
 import type { MoveJournal, MoveRecord } from './move-journal.js';
-import type { DiskMove } from './moves.js';
+import type { DiskMove, VmMove } from './moves.js';
 
 /**
  * Local disk moves a crash interrupted before their commit, which recovery kept with their copy
@@ -44,6 +44,8 @@ export interface ResumableHost {
   serialize<T>(task: () => Promise<T>): Promise<T>;
   /** Runs a prepared move of `entry` to `to` and tracks it as the agent's other moves. */
   adopt(prepared: PreparedMove, entry: DiskEntry, to: Datastore): DiskMove;
+  /** The same for VM `vm`'s disks and home. */
+  adoptVm(prepared: PreparedMove, vm: string, entries: readonly DiskEntry[], to: Datastore): VmMove;
 }
 
 interface Offer {
@@ -114,7 +116,7 @@ export class ResumableMoves {
    * `prepareResumedMove`). `ERR_NOT_FOUND` if it is not offered; on a failure to prepare it
    * stays offered.
    */
-  resume(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove> {
+  resume(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove | VmMove> {
     return this.host.serialize(async () => {
       const offer = this.take(id);
       const { record, file } = offer;
@@ -128,7 +130,16 @@ export class ResumableMoves {
         });
         const [entry] = entries;
         if (entry === undefined) throw notFound('disk', id);
-        const spec = { entries, to, method: methodOf(record), speedBytesPerSecond: 0 };
+        const homeFrom =
+          record.homeFrom === null ? undefined : this.host.datastoreNamed(record.homeFrom);
+        if (record.homeFrom !== null && homeFrom === undefined) {
+          throw notFound('datastore', record.homeFrom);
+        }
+        const home =
+          record.vm === null || homeFrom === undefined
+            ? {}
+            : { home: { vm: record.vm, from: homeFrom } };
+        const spec = { entries, to, method: methodOf(record), speedBytesPerSecond: 0, ...home };
         const prepared = await prepareResumedMove(
           this.host.moverHost(),
           spec,
@@ -140,7 +151,9 @@ export class ResumableMoves {
           { move: id, to: to.name, method: spec.method },
           'interrupted move resumed',
         );
-        return this.host.adopt(prepared, entry, to);
+        return record.vm === null
+          ? this.host.adopt(prepared, entry, to)
+          : this.host.adoptVm(prepared, record.vm, entries, to);
       } catch (error) {
         this.offers.set(id, offer);
         throw error;

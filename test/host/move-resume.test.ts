@@ -7,7 +7,7 @@
  * and copies less than the disk; the result holds every acknowledged write.
  */
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from '../../src/host/agent.js';
 import { METHOD_NAMES, type MethodName } from '../../src/migrate/method.js';
@@ -177,6 +177,96 @@ toolTest(
       assertSameBytes(await device.read(0, SIZE_BYTES), writer.model, 'source after abandon');
       assert.deepEqual(await readdir(join(dataDir, 'journal')), []);
       assert.deepEqual(await readdir(join(dataDir, 'fast')), []);
+    } finally {
+      await agent.close();
+    }
+  },
+);
+
+toolTest(
+  'resume after kill -9 in the copy (VM): the home and both disks go over, every acknowledged write kept',
+  [],
+  async () => {
+    const dataDir = await makeTempDir();
+    const disks = ['web-a', 'web-b'] as const;
+    const sizeBytes = 16 * MiB;
+    const serve = await startServe(
+      ['--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'],
+      { FERRY_CRASH_AT: 'copy' },
+    );
+    const models: Buffer[] = [];
+    let writer: RecordingWriter | undefined;
+    try {
+      const fast = join(dataDir, 'fast');
+      await mkdir(fast, { recursive: true });
+      await api(serve, 'POST', '/v1/datastores', { name: 'fast', path: fast });
+      const clients: NbdClient[] = [];
+      for (const [index, name] of disks.entries()) {
+        await api(serve, 'POST', '/v1/disks', { name, size: sizeBytes });
+        const client = await NbdClient.connect({
+          exportName: name,
+          host: '127.0.0.1',
+          port: serve.ready.nbdPort,
+        });
+        const model = randomBytes(sizeBytes, prng(30 + index));
+        for (let at = 0; at < sizeBytes; at += MiB) {
+          await client.write(at, model.subarray(at, at + MiB));
+        }
+        clients.push(client);
+        models.push(model);
+      }
+      const vm = await api<{ home: string }>(serve, 'POST', '/v1/vms', {
+        name: 'web',
+        disks: [...disks],
+      });
+      await writeFile(join(vm.home, 'notes.txt'), 'kept\n');
+      const [first] = clients;
+      const [firstModel] = models;
+      assert.ok(first !== undefined && firstModel !== undefined);
+      writer = new RecordingWriter(first, firstModel, { start: 0, end: HOT_BYTES });
+      writer.start(first, 31);
+      await api(serve, 'POST', '/v1/migrations', {
+        vm: 'web',
+        datastore: 'fast',
+        speed: 8 * MiB,
+      });
+      assert.equal(await serve.exited, null, 'the server was killed by a signal');
+      await writer.stop();
+      for (const client of clients) await client.close().catch(() => undefined);
+    } finally {
+      serve.child.kill('SIGKILL');
+    }
+    const agent = await Agent.open({ dataDir });
+    try {
+      const devices = disks.map((name) => agent.exports.lookup(name)?.device);
+      const [device] = devices;
+      assert.ok(device !== undefined && writer !== undefined);
+      writer.model.set(writer.expectedFor(await device.read(0, sizeBytes)));
+      writer.pending = undefined;
+      const [offered, ...others] = agent.resumableMoves();
+      assert.ok(offered !== undefined && others.length === 0, 'one move is offered');
+      assert.equal(offered.vm, 'web');
+      assert.equal(offered.disk, 'web');
+      assert.deepEqual([...offered.disks].sort(), [...disks]);
+      assert.equal(offered.sizeBytes, 2 * sizeBytes);
+      assert.equal((await agent.getVm('web')).datastore, 'local');
+      writer.start(device, 32);
+      const move = await agent.resumeMove(offered.id, () => {});
+      const result = await move.done;
+      await writer.stop();
+      assert.ok(result.bytesCopied < 2 * sizeBytes, `the resume copied ${result.bytesCopied}`);
+      const vm = await agent.getVm('web');
+      assert.equal(vm.datastore, 'fast');
+      assert.equal(await readFile(join(vm.home, 'notes.txt'), 'utf8'), 'kept\n');
+      for (const [index, name] of disks.entries()) {
+        const model = models[index];
+        const served = devices[index];
+        assert.ok(model !== undefined && served !== undefined);
+        assert.equal((await agent.getDisk(name)).datastore, 'fast');
+        assertSameBytes(await served.read(0, sizeBytes), model, `${name} after the resume`);
+        assertSameBytes(await readFile(join(dataDir, 'fast', `${name}.raw`)), model, name);
+      }
+      assert.deepEqual(await readdir(join(dataDir, 'journal')), []);
     } finally {
       await agent.close();
     }
