@@ -1,7 +1,7 @@
 import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
-import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import { isTemporaryName, readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import { CommitMark } from './commit-mark.js';
 
 /**
@@ -76,9 +76,17 @@ export class MoveJournal {
     this.dir = dir;
   }
 
+  /**
+   * Opens the journal of the agent that holds the data dir's lock; deletes what a write cut
+   * short by a crash left (temporary files: a record or copy state is replaced whole or not at
+   * all, so they hold nothing the journal needs).
+   */
   static async open(dataDir: string): Promise<MoveJournal> {
     const dir = join(dataDir, JOURNAL_DIR);
     await mkdir(dir, { recursive: true });
+    for (const fileName of await readdir(dir)) {
+      if (isTemporaryName(fileName)) await unlink(join(dir, fileName));
+    }
     return new MoveJournal(dir);
   }
 
