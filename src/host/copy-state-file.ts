@@ -1,14 +1,19 @@
 import { unlink } from 'node:fs/promises';
 import type { Provisioning } from '../block/raw-file.js';
-import { CopyState, type CopyStateShape, intentRegionBytesFor } from '../migrate/copy-state.js';
+import {
+  CopyState,
+  type CopyStateShape,
+  intentRegionBytesFor,
+  savedGranuleBytesFor,
+} from '../migrate/copy-state.js';
 import { errorCodeOf } from '../util/errors.js';
 import { readJson, writeJsonAtomic } from './atomic-file.js';
 
 /**
  * The persisted copy state of a local move (copy-state.ts): `<data>/journal/<id>.bitmap`, next to
  * the move's record, one JSON file for all its disks, replaced atomically (write temp, fsync,
- * rename, fsync the directory) on every persist. Its size is bounded: one bit per copy granule
- * (2 MiB for 1 TiB at 64 KiB) and at most 4096 intent bits per disk. Writes are serialized, and
+ * rename, fsync the directory) on every persist. Its size is bounded: at most 65536 `copied`
+ * bits (8 KiB) and 4096 intent bits (512 bytes) per disk, whatever its size. Writes are serialized, and
  * each encodes the states as they are when it starts, so a later write never carries older bits.
  */
 const COPY_STATE_VERSION = 1;
@@ -18,6 +23,7 @@ interface DiskStateJson {
   readonly provisioning: Provisioning;
   readonly sizeBytes: number;
   readonly copiedGranuleBytes: number;
+  readonly savedGranuleBytes: number;
   readonly intentRegionBytes: number;
   readonly copied: string;
   readonly intent: string;
@@ -47,6 +53,7 @@ export class CopyStateFile {
       const shape: CopyStateShape = {
         sizeBytes,
         copiedGranuleBytes,
+        savedGranuleBytes: savedGranuleBytesFor(sizeBytes, copiedGranuleBytes),
         intentRegionBytes: Math.max(copiedGranuleBytes, intentRegionBytesFor(sizeBytes)),
       };
       file.disks.push({ disk, provisioning, state: new CopyState(shape, () => file.write()) });
@@ -73,6 +80,7 @@ export class CopyStateFile {
       const shape: CopyStateShape = {
         sizeBytes: each.sizeBytes,
         copiedGranuleBytes: each.copiedGranuleBytes,
+        savedGranuleBytes: each.savedGranuleBytes,
         intentRegionBytes: each.intentRegionBytes,
       };
       const bits = {

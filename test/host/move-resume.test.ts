@@ -81,13 +81,13 @@ async function crashHalfWay(dataDir: string, method: MethodName): Promise<Record
 /** The first 64 KiB granule at or after `from` that the persisted state calls copied. */
 async function firstCopiedGranule(dataDir: string, id: string, from: number): Promise<number> {
   const file = JSON.parse(await readFile(join(dataDir, 'journal', `${id}.bitmap`), 'utf8')) as {
-    disks: Array<{ copiedGranuleBytes: number; copied: string }>;
+    disks: Array<{ savedGranuleBytes: number; copied: string }>;
   };
   const [disk] = file.disks;
   assert.ok(disk !== undefined);
   const bits = Buffer.from(disk.copied, 'base64');
-  for (let granule = from / disk.copiedGranuleBytes; granule < bits.length * 8; granule += 1) {
-    if (((bits[granule >> 3] ?? 0) >> (granule & 7)) & 1) return granule * disk.copiedGranuleBytes;
+  for (let granule = from / disk.savedGranuleBytes; granule < bits.length * 8; granule += 1) {
+    if (((bits[granule >> 3] ?? 0) >> (granule & 7)) & 1) return granule * disk.savedGranuleBytes;
   }
   assert.fail("no granule past the guest's working set was copied before the crash");
 }
@@ -125,12 +125,15 @@ for (const method of METHOD_NAMES) {
         const move = await agent.resumeMove(offered.id, (event) => events.push(event));
         assert.equal(move.id, offered.id);
         assert.deepEqual(agent.resumableMoves(), []);
-        const result = await move.done;
-        await writer.stop();
+        // The first pass carries what the state does not vouch for; later passes (dbt's, a
+        // snapshot's rounds) add what the guest writes meanwhile, as in any move.
+        const firstPassBytes = move.migration.progressSnapshot.totalBytes;
         assert.ok(
-          result.bytesCopied < SIZE_BYTES,
-          `the resume copied ${result.bytesCopied} of ${SIZE_BYTES} bytes`,
+          firstPassBytes < SIZE_BYTES,
+          `first pass ${firstPassBytes} of ${SIZE_BYTES} bytes`,
         );
+        await move.done;
+        await writer.stop();
         const disk = await agent.getDisk('vm1');
         assert.equal(disk.datastore, 'fast');
         assertSameBytes(await device.read(0, SIZE_BYTES), writer.model, 'export after the resume');
@@ -252,9 +255,11 @@ toolTest(
       assert.equal((await agent.getVm('web')).datastore, 'local');
       writer.start(device, 32);
       const move = await agent.resumeMove(offered.id, () => {});
-      const result = await move.done;
+      const firstPassBytes = move.migration.progressSnapshot.totalBytes;
+      assert.ok(firstPassBytes < 2 * sizeBytes, `first pass ${firstPassBytes}`);
+      assert.ok(offered.copiedBytes > 0, `copied before the crash: ${offered.copiedBytes}`);
+      await move.done;
       await writer.stop();
-      assert.ok(result.bytesCopied < 2 * sizeBytes, `the resume copied ${result.bytesCopied}`);
       const vm = await agent.getVm('web');
       assert.equal(vm.datastore, 'fast');
       assert.equal(await readFile(join(vm.home, 'notes.txt'), 'utf8'), 'kept\n');

@@ -4,7 +4,12 @@ import { CopyState, type CopyStateBits } from '../../src/migrate/copy-state.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const SHAPE = { sizeBytes: 8 * MiB, copiedGranuleBytes: 64 * KiB, intentRegionBytes: MiB };
+const SHAPE = {
+  sizeBytes: 8 * MiB,
+  copiedGranuleBytes: 64 * KiB,
+  savedGranuleBytes: 64 * KiB,
+  intentRegionBytes: MiB,
+};
 
 /** A state whose persists are recorded (the bits as each persist wrote them). */
 function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateBits[] } {
@@ -132,4 +137,20 @@ test('copy state: a region keeps its intent until idle for a whole checkpoint in
   assert.ok(state.beforeWrite(3 * MiB, 4 * KiB) !== undefined, 'cleared once idle');
   state.afterWrite(3 * MiB, 4 * KiB);
   assert.ok(files.length >= persisted);
+});
+
+test('copy state: a coarse saved granule is copied only where all of it is', async () => {
+  const coarse = { ...SHAPE, savedGranuleBytes: 512 * KiB };
+  const files: CopyStateBits[] = [];
+  const state: CopyState = new CopyState(coarse, async () => {
+    files.push(state.encode());
+  });
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, 768 * KiB));
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 768 * KiB);
+  const file = files.at(-1);
+  assert.ok(file !== undefined);
+  const read = new CopyState(coarse, async () => {}, file);
+  assert.equal(read.copiedBytes, 512 * KiB, 'the half-copied granule is copied again');
 });
