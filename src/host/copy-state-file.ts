@@ -56,7 +56,11 @@ export class CopyStateFile {
         savedGranuleBytes: savedGranuleBytesFor(sizeBytes, copiedGranuleBytes),
         intentRegionBytes: Math.max(copiedGranuleBytes, intentRegionBytesFor(sizeBytes)),
       };
-      file.disks.push({ disk, provisioning, state: new CopyState(shape, () => file.write()) });
+      file.disks.push({
+        disk,
+        provisioning,
+        state: new CopyState(shape, () => file.persistOf(disk)),
+      });
     }
     await file.write();
     return file;
@@ -87,7 +91,7 @@ export class CopyStateFile {
         copied: Buffer.from(each.copied, 'base64'),
         intent: Buffer.from(each.intent, 'base64'),
       };
-      const state = new CopyState(shape, () => file.write(), bits);
+      const state = new CopyState(shape, () => file.persistOf(each.disk), bits);
       file.disks.push({ disk: each.disk, provisioning: each.provisioning, state });
     }
     return file;
@@ -104,6 +108,21 @@ export class CopyStateFile {
       .then(() => writeJsonAtomic(this.path, this.encode()));
     this.running = next;
     return next;
+  }
+
+  /** A write, for disk `disk`'s state: resolves with the id of its encoding that was written. */
+  private async persistOf(disk: string): Promise<number> {
+    let id = 0;
+    const next = this.running
+      .catch(() => undefined)
+      .then(async () => {
+        const json = this.encode();
+        id = this.stateOf(disk)?.lastEncodeId ?? 0;
+        await writeJsonAtomic(this.path, json);
+      });
+    this.running = next;
+    await next;
+    return id;
   }
 
   async remove(): Promise<void> {

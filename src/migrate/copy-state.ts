@@ -77,8 +77,17 @@ export class CopyState {
   writesWaited = 0;
   private readonly copied: DirtyBitmap;
   private readonly intent: DirtyBitmap;
-  /** `intent` as of the last completed persist (a subset of what the file holds then). */
-  private durable: DirtyBitmap;
+  /**
+   * Per region, 1 when its intent is set and the last completed persist wrote it set with the
+   * same `intentGens` (no clear since): a write there needs no persist (rule 1's fast path).
+   */
+  private readonly ready: Uint8Array;
+  /** Per region, bumped whenever its intent bit changes: tells a persist's bits from later ones. */
+  private readonly intentGens: Uint32Array;
+  /** What each `encode` produced, by its id, until the persist that wrote it completes. */
+  private readonly encodings = new Map<number, { intent: DirtyBitmap; gens: Uint32Array }>();
+  /** The id of the last `encode`. */
+  lastEncodeId = 0;
   /** Copies landed since the last checkpoint: not flushed yet, so not `copied`. */
   private landed: DirtyBitmap;
   private readonly writesStarted: Uint32Array;
@@ -91,7 +100,8 @@ export class CopyState {
 
   constructor(
     shape: CopyStateShape,
-    private readonly persist: () => Promise<void>,
+    /** Writes `encode()`'s bits durably; resolves with the `lastEncodeId` it wrote. */
+    private readonly persist: () => Promise<number>,
     loaded?: CopyStateBits,
   ) {
     this.shape = shape;
@@ -107,12 +117,17 @@ export class CopyState {
       loaded === undefined
         ? new DirtyBitmap(sizeBytes, intentRegionBytes)
         : DirtyBitmap.fromBytes(sizeBytes, intentRegionBytes, loaded.intent);
-    this.durable = this.intent.clone();
     this.landed = new DirtyBitmap(sizeBytes, copiedGranuleBytes);
     const regions = Math.ceil(sizeBytes / intentRegionBytes);
     this.writesStarted = new Uint32Array(regions);
     this.inFlight = new Uint32Array(regions);
     this.writesAtCheckpoint = new Uint32Array(regions);
+    this.ready = new Uint8Array(regions);
+    this.intentGens = new Uint32Array(regions);
+    // A loaded intent is in the file already.
+    for (let r = 0; r < regions; r += 1) {
+      if (this.intent.isDirty(r * intentRegionBytes, 1)) this.ready[r] = 1;
+    }
     // A state read back after a crash already tracks: the file says what it says.
     this.isTracking = loaded !== undefined;
   }
@@ -127,6 +142,11 @@ export class CopyState {
       const end = offset + length;
       const wholeEnd = end === this.shape.sizeBytes ? end : Math.floor(end / granule) * granule;
       if (wholeEnd > start) saved.mark(start, wholeEnd - start);
+    });
+    this.lastEncodeId += 1;
+    this.encodings.set(this.lastEncodeId, {
+      intent: this.intent.clone(),
+      gens: this.intentGens.slice(),
     });
     return { copied: saved.toBytes(), intent: this.intent.toBytes() };
   }
@@ -153,9 +173,13 @@ export class CopyState {
     for (let r = Math.floor(offset / region); r * region < offset + length; r += 1) {
       this.writesStarted[r] = ((this.writesStarted[r] ?? 0) + 1) >>> 0;
       this.inFlight[r] = (this.inFlight[r] ?? 0) + 1;
+      if (this.ready[r] === 1) continue;
+      isDurable = false;
       const at = r * region;
-      if (!this.intent.isDirty(at, 1)) this.intent.mark(at, 1);
-      if (!this.durable.isDirty(at, 1)) isDurable = false;
+      if (!this.intent.isDirty(at, 1)) {
+        this.intent.mark(at, 1);
+        this.intentGens[r] = ((this.intentGens[r] ?? 0) + 1) >>> 0;
+      }
     }
     if (isDurable) return undefined;
     this.writesWaited += 1;
@@ -222,6 +246,8 @@ export class CopyState {
           continue;
         const length = Math.min(region, this.shape.sizeBytes - at);
         this.intent.clear(at, length);
+        this.ready[r] = 0;
+        this.intentGens[r] = ((this.intentGens[r] ?? 0) + 1) >>> 0;
         this.copied.clear(at, length);
       }
       run = end >= this.shape.sizeBytes ? null : this.intent.nextDirty(end, this.shape.sizeBytes);
@@ -248,14 +274,29 @@ export class CopyState {
       .catch(() => undefined)
       .then(async () => {
         this.queued = undefined;
-        const intent = this.intent.clone();
-        await this.persist();
+        const id = await this.persist();
         this.persists += 1;
-        this.durable = intent;
+        this.persisted(id);
       });
     this.queued = queued;
     this.running = queued;
     return queued;
+  }
+
+  /**
+   * The persist that wrote encoding `id` completed (persists complete in order): a region is
+   * ready where that encoding had its intent set and nothing changed the bit since.
+   */
+  private persisted(id: number): void {
+    const written = this.encodings.get(id);
+    assert(written !== undefined, `persist of unknown encoding ${id}`);
+    for (const older of this.encodings.keys()) if (older <= id) this.encodings.delete(older);
+    const region = this.shape.intentRegionBytes;
+    for (let r = 0; r < this.ready.length; r += 1) {
+      const isWritten =
+        written.intent.isDirty(r * region, 1) && written.gens[r] === this.intentGens[r];
+      this.ready[r] = isWritten ? 1 : 0;
+    }
   }
 
   private regionsOf(offset: number, length: number): { first: number; last: number } {

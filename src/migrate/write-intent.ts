@@ -20,7 +20,8 @@ export class WriteIntentFilter extends PassThrough {
   override async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
     const length = data.length;
     try {
-      await this.state.beforeWrite(offset, length);
+      const waiting = this.state.beforeWrite(offset, length);
+      if (waiting !== undefined) await waiting;
       await this.next.write(offset, data, options);
     } finally {
       this.state.afterWrite(offset, length);
@@ -29,7 +30,8 @@ export class WriteIntentFilter extends PassThrough {
 
   override async writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
     try {
-      await this.state.beforeWrite(offset, length);
+      const waiting = this.state.beforeWrite(offset, length);
+      if (waiting !== undefined) await waiting;
       await this.next.writeZeroes(offset, length, options);
     } finally {
       this.state.afterWrite(offset, length);
@@ -38,7 +40,8 @@ export class WriteIntentFilter extends PassThrough {
 
   override async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
     try {
-      await this.state.beforeWrite(offset, length);
+      const waiting = this.state.beforeWrite(offset, length);
+      if (waiting !== undefined) await waiting;
       await this.next.trim(offset, length, options);
     } finally {
       this.state.afterWrite(offset, length);

@@ -18,6 +18,7 @@ function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateB
     SHAPE,
     async () => {
       files.push(state.encode());
+      return state.lastEncodeId;
     },
     loaded,
   );
@@ -26,7 +27,7 @@ function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateB
 
 /** What a state read back from `bits` would copy, in bytes. */
 function toCopyBytes(bits: CopyStateBits): number {
-  return new CopyState(SHAPE, async () => {}, bits).toCopy(64 * KiB).dirtyBytes;
+  return new CopyState(SHAPE, async () => 0, bits).toCopy(64 * KiB).dirtyBytes;
 }
 
 test('copy state: copies count only once flushed, and a resume copies the rest', async () => {
@@ -96,7 +97,7 @@ test('copy state: a checkpoint clears a quiet intent with its copied bits, never
   await state.checkpoint(async () => {});
   const file = files.at(-1);
   assert.ok(file !== undefined);
-  const read = new CopyState(SHAPE, async () => {}, file);
+  const read = new CopyState(SHAPE, async () => 0, file);
   // Region 0: intent gone, copied gone: copied again. Region 1: intent kept.
   assert.equal(read.toCopy(64 * KiB).dirtyBytes, 8 * MiB);
   state.afterWrite(MiB, 4 * KiB);
@@ -144,6 +145,7 @@ test('copy state: a coarse saved granule is copied only where all of it is', asy
   const files: CopyStateBits[] = [];
   const state: CopyState = new CopyState(coarse, async () => {
     files.push(state.encode());
+    return state.lastEncodeId;
   });
   state.startTracking();
   state.copyLanded(state.copyStarting(0, 768 * KiB));
@@ -151,6 +153,6 @@ test('copy state: a coarse saved granule is copied only where all of it is', asy
   assert.equal(state.copiedBytes, 768 * KiB);
   const file = files.at(-1);
   assert.ok(file !== undefined);
-  const read = new CopyState(coarse, async () => {}, file);
+  const read = new CopyState(coarse, async () => 0, file);
   assert.equal(read.copiedBytes, 512 * KiB, 'the half-copied granule is copied again');
 });
