@@ -156,3 +156,47 @@ test('copy state: a coarse saved granule is copied only where all of it is', asy
   const read = new CopyState(coarse, async () => 0, file);
   assert.equal(read.copiedBytes, 512 * KiB, 'the half-copied granule is copied again');
 });
+
+test('copy state: an intent cleared and set again while a persist was in flight waits for the next one', async () => {
+  const gates: Array<() => void> = [];
+  const state: CopyState = new CopyState(SHAPE, async () => {
+    state.encode();
+    const id = state.lastEncodeId;
+    await new Promise<void>((resolve) => gates.push(resolve));
+    return id;
+  });
+  const release = async (): Promise<void> => {
+    while (gates.length === 0) await new Promise((resolve) => setImmediate(resolve));
+    gates.shift()?.();
+    await new Promise((resolve) => setImmediate(resolve));
+  };
+  state.startTracking();
+  const first = state.beforeWrite(0, 4 * KiB);
+  await release();
+  await first;
+  state.afterWrite(0, 4 * KiB);
+  const busy = state.checkpoint(async () => {}); // region 0 was written: it keeps its intent
+  await release();
+  await busy;
+  // A persist in flight that writes region 0's intent set (for a write to region 5)...
+  const other = state.beforeWrite(5 * MiB, 4 * KiB);
+  await new Promise((resolve) => setImmediate(resolve));
+  // ...while a checkpoint clears region 0 (idle) and a write sets it again.
+  const idle = state.checkpoint(async () => {});
+  await new Promise((resolve) => setImmediate(resolve));
+  const again = state.beforeWrite(0, 4 * KiB);
+  assert.ok(again !== undefined, 'the write waits for a persist');
+  await release(); // the persist that wrote the old bit completes
+  await other;
+  state.afterWrite(5 * MiB, 4 * KiB);
+  const next = state.beforeWrite(64 * KiB, 4 * KiB);
+  assert.ok(next !== undefined, 'the old persist does not make the new bit durable');
+  await release(); // the persist that writes the new bit (and the checkpoint's clear)
+  await Promise.all([again, idle]);
+  await release(); // the one `next` asked for, queued behind it
+  await next;
+  state.afterWrite(0, 4 * KiB);
+  state.afterWrite(64 * KiB, 4 * KiB);
+  assert.equal(state.beforeWrite(0, 4 * KiB), undefined, 'durable once its own persist is done');
+  state.afterWrite(0, 4 * KiB);
+});
