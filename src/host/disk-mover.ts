@@ -271,7 +271,8 @@ export async function prepareResumedMove(
         descriptor,
         device,
         stats: new Stats(device),
-        isAllocationDeferred: false,
+        // A thick image the first run deferred may still have holes: `allocate` fills only those.
+        isAllocationDeferred: saved.provisioning === 'thick',
         isSharingExtents: false,
       });
     }
