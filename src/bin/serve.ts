@@ -16,6 +16,7 @@ import {
   CRASH_POINTS,
   type CrashPoint,
   RECEIVE_CRASH_POINTS,
+  RELEASE_CRASH_POINTS,
   VM_CRASH_POINTS,
 } from '../host/disk-mover.js';
 import { Agent, checkName, PeerRegistry } from '../host/index.js';
@@ -255,7 +256,12 @@ function watchSignals(log: PinoLogger): SignalWatch {
 function crashPointFromEnv(log: PinoLogger): { crashAt?: CrashPoint } {
   const value = process.env.FERRY_CRASH_AT;
   if (value === undefined || value === '') return {};
-  const points: readonly string[] = [...CRASH_POINTS, ...RECEIVE_CRASH_POINTS, ...VM_CRASH_POINTS];
+  const points: readonly string[] = [
+    ...CRASH_POINTS,
+    ...RELEASE_CRASH_POINTS,
+    ...RECEIVE_CRASH_POINTS,
+    ...VM_CRASH_POINTS,
+  ];
   if (!points.includes(value)) {
     throw new Error(`FERRY_CRASH_AT=${value}: expected one of ${points.join(', ')}`);
   }

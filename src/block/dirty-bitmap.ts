@@ -123,6 +123,25 @@ export class DirtyBitmap {
     return copy;
   }
 
+  /** The bits as bytes, granule 0 in bit 0 of byte 0 (little-endian words): for persisting. */
+  toBytes(): Buffer {
+    const bytes = Buffer.alloc(this.words.byteLength);
+    for (const [i, word] of this.words.entries()) bytes.writeUInt32LE(word, i * 4);
+    return bytes;
+  }
+
+  /** A bitmap of this shape from `toBytes()`'s output; fails if the length does not fit. */
+  static fromBytes(sizeBytes: number, granularityBytes: number, bytes: Buffer): DirtyBitmap {
+    const bitmap = new DirtyBitmap(sizeBytes, granularityBytes);
+    assert(bytes.length === bitmap.words.byteLength, 'persisted bitmap of another shape');
+    for (let i = 0; i < bitmap.words.length; i += 1) {
+      const word = bytes.readUInt32LE(i * 4);
+      bitmap.words[i] = word;
+      for (let bits = word; bits !== 0; bits &= bits - 1) bitmap.dirtyGranules += 1;
+    }
+    return bitmap;
+  }
+
   /** A new bitmap dirty where both this and `other` are (same shape): blocks hot in two passes. */
   intersection(other: DirtyBitmap): DirtyBitmap {
     this.checkAlike(other);

@@ -38,6 +38,7 @@ import { NetworkRegistry } from './networks.js';
 import { Receiver, recoverReceives } from './receiver.js';
 import type { PeerLink } from './remote-mover.js';
 import { recoverRemoteMoves } from './remote-recovery.js';
+import { type ResumableMove, ResumableMoves } from './resumable-moves.js';
 import { settleVmMotions } from './vm-motion-recovery.js';
 import { recoverVmReceives, VmReceiver } from './vm-receiver.js';
 import { RUN_DIR, VmRuntime } from './vm-runtime.js';
@@ -56,6 +57,7 @@ export type {
   VmMove,
   VmMoveResult,
 } from './moves.js';
+export type { ResumableMove } from './resumable-moves.js';
 export type { CreateVmRequest, VmInfo } from './vm-service.js';
 
 /**
@@ -146,6 +148,8 @@ export class Agent {
   private readonly publisher: DiskPublisher;
   /** Disks and VMs moving to another datastore or host, and what they hold busy. */
   private readonly moves: Moves;
+  /** Local moves a crash interrupted, kept to resume (resumable-moves.ts). */
+  private readonly resumable: ResumableMoves;
   /** Disks held at start until a peer says where their cross-host move ended. */
   private readonly held: HeldDisks;
   /** VMs whose move a restart interrupted, while their QEMU is driven to the end of it. */
@@ -260,10 +264,23 @@ export class Agent {
       datastores: () => this.registry.list(),
       peerNamed,
       entryOf: (name) => this.entryOf(name),
-      checkNotHeld: (name) => this.held.checkNotHeld(name),
+      checkNotHeld: (name) => {
+        this.held.checkNotHeld(name);
+        this.resumable.checkNotOffered(name);
+      },
       keepHeld: (name) => this.held.keepHeld(name),
       isRecovering: (vm) => this.interrupted.isRecovering(vm),
       serialize: (task) => this.serialize(task),
+    });
+    this.resumable = new ResumableMoves({
+      journal: this.journal,
+      log: this.log,
+      moverHost: () => this.moves.moverHost(),
+      datastoreNamed,
+      findEntry: (name) => this.exports.get(name),
+      serialize: (task) => this.serialize(task),
+      adopt: (prepared, entry, to) => this.moves.adopt(prepared, entry, to),
+      adoptVm: (prepared, vm, entries, to) => this.moves.adoptVm(prepared, vm, entries, to),
     });
   }
 
@@ -302,6 +319,9 @@ export class Agent {
       });
       agent.warnings.push(...vmMotions.messages);
       for (const datastore of registry.list()) await agent.publisher.openDatastore(datastore);
+      for (const { resumable } of recovered) {
+        if (resumable !== undefined) await agent.resumable.offer(resumable.record, resumable.file);
+      }
       await agent.held.holdUnresolved(remote);
       agent.vms.nowServing();
       agent.interrupted.drive(vmMotions.pending);
@@ -406,6 +426,24 @@ export class Agent {
     onEvent: (event: MigrationEvent) => void,
   ): Promise<DiskMove> {
     return this.moves.moveDisk(request, onEvent);
+  }
+
+  /**
+   * Local moves a crash interrupted before their commit, kept to resume (issue 10, contract 2):
+   * found at open, until resumed or abandoned. Their disks serve from their sources meanwhile.
+   */
+  resumableMoves(): readonly ResumableMove[] {
+    return this.resumable.list();
+  }
+
+  /** Continues interrupted move `id` from its persisted copy state (resumable-moves.ts). */
+  resumeMove(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove | VmMove> {
+    return this.resumable.resume(id, onEvent);
+  }
+
+  /** Rolls interrupted move `id` back: the source stays, the partial copy is deleted. */
+  abandonMove(id: string): Promise<void> {
+    return this.resumable.abandon(id);
   }
 
   /** Starts moving disk `name` to another host while it stays served (moves.ts). */

@@ -4,13 +4,20 @@ import { performance } from 'node:perf_hooks';
 import { createRawImage, openRawFile, type RawFileDevice } from '../block/raw-file.js';
 import { Stats } from '../block/stats.js';
 import { FileCopyOffload } from '../migrate/copy-offload.js';
+import type { CopyState } from '../migrate/copy-state.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
-import type { MethodName, MethodTuning, Scratch } from '../migrate/method.js';
+import {
+  METHOD_TUNING_DEFAULT,
+  type MethodName,
+  type MethodTuning,
+  type Scratch,
+} from '../migrate/method.js';
 import { Migration, type MigrationEvent, type MigrationResult } from '../migrate/migration.js';
 import { assert } from '../util/assert.js';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import type { CommitMark } from './commit-mark.js';
+import { CopyStateFile } from './copy-state-file.js';
 import type { Datastore } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import type { DiskStack } from './disk-stack.js';
@@ -81,11 +88,18 @@ export const CRASH_POINTS = ['copy', 'final-copy', 'before-commit', 'after-commi
  * descriptor durable, before it answers the source, which then cannot learn the outcome.
  */
 export const RECEIVE_CRASH_POINTS = ['receive-commit'] as const;
+/**
+ * A local move (issue 10): just after the guest resumes on the destination, before the sources
+ * are buried, once the guest has had `AFTER_RELEASE_MS` to write there.
+ */
+export const RELEASE_CRASH_POINTS = ['after-release'] as const;
+const AFTER_RELEASE_MS = 300;
 /** A VM's move to another host (issue 8): once QEMU has started sending the memory. */
 export const VM_CRASH_POINTS = ['memory'] as const;
 export type CrashPoint =
   | (typeof CRASH_POINTS)[number]
   | (typeof RECEIVE_CRASH_POINTS)[number]
+  | (typeof RELEASE_CRASH_POINTS)[number]
   | (typeof VM_CRASH_POINTS)[number];
 
 export interface PreparedMove {
@@ -174,7 +188,100 @@ export async function prepareMove(
     await host.journal.remove(record.id);
     throw error;
   }
-  const move = new MoveRun(host, spec, record, targets, mark, onEvent);
+  let file: CopyStateFile;
+  try {
+    file = await CopyStateFile.create(
+      host.journal.copyStatePathOf(record.id),
+      targets.map(({ descriptor }) => ({
+        disk: descriptor.name,
+        provisioning: descriptor.provisioning,
+        sizeBytes: descriptor.sizeBytes,
+      })),
+      copiedGranuleOf(spec),
+    );
+  } catch (error) {
+    await discardPrepared(host, spec, record, targets, mark);
+    throw error;
+  }
+  const move = new MoveRun(host, spec, record, targets, mark, file, false, onEvent);
+  return { id: record.id, migration: move.migration, run: () => move.run() };
+}
+
+/** The copy granule of a move's persisted state: the methods' tracking granule. */
+function copiedGranuleOf(spec: MoveSpec): number {
+  return spec.tuning?.granularityBytes ?? METHOD_TUNING_DEFAULT.granularityBytes;
+}
+
+async function discardPrepared(
+  host: MoverHost,
+  spec: MoveSpec,
+  record: MoveRecord,
+  targets: readonly MoveTarget[],
+  mark: CommitMark,
+): Promise<void> {
+  for (const target of targets) await target.device.close().catch(() => undefined);
+  for (const { descriptor } of targets) {
+    await spec.to.removeFile(descriptor.image).catch(() => undefined);
+  }
+  if (spec.home !== undefined) {
+    await removeHome(homeMovePath(spec.to, spec.home.vm)).catch(() => undefined);
+  }
+  await mark.close();
+  await host.journal.remove(record.id);
+}
+
+/**
+ * A local move a crash interrupted before its commit, continued (issue 10): recovery kept its
+ * record, destination images and copy state (move-recovery.ts); the disks are served from their
+ * sources with the state's write-intent filter. The same steps as a fresh move from step 4, with
+ * the first copy pass limited to what the state does not vouch for (copy-state.ts). A VM's home
+ * is copied again (recovery dropped the partial copy: small files).
+ */
+export async function prepareResumedMove(
+  host: MoverHost,
+  spec: MoveSpec,
+  record: MoveRecord,
+  file: CopyStateFile,
+  onEvent: (event: MigrationEvent) => void,
+): Promise<PreparedMove> {
+  const { to, home } = spec;
+  await to.checkAvailable();
+  const targets: MoveTarget[] = [];
+  const mark = await host.journal.createCommitMark(record.id);
+  try {
+    if (home !== undefined) {
+      await removeHome(homeMovePath(to, home.vm));
+      await copyHome(homePath(home.from, home.vm), homeMovePath(to, home.vm));
+    }
+    for (const entry of spec.entries) {
+      const name = entry.descriptor.name;
+      const saved = file.disks.find((each) => each.disk === name);
+      const disk = record.disks.find((each) => each.disk === name);
+      assert(saved !== undefined && disk !== undefined, `move ${record.id} has no disk ${name}`);
+      const descriptor = {
+        ...entry.descriptor,
+        provisioning: saved.provisioning,
+        image: disk.image,
+      };
+      const device = await openRawFile(to.imagePath(descriptor), {
+        provisioning: saved.provisioning,
+      });
+      targets.push({
+        entry,
+        descriptor,
+        device,
+        stats: new Stats(device),
+        // A thick image the first run deferred may still have holes: `allocate` fills only those.
+        isAllocationDeferred: saved.provisioning === 'thick',
+        isSharingExtents: false,
+      });
+    }
+  } catch (error) {
+    for (const target of targets) await target.device.close().catch(() => undefined);
+    await mark.close();
+    throw error;
+  }
+  const move = new MoveRun(host, spec, record, targets, mark, file, true, onEvent);
   return { id: record.id, migration: move.migration, run: () => move.run() };
 }
 
@@ -266,6 +373,8 @@ class MoveRun {
     record: MoveRecord,
     private readonly targets: readonly MoveTarget[],
     private readonly mark: CommitMark,
+    private readonly file: CopyStateFile,
+    isResumed: boolean,
     private readonly onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
@@ -281,6 +390,7 @@ class MoveRun {
         offload: new FileCopyOffload(target.entry.stack.raw, target.device, {
           isReflinkAllowed: target.isSharingExtents,
         }),
+        ...withCopyState(file, target.descriptor.name, isResumed),
       })),
       {
         method: spec.method,
@@ -304,6 +414,10 @@ class MoveRun {
       isCommitted: () => this.isCommitted,
       discard: () => this.discardTargets(),
     });
+    if (this.host.crashAt === 'after-release') {
+      await new Promise((resolve) => setTimeout(resolve, AFTER_RELEASE_MS));
+      this.crashIf('after-release');
+    }
     await this.finish();
     return result;
   }
@@ -386,6 +500,7 @@ class MoveRun {
     }
     if (home !== undefined) await removeHome(homePath(home.from, home.vm));
     await this.mark.close();
+    await this.file.remove();
     await journal.remove(this.record.id);
     this.onEvent({ type: 'cost', part: 'source deletion', ms: elapsedMs(startedAtMs) });
     log.info({ move: this.record.id, to: to.name }, `${this.label} moved`);
@@ -409,6 +524,7 @@ class MoveRun {
         if (this.isHomePlaced) await removeHome(homePath(to, home.vm));
       }
       await this.mark.close();
+      await this.file.remove();
       await this.host.journal.remove(this.record.id);
     } catch (error) {
       // The journal stays: the next start finishes the cleanup.
@@ -469,6 +585,15 @@ async function sharesExtents(source: RawFileDevice, to: Datastore): Promise<bool
 
 /** One file-system block: what the reflink probe clones. */
 const PROBE_BYTES = 4096;
+
+function withCopyState(
+  file: CopyStateFile,
+  disk: string,
+  isResumed: boolean,
+): { copyState?: CopyState; isResumed?: boolean } {
+  const copyState = file.stateOf(disk);
+  return copyState === undefined ? {} : { copyState, isResumed };
+}
 
 /** Milliseconds since `startedAtMs`, to two decimals, for a `cost` event. */
 function elapsedMs(startedAtMs: number): number {

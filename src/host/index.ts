@@ -7,6 +7,7 @@ export {
   type DiskInfo,
   type ImportDiskRequest,
   type MoveVmRequest,
+  type ResumableMove,
   type VmInfo,
   type VmMove,
   type VmMoveResult,

@@ -1,7 +1,7 @@
 import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorCodeOf, errorMessageOf } from '../util/errors.js';
-import { readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
+import { isTemporaryName, readJson, syncDirectory, writeJsonAtomic } from './atomic-file.js';
 import { CommitMark } from './commit-mark.js';
 
 /**
@@ -76,9 +76,17 @@ export class MoveJournal {
     this.dir = dir;
   }
 
+  /**
+   * Opens the journal of the agent that holds the data dir's lock; deletes what a write cut
+   * short by a crash left (temporary files: a record or copy state is replaced whole or not at
+   * all, so they hold nothing the journal needs).
+   */
   static async open(dataDir: string): Promise<MoveJournal> {
     const dir = join(dataDir, JOURNAL_DIR);
     await mkdir(dir, { recursive: true });
+    for (const fileName of await readdir(dir)) {
+      if (isTemporaryName(fileName)) await unlink(join(dir, fileName));
+    }
     return new MoveJournal(dir);
   }
 
@@ -91,8 +99,21 @@ export class MoveJournal {
     return CommitMark.create(this.markPathOf(id), id);
   }
 
+  /**
+   * Deletes move `id`'s commit mark, which must be unset (`list` read the record uncommitted): a
+   * resumed move creates a fresh one.
+   */
+  async removeCommitMark(id: string): Promise<void> {
+    try {
+      await unlink(this.markPathOf(id));
+    } catch (error) {
+      if (errorCodeOf(error) !== 'ENOENT') throw error;
+    }
+    await syncDirectory(this.dir);
+  }
+
   async remove(id: string): Promise<void> {
-    for (const path of [this.pathOf(id), this.markPathOf(id)]) {
+    for (const path of [this.pathOf(id), this.markPathOf(id), this.copyStatePathOf(id)]) {
       try {
         await unlink(path);
       } catch (error) {
@@ -123,6 +144,11 @@ export class MoveJournal {
     }
     records.sort((a, b) => a.startedAt.localeCompare(b.startedAt));
     return { records, problems };
+  }
+
+  /** Move `id`'s persisted copy state (copy-state-file.ts), removed with the record. */
+  copyStatePathOf(id: string): string {
+    return join(this.dir, `${id}.bitmap`);
   }
 
   private pathOf(id: string): string {

@@ -3,6 +3,7 @@ import { openRawFile, type RawFileDevice } from '../block/raw-file.js';
 import { applyRedoLog } from '../migrate/methods/snapshot.js';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import { CopyStateFile } from './copy-state-file.js';
 import type { Datastore } from './datastore.js';
 import type { MoveDiskRecord, MoveJournal, MoveRecord } from './move-journal.js';
 import { homeMovePath, homePath, pathIsDirectory, placeHome, removeHome } from './vm-home.js';
@@ -23,6 +24,14 @@ import { homeMovePath, homePath, pathIsDirectory, placeHome, removeHome } from '
  *   source image and flush it. Then delete every destination descriptor, image and log, the
  *   home's copy, the record.
  *
+ * - not committed, a move inside this host with a persisted copy state (copy-state-file.ts): kept
+ *   to resume (issue 10) instead. The redo logs are merged as above (the state's intent bits
+ *   cover every region they hold, so the resumed copy carries them again) and deleted, with the
+ *   destination descriptors and the home's copy; the destination images and the state stay, and
+ *   the record stays with no redo logs. The agent serves the sources with the state's
+ *   write-intent filter and offers the move (`Agent.resumableMoves`). Doing this again at the
+ *   next start finds nothing more to merge or delete: a move nobody resumed stays offered.
+ *
  * A record whose datastores are not all available is left for a later start, with a warning:
  * its disks are then not served (the scan skips a source with a tombstone, and an uncommitted
  * destination has no descriptor), which is safer than serving a copy that may be stale.
@@ -30,8 +39,10 @@ import { homeMovePath, homePath, pathIsDirectory, placeHome, removeHome } from '
 export interface RecoveryOutcome {
   /** The disk, or the VM for a VM move. */
   readonly disk: string;
-  readonly outcome: 'finished' | 'rolled-back' | 'left';
+  readonly outcome: 'finished' | 'rolled-back' | 'left' | 'resumable';
   readonly message: string;
+  /** With `resumable`: the record (no redo logs left) and its copy state. */
+  readonly resumable?: { readonly record: MoveRecord; readonly file: CopyStateFile };
 }
 
 export async function recoverMoves(
@@ -53,6 +64,16 @@ export async function recoverMoves(
         sources.set(name, await availableDatastore(datastoreNamed, name));
       }
       const isCommitted = await decide(record, to);
+      const file =
+        isCommitted || !isResumable(record)
+          ? undefined
+          : await CopyStateFile.load(journal.copyStatePathOf(record.id));
+      if (file !== undefined) {
+        const outcome = await keepResumable(journal, record, file, sources, to);
+        log.warn({ subject, move: record.id }, outcome.message);
+        outcomes.push(outcome);
+        continue;
+      }
       const outcome = isCommitted
         ? await finishCommitted(record, sources, to)
         : await rollBack(record, sources, to);
@@ -66,6 +87,54 @@ export async function recoverMoves(
     }
   }
   return outcomes;
+}
+
+/** Whether an uncommitted move may resume: one inside this host, of disks or of a VM. */
+function isResumable(record: MoveRecord): boolean {
+  return !isRemote(record) && record.committed === false;
+}
+
+async function keepResumable(
+  journal: MoveJournal,
+  record: MoveRecord,
+  file: CopyStateFile,
+  sources: Map<string, Datastore>,
+  to: Datastore,
+): Promise<RecoveryOutcome> {
+  let appliedBytes = 0;
+  for (const disk of record.disks) {
+    if (file.stateOf(disk.disk) === undefined) {
+      throw new Error(`the copy state of move ${record.id} has no disk ${disk.disk}`);
+    }
+    const from = sourceOf(sources, disk.from);
+    if (disk.redoLogs.length > 0) appliedBytes += await applyRedoLogs(disk, from, to);
+    await to.removeDescriptor(disk.disk);
+  }
+  // Durable before the logs go: a crash in between finds a record naming no log, never a
+  // record naming a log half deleted.
+  if (record.vm !== null && record.homeFrom !== null) {
+    // The resume copies the home again (small files); a commit cut short may have placed it.
+    await removeHome(homeMovePath(to, record.vm));
+    const source = homePath(sourceOf(sources, record.homeFrom), record.vm);
+    if (await pathIsDirectory(source)) await removeHome(homePath(to, record.vm));
+  }
+  const kept: MoveRecord = {
+    ...record,
+    disks: record.disks.map((disk) => ({ ...disk, redoLogs: [] })),
+  };
+  await journal.write(kept);
+  await journal.removeCommitMark(record.id);
+  for (const disk of record.disks) {
+    for (const redoLog of disk.redoLogs) await to.removeFile(redoLog);
+  }
+  const copiedBytes = file.disks.reduce((sum, each) => sum + each.state.copiedBytes, 0);
+  const merged = appliedBytes > 0 ? ` (${appliedBytes} bytes of redo log merged back)` : '';
+  return {
+    disk: record.disks[0]?.disk ?? '',
+    outcome: 'resumable',
+    message: `interrupted move ${record.id} of ${subjectOf(record)} (→ ${to.name}) had not committed: it is served from its source${merged}, and can resume with ${copiedBytes} bytes already copied`,
+    resumable: { record: kept, file },
+  };
 }
 
 export function isRemote(record: MoveRecord): boolean {

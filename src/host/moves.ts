@@ -179,6 +179,20 @@ export class Moves {
   }
 
   /**
+   * Runs a move prepared elsewhere (a resumed one: resumable-moves.ts) of one disk, and holds the
+   * disk busy as `moveDisk` does until it settles.
+   */
+  adopt(prepared: PreparedMove, entry: DiskEntry, to: Datastore): DiskMove {
+    const name = entry.descriptor.name;
+    this.checkNotMoving(name);
+    const from = entry.datastore.name;
+    const done = prepared
+      .run()
+      .then((result): MoveResult => ({ ...result, disk: name, from, to: to.name }));
+    return this.track(prepared, done, [name]);
+  }
+
+  /**
    * Starts moving disk `name` to another host while it stays served (issue 7; remote-mover.ts
    * has the steps). Resolves once the peer has created the destination and the connections to
    * it are open; `done` settles when the move finished or failed. After it, the disk lives on
@@ -256,19 +270,41 @@ export class Moves {
         { vm: request.name, disks, from: from.name, to: to.name, move: prepared.id },
         'VM move started',
       );
-      const done = prepared.run().then(async (result): Promise<VmMoveResult> => {
-        this.host.vms.table.set({ config: vm.config, datastore: to });
-        await this.host.vms.runtime
-          .moveConsole(request.name, homePath(to, request.name))
-          .catch((error: unknown) => {
-            this.host.log.warn(
-              { vm: request.name, err: error },
-              'the console could not follow the home',
-            );
-          });
-        return { ...result, vm: request.name, disks, from: from.name, to: to.name };
+      return this.trackVm(request.name, prepared, this.runVmMove(prepared, vm, to, disks), disks);
+    });
+  }
+
+  /**
+   * Runs a move prepared elsewhere (a resumed one: resumable-moves.ts) of VM `name`'s `entries`
+   * and home, and holds them busy as `moveVm` does until it settles.
+   */
+  adoptVm(
+    prepared: PreparedMove,
+    name: string,
+    entries: readonly DiskEntry[],
+    to: Datastore,
+  ): VmMove {
+    const vm = this.host.vms.entryOf(name);
+    this.checkVmNotMoving(vm);
+    const disks = entries.map((entry) => entry.descriptor.name);
+    return this.trackVm(name, prepared, this.runVmMove(prepared, vm, to, disks), disks);
+  }
+
+  /** Runs a local VM move; once done, the VM's table entry and console follow its home. */
+  private runVmMove(
+    prepared: PreparedMove,
+    vm: VmEntry,
+    to: Datastore,
+    disks: readonly string[],
+  ): Promise<VmMoveResult> {
+    const name = vm.config.name;
+    const from = vm.datastore;
+    return prepared.run().then(async (result): Promise<VmMoveResult> => {
+      this.host.vms.table.set({ config: vm.config, datastore: to });
+      await this.host.vms.runtime.moveConsole(name, homePath(to, name)).catch((error: unknown) => {
+        this.host.log.warn({ vm: name, err: error }, 'the console could not follow the home');
       });
-      return this.trackVm(request.name, prepared, done, disks);
+      return { ...result, vm: name, disks, from: from.name, to: to.name };
     });
   }
 
@@ -433,7 +469,8 @@ export class Moves {
   }
 
   /** What a mover needs of this host: the exports, the journal, the log, the crash seam. */
-  private moverHost(): MoverHost {
+  /** What a disk move needs of the host (disk-mover.ts). */
+  moverHost(): MoverHost {
     const { exports, journal, log, crashAt } = this.host;
     return { exports, journal, log, ...(crashAt === undefined ? {} : { crashAt }) };
   }

@@ -6,6 +6,7 @@ import { Throttle } from '../block/throttle.js';
 import { assert } from '../util/assert.js';
 import { errorMessageOf } from '../util/errors.js';
 import type { CopyOffload, CopyPath } from './copy-offload.js';
+import type { CopyState } from './copy-state.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
 import type { GuestFirst } from './guest-first.js';
 import type { Progress } from './progress.js';
@@ -57,6 +58,11 @@ export interface CopierOptions {
   readonly onPath?: (path: CopyPath) => void;
   /** Sizes the bulk pass's window below `inFlightMax` from the guest's latency (guest-first.ts). */
   readonly guestFirst?: GuestFirst;
+  /**
+   * A resumable move's persisted state (copy-state.ts): each run copied from the source is
+   * reported to it, from before its bits are cleared to after its data landed.
+   */
+  readonly copyState?: CopyState;
 }
 
 export interface PassOptions {
@@ -340,6 +346,8 @@ export class Copier {
   /** Clears the run, copies it extent by extent, marks it again on failure; counts progress. */
   private async copyRun(walk: Walk, offset: number, length: number): Promise<void> {
     await walk.pass.supersede?.(offset, length);
+    const state = walk.from === this.source ? this.options.copyState : undefined;
+    const token = state?.copyStarting(offset, length);
     walk.bitmap.clear(offset, length);
     try {
       const end = offset + length;
@@ -359,6 +367,7 @@ export class Copier {
       walk.bitmap.mark(offset, length);
       throw error;
     }
+    if (token !== undefined) state?.copyLanded(token);
     if (walk.pass.countsProgress !== false) this.options.progress.add(length);
   }
 

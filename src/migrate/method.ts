@@ -1,4 +1,5 @@
 import type { BlockDevice } from '../block/device.js';
+import type { DirtyBitmap } from '../block/dirty-bitmap.js';
 import type { Copier } from './copier.js';
 import type { Progress } from './progress.js';
 
@@ -130,6 +131,11 @@ export interface MethodContext {
    * guest, such as starting a fresh redo log), then releases it.
    */
   withGuestHeld<T>(work: () => Promise<T>): Promise<T>;
+  /**
+   * Marks what the first copy pass must carry in `bitmap` (clean, at the tuning's granularity):
+   * everything, or for a resumed move what its persisted state does not vouch for (copy-state.ts).
+   */
+  markInitial(bitmap: DirtyBitmap): void;
   /** A new empty device of the source's size, in the destination datastore, named for `label`. */
   createScratch(label: string): Promise<Scratch>;
   emit(event: MethodEvent): void;

@@ -9,6 +9,7 @@ import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import { Copier, IN_FLIGHT_MAX_DEFAULT } from './copier.js';
 import type { CopyOffload, CopyPath } from './copy-offload.js';
+import type { CopyState } from './copy-state.js';
 import { cancelledError, MigrateError, MigrateErrorCode } from './errors.js';
 import { GuestFirst } from './guest-first.js';
 import {
@@ -22,6 +23,7 @@ import {
 } from './method.js';
 import { methodNamed } from './methods/index.js';
 import { Progress, type ProgressSnapshot } from './progress.js';
+import { WriteIntentFilter } from './write-intent.js';
 
 /**
  * One migration: keeps fresh destinations in step with one or more disks the guest keeps using
@@ -52,6 +54,13 @@ export interface MigrationDisk {
   readonly createScratch: (label: string) => Promise<Scratch>;
   /** Both images are files on this host: the copier lets the kernel move the data. */
   readonly offload?: CopyOffload;
+  /**
+   * A resumable move's persisted state (copy-state.ts): its write-intent filter goes in the
+   * guest's path with the method's, the copier reports to it, and the migration checkpoints it.
+   */
+  readonly copyState?: CopyState;
+  /** The target already holds what `copyState` says: the first pass copies only the rest. */
+  readonly isResumed?: boolean;
 }
 
 export interface MigrationOptions {
@@ -106,6 +115,8 @@ export interface MigrationResult {
 
 /** A flush faster than this leaves little for the one in the stun. */
 const PRE_FLUSH_QUICK_MS = 3;
+/** How often a resumable move's copy state is made durable: at most this much copy is redone. */
+const CHECKPOINT_MS = 1000;
 const PRE_FLUSH_ROUNDS_MAX = 5;
 
 export class Migration {
@@ -136,7 +147,7 @@ export class Migration {
     this.requestedMethod = options.method;
     this.methodNow = options.method;
     this.tuning = { ...METHOD_TUNING_DEFAULT, ...options.tuning };
-    this.progress = new Progress(disks.reduce((sum, disk) => sum + disk.source.size, 0));
+    this.progress = new Progress(disks.reduce((sum, disk) => sum + bytesToCopy(disk), 0));
     this.log = options.log ?? silentLogger;
   }
 
@@ -213,6 +224,7 @@ export class Migration {
    * to its source, on any failure before the commit.
    */
   async run(): Promise<MigrationResult> {
+    const checkpoints = this.startCheckpoints();
     try {
       for (const disk of this.disks) {
         this.checkCancelled();
@@ -237,6 +249,7 @@ export class Migration {
       if (!this.isCommitted && !isUnknown) await this.rollback(error);
       throw error;
     } finally {
+      await checkpoints.stop();
       for (const guestFirst of this.guestFirsts) guestFirst.stop();
       await Promise.all(
         this.runs.map((run) =>
@@ -250,6 +263,9 @@ export class Migration {
 
   private startMethod(disk: MigrationDisk): MethodRun {
     const touched = new DirtyBitmap(disk.target.size, this.tuning.granularityBytes);
+    // A resumed target holds data: no range of it may be trusted to read as zeros.
+    if (disk.isResumed === true) touched.markAll();
+    const state = disk.copyState;
     const targetLatency: LatencyTotals = { operations: 0, latencySumUs: 0 };
     this.targetLatencies.push(targetLatency);
     const target = new DirtyTracker(new LatencyMeter(disk.target, targetLatency), touched);
@@ -270,6 +286,7 @@ export class Migration {
         this.copiers[0]?.speedBytesPerSecond ?? this.options.speedBytesPerSecond ?? 0,
       ...(disk.offload === undefined ? {} : { offload: disk.offload }),
       ...(guestFirst === undefined ? {} : { guestFirst }),
+      ...(state === undefined ? {} : { copyState: state }),
       onPath: (path) => this.options.onEvent?.({ type: 'offload', disk: disk.name, path }),
     });
     this.copiers.push(copier);
@@ -284,16 +301,60 @@ export class Migration {
       // window sees the latency the guest sees, range-lock waits and mirrored writes included.
       interpose: (device) => {
         guestFirst?.start();
-        const metered = new LatencyMeter(device, guestLatency);
-        return this.withHeld([disk], async () => void disk.switch.repoint(metered));
+        const below = state === undefined ? device : new WriteIntentFilter(device, state);
+        const metered = new LatencyMeter(below, guestLatency);
+        return this.withHeld([disk], async () => {
+          disk.switch.repoint(metered);
+          state?.startTracking();
+        });
       },
       withGuestHeld: (work) => this.withHeld([disk], work),
       createScratch: disk.createScratch,
+      markInitial: (bitmap) => {
+        if (state !== undefined && disk.isResumed === true) {
+          bitmap.merge(state.toCopy(bitmap.granularityBytes));
+        } else {
+          bitmap.markAll();
+        }
+      },
       emit: (event) => {
         if (event.type === 'method') this.methodNow = event.method;
         this.options.onEvent?.(event);
       },
     });
+  }
+
+  /**
+   * Every `CHECKPOINT_MS`, one disk after another, each resumable disk's state checkpoints
+   * (copy-state.ts: flush the target, count what landed, clear quiet intents, persist). A failed
+   * checkpoint is logged: the state on disk stays the last good one, which is still true.
+   */
+  private startCheckpoints(): { stop(): Promise<void> } {
+    const states = this.disks.flatMap((disk) =>
+      disk.copyState === undefined ? [] : [{ disk, state: disk.copyState }],
+    );
+    if (states.length === 0) return { stop: async () => {} };
+    let running: Promise<void> | undefined;
+    const timer = setInterval(() => {
+      if (running !== undefined) return;
+      running = (async () => {
+        for (const { disk, state } of states) {
+          await state
+            .checkpoint(() => disk.target.flush())
+            .catch((error: unknown) => {
+              this.log.warn({ disk: disk.name, err: error }, 'copy state checkpoint failed');
+            });
+        }
+      })().finally(() => {
+        running = undefined;
+      });
+    }, CHECKPOINT_MS);
+    return {
+      stop: async () => {
+        clearInterval(timer);
+        await running;
+      },
+    };
   }
 
   /** The stun: every disk paused and drained, final copies, flush, commit, re-point, resume. */
@@ -418,6 +479,12 @@ export class Migration {
   private checkCancelled(): void {
     if (this.abort.signal.aborted) throw cancelledError();
   }
+}
+
+/** What the migration will copy of `disk` at first: all of it, or what a resume still needs. */
+function bytesToCopy(disk: MigrationDisk): number {
+  if (disk.copyState === undefined || disk.isResumed !== true) return disk.source.size;
+  return disk.source.size - disk.copyState.copiedBytes;
 }
 
 function sumLatencies(all: readonly LatencyTotals[]): LatencyTotals {

@@ -115,7 +115,7 @@ class DbtRun implements MethodRun {
       this.isTracking = true;
       this.context.emit({ type: 'phase', phase: 'copy' });
       const whole = this.newBitmap();
-      whole.markAll();
+      this.context.markInitial(whole);
       await this.copyPass(whole, undefined, false);
       passesLeft -= 1;
     }

@@ -163,7 +163,7 @@ class MirrorRun implements MethodRun {
    */
   async converge(): Promise<void> {
     if (!this.isMirroring) {
-      this.copy.toCopy.markAll();
+      this.context.markInitial(this.copy.toCopy);
       await this.copy.start();
       this.isMirroring = true;
       this.context.emit({ type: 'phase', phase: 'copy' });

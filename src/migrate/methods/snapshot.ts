@@ -144,7 +144,7 @@ class SnapshotRun implements MethodRun {
     this.context.emit({ type: 'phase', phase: 'copy' });
     const copier = this.context.copier;
     const baseToCopy = new DirtyBitmap(overlay.size, this.context.tuning.granularityBytes);
-    baseToCopy.markAll();
+    this.context.markInitial(baseToCopy);
     this.baseToCopy = baseToCopy;
     // Not measured for the rounds: the base copy walks the disk in order, several times faster
     // than a round copies a log's scattered grains, and its rate would promise a final copy that

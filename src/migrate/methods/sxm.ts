@@ -350,7 +350,7 @@ class SxmRun implements MethodRun {
    */
   async converge(): Promise<void> {
     if (!this.isMirroring) {
-      this.state.toCopy.markAll();
+      this.context.markInitial(this.state.toCopy);
       await this.context.interpose(this.filter);
       this.isMirroring = true;
       this.filter.queue.start();

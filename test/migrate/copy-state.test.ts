@@ -1,0 +1,202 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CopyState, type CopyStateBits } from '../../src/migrate/copy-state.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SHAPE = {
+  sizeBytes: 8 * MiB,
+  copiedGranuleBytes: 64 * KiB,
+  savedGranuleBytes: 64 * KiB,
+  intentRegionBytes: MiB,
+};
+
+/** A state whose persists are recorded (the bits as each persist wrote them). */
+function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateBits[] } {
+  const files: CopyStateBits[] = [];
+  const state: CopyState = new CopyState(
+    SHAPE,
+    async () => {
+      files.push(state.encode());
+      return state.lastEncodeId;
+    },
+    loaded,
+  );
+  return { state, files };
+}
+
+/** What a state read back from `bits` would copy, in bytes. */
+function toCopyBytes(bits: CopyStateBits): number {
+  return new CopyState(SHAPE, async () => 0, bits).toCopy(64 * KiB).dirtyBytes;
+}
+
+test('copy state: copies count only once flushed, and a resume copies the rest', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  const token = state.copyStarting(0, 2 * MiB);
+  state.copyLanded(token);
+  assert.equal(state.copiedBytes, 0, 'landed is not copied before the flush');
+  let flushes = 0;
+  await state.checkpoint(async () => {
+    flushes += 1;
+  });
+  assert.equal(flushes, 1);
+  assert.equal(state.copiedBytes, 2 * MiB);
+  const last = files.at(-1);
+  assert.ok(last !== undefined);
+  assert.equal(toCopyBytes(last), 6 * MiB);
+});
+
+test('copy state: a write persists its intent first, once per region; the resume copies it again', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, 4 * MiB));
+  await state.checkpoint(async () => {});
+  const persisted = files.length;
+  const waiting = state.beforeWrite(MiB + 4 * KiB, 4 * KiB);
+  assert.ok(waiting !== undefined, 'the first write to a region waits for its intent');
+  await waiting;
+  assert.equal(files.length, persisted + 1);
+  const file = files.at(-1);
+  assert.ok(file !== undefined);
+  // The crash could come now, with the write on the source only: the resume copies its region.
+  assert.equal(toCopyBytes(file), 4 * MiB + MiB);
+  state.afterWrite(MiB + 4 * KiB, 4 * KiB);
+  assert.equal(state.beforeWrite(MiB + 64 * KiB, 4 * KiB), undefined, 'then no sync per write');
+  state.afterWrite(MiB + 64 * KiB, 4 * KiB);
+  assert.equal(files.length, persisted + 1);
+});
+
+test('copy state: a write racing a copy run keeps it from counting', async () => {
+  const { state } = recorded();
+  state.startTracking();
+  const token = state.copyStarting(0, MiB);
+  await state.beforeWrite(4 * KiB, 4 * KiB);
+  state.afterWrite(4 * KiB, 4 * KiB);
+  state.copyLanded(token);
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 0);
+  // A run that starts while a write is in flight does not count either.
+  const inFlight = state.beforeWrite(2 * MiB, 4 * KiB);
+  await inFlight;
+  const during = state.copyStarting(2 * MiB, MiB);
+  state.afterWrite(2 * MiB, 4 * KiB);
+  state.copyLanded(during);
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 0);
+});
+
+test('copy state: a checkpoint clears a quiet intent with its copied bits, never a busy one', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, 2 * MiB));
+  await state.checkpoint(async () => {});
+  await state.beforeWrite(0, 4 * KiB);
+  state.afterWrite(0, 4 * KiB);
+  await state.beforeWrite(MiB, 4 * KiB); // still in flight at the checkpoint
+  await state.checkpoint(async () => {});
+  const file = files.at(-1);
+  assert.ok(file !== undefined);
+  const read = new CopyState(SHAPE, async () => 0, file);
+  // Region 0: intent gone, copied gone: copied again. Region 1: intent kept.
+  assert.equal(read.toCopy(64 * KiB).dirtyBytes, 8 * MiB);
+  state.afterWrite(MiB, 4 * KiB);
+  await state.checkpoint(async () => {});
+  state.copyLanded(state.copyStarting(0, 2 * MiB));
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 2 * MiB);
+});
+
+test('copy state: nothing counts before tracking starts, and a failed flush loses nothing', async () => {
+  const { state } = recorded();
+  state.copyLanded(state.copyStarting(0, MiB));
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 0);
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, MiB));
+  await assert.rejects(
+    state.checkpoint(async () => {
+      throw new Error('EIO');
+    }),
+  );
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, MiB);
+});
+
+test('copy state: a region keeps its intent until idle for a whole checkpoint interval', async () => {
+  const { state, files } = recorded();
+  state.startTracking();
+  await state.checkpoint(async () => {});
+  await state.beforeWrite(3 * MiB, 4 * KiB);
+  state.afterWrite(3 * MiB, 4 * KiB);
+  await state.checkpoint(async () => {});
+  assert.equal(state.beforeWrite(3 * MiB, 4 * KiB), undefined, 'still durable: no persist');
+  state.afterWrite(3 * MiB, 4 * KiB);
+  await state.checkpoint(async () => {});
+  await state.checkpoint(async () => {});
+  const persisted = files.length;
+  assert.ok(state.beforeWrite(3 * MiB, 4 * KiB) !== undefined, 'cleared once idle');
+  state.afterWrite(3 * MiB, 4 * KiB);
+  assert.ok(files.length >= persisted);
+});
+
+test('copy state: a coarse saved granule is copied only where all of it is', async () => {
+  const coarse = { ...SHAPE, savedGranuleBytes: 512 * KiB };
+  const files: CopyStateBits[] = [];
+  const state: CopyState = new CopyState(coarse, async () => {
+    files.push(state.encode());
+    return state.lastEncodeId;
+  });
+  state.startTracking();
+  state.copyLanded(state.copyStarting(0, 768 * KiB));
+  await state.checkpoint(async () => {});
+  assert.equal(state.copiedBytes, 768 * KiB);
+  const file = files.at(-1);
+  assert.ok(file !== undefined);
+  const read = new CopyState(coarse, async () => 0, file);
+  assert.equal(read.copiedBytes, 512 * KiB, 'the half-copied granule is copied again');
+});
+
+test('copy state: an intent cleared and set again while a persist was in flight waits for the next one', async () => {
+  const gates: Array<() => void> = [];
+  const state: CopyState = new CopyState(SHAPE, async () => {
+    state.encode();
+    const id = state.lastEncodeId;
+    await new Promise<void>((resolve) => gates.push(resolve));
+    return id;
+  });
+  const release = async (): Promise<void> => {
+    while (gates.length === 0) await new Promise((resolve) => setImmediate(resolve));
+    gates.shift()?.();
+    await new Promise((resolve) => setImmediate(resolve));
+  };
+  state.startTracking();
+  const first = state.beforeWrite(0, 4 * KiB);
+  await release();
+  await first;
+  state.afterWrite(0, 4 * KiB);
+  const busy = state.checkpoint(async () => {}); // region 0 was written: it keeps its intent
+  await release();
+  await busy;
+  // A persist in flight that writes region 0's intent set (for a write to region 5)...
+  const other = state.beforeWrite(5 * MiB, 4 * KiB);
+  await new Promise((resolve) => setImmediate(resolve));
+  // ...while a checkpoint clears region 0 (idle) and a write sets it again.
+  const idle = state.checkpoint(async () => {});
+  await new Promise((resolve) => setImmediate(resolve));
+  const again = state.beforeWrite(0, 4 * KiB);
+  assert.ok(again !== undefined, 'the write waits for a persist');
+  await release(); // the persist that wrote the old bit completes
+  await other;
+  state.afterWrite(5 * MiB, 4 * KiB);
+  const next = state.beforeWrite(64 * KiB, 4 * KiB);
+  assert.ok(next !== undefined, 'the old persist does not make the new bit durable');
+  await release(); // the persist that writes the new bit (and the checkpoint's clear)
+  await Promise.all([again, idle]);
+  await release(); // the one `next` asked for, queued behind it
+  await next;
+  state.afterWrite(0, 4 * KiB);
+  state.afterWrite(64 * KiB, 4 * KiB);
+  assert.equal(state.beforeWrite(0, 4 * KiB), undefined, 'durable once its own persist is done');
+  state.afterWrite(0, 4 * KiB);
+});
