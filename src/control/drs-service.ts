@@ -1,0 +1,425 @@
+import type { StatsSnapshot } from '../block/stats.js';
+import type { DatastoreInfo, DiskInfo } from '../host/disk-info.js';
+import type { VmInfo } from '../host/vm-service.js';
+import { errorMessageOf } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import {
+  ClusterError,
+  ClusterErrorCode,
+  type ClusterRecord,
+  type ClusterStore,
+  type MaintenanceState,
+} from './clusters.js';
+import {
+  type DrsCluster,
+  type DrsDatastore,
+  type DrsResult,
+  placeDisk,
+  type Recommendation,
+  recommend,
+} from './drs.js';
+import type { JobManager } from './job-manager.js';
+import type { JobRecord } from './job-record.js';
+import { isTerminal } from './job-states.js';
+import { LatencyWindow, totalsOf } from './latency-window.js';
+
+/** What DRS needs of the agent (host/agent.ts); tests may pass a fake. */
+export interface DrsAgent {
+  listDatastores(): Promise<DatastoreInfo[]>;
+  listDisks(): Promise<DiskInfo[]>;
+  listVms(): Promise<VmInfo[]>;
+  diskStats(name: string): StatsSnapshot;
+}
+
+/** `GET /v1/clusters` entries (CONTRACTS.md, contract 3). */
+export interface ClusterView extends ClusterRecord {
+  readonly usedBytes: number;
+  readonly capacityBytes: number;
+  /** Mean guest latency over the window across the members' disks, ms; null without I/O. */
+  readonly latencyMs: number | null;
+}
+
+/** A datastore as DRS counts it. */
+export interface DatastoreUsage {
+  readonly name: string;
+  readonly capacityBytes: number;
+  readonly usedBytes: number;
+  readonly latencyMs: number | null;
+  readonly isAvailable: boolean;
+  readonly maintenance: MaintenanceState;
+  readonly cluster: string | null;
+}
+
+export interface DrsServiceOptions {
+  /** Latency window; default 60 s. */
+  readonly windowMs?: number;
+  /** How often the service samples the disks' counters and checks clusters; default 5 s. */
+  readonly tickMs?: number;
+  readonly log?: Logger;
+}
+
+const WINDOW_MS_DEFAULT = 60_000;
+const TICK_MS_DEFAULT = 5_000;
+
+/**
+ * Clusters at work: measures usage and guest latency, recommends and applies moves (drs.ts),
+ * drives maintenance mode, and places new disks. Moves go through the JobManager like any
+ * migration, so they show in `ferry job list` and obey its limits.
+ *
+ * Space used: a datastore's file system (statfs: capacity − free), unless the cluster store has a
+ * capacity for it (`ferry cluster capacity`): then capacity is that, and used is the provisioned
+ * size of Ferry's disks on it, which is what a thin disk may grow to. Datastores that share a file
+ * system (directories of one disk) need the latter, or they all look equally full.
+ */
+export class DrsService {
+  private readonly window: LatencyWindow;
+  private readonly tickMs: number;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly lastAppliedMs = new Map<string, number>();
+  private isTicking = false;
+
+  constructor(
+    private readonly agent: DrsAgent,
+    readonly store: ClusterStore,
+    private readonly jobs: JobManager | undefined,
+    private readonly options: DrsServiceOptions = {},
+  ) {
+    this.window = new LatencyWindow(options.windowMs ?? WINDOW_MS_DEFAULT);
+    this.tickMs = options.tickMs ?? TICK_MS_DEFAULT;
+  }
+
+  /** Starts the periodic tick (sampling, maintenance progress, automatic clusters). */
+  start(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setInterval(() => void this.tick(), this.tickMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Every datastore with its usage, maintenance state and cluster. */
+  async usage(): Promise<DatastoreUsage[]> {
+    const [datastores, disks] = await Promise.all([
+      this.agent.listDatastores(),
+      this.agent.listDisks(),
+    ]);
+    this.sample(disks);
+    const maintenance = this.store.inMaintenance();
+    return datastores.map((info) => this.usageOf(info, disks, maintenance.get(info.name)));
+  }
+
+  async clusters(): Promise<ClusterView[]> {
+    const usage = await this.usage();
+    return this.store.list().map((record) => this.viewOf(record, usage));
+  }
+
+  async cluster(name: string): Promise<ClusterView> {
+    const record = this.store.get(name);
+    return this.viewOf(record, await this.usage());
+  }
+
+  /** Recommendations for one cluster, or for every cluster. */
+  async recommendations(cluster?: string): Promise<DrsResult> {
+    const records = cluster === undefined ? this.store.list() : [this.store.get(cluster)];
+    const [usage, disks, vms] = await Promise.all([
+      this.usage(),
+      this.agent.listDisks(),
+      this.agent.listVms(),
+    ]);
+    const busy = this.busyDisks();
+    const result: DrsResult = { recommendations: [], problems: [] };
+    for (const record of records) {
+      const one = recommend(this.snapshotOf(record, usage, disks, vms, busy));
+      result.recommendations.push(...one.recommendations);
+      result.problems.push(...one.problems);
+    }
+    return result;
+  }
+
+  /** Queues recommendations as migrations; `ids` picks some of them (unknown ids are refused). */
+  async apply(cluster?: string, ids?: readonly string[]): Promise<JobRecord[]> {
+    const { recommendations } = await this.recommendations(cluster);
+    let chosen = recommendations;
+    if (ids !== undefined) {
+      const known = new Set(recommendations.map((one) => one.id));
+      const unknown = ids.filter((id) => !known.has(id));
+      if (unknown.length > 0) {
+        throw new ClusterError(
+          ClusterErrorCode.BadSetting,
+          `no current recommendation ${unknown.join(', ')} (usage changed, or it was applied); ` +
+            'list them again with `ferry drs recommend`',
+        );
+      }
+      chosen = recommendations.filter((one) => ids.includes(one.id));
+    }
+    return this.start_(chosen);
+  }
+
+  /** Enters maintenance: `entering` (or `on` when already empty), and queues every move off it. */
+  async enterMaintenance(
+    datastore: string,
+  ): Promise<{ state: MaintenanceState; jobs: JobRecord[]; problems: string[] }> {
+    const info = (await this.agent.listDatastores()).find((one) => one.name === datastore);
+    if (info === undefined) {
+      throw new ClusterError(
+        ClusterErrorCode.NotFound,
+        `no datastore named ${datastore}; see them with \`ferry datastore list\``,
+      );
+    }
+    const cluster = this.store.clusterOf(datastore);
+    const disks = (await this.agent.listDisks()).filter(
+      (disk) => disk.datastore === datastore && disk.host === null,
+    );
+    if (cluster === null && disks.length > 0) {
+      throw new ClusterError(
+        ClusterErrorCode.BadSetting,
+        `datastore ${datastore} is in no cluster, so there is nowhere to move its ${disks.length} ` +
+          'disk(s); put it in one with `ferry cluster create NAME --datastores ' +
+          `${datastore},OTHER\` or move them with \`ferry migrate\``,
+      );
+    }
+    if (this.store.maintenanceOf(datastore) === 'off') {
+      this.store.setMaintenance(datastore, disks.length === 0 ? 'on' : 'entering');
+    }
+    const { jobs, problems } = await this.evacuate(datastore);
+    return { state: this.store.maintenanceOf(datastore), jobs, problems };
+  }
+
+  /** Leaves maintenance at once; moves already queued off it go on. */
+  exitMaintenance(datastore: string): MaintenanceState {
+    if (this.store.maintenanceOf(datastore) === 'off') {
+      throw new ClusterError(
+        ClusterErrorCode.BadSetting,
+        `datastore ${datastore} is not in maintenance; enter it with \`ferry datastore maintenance ${datastore}\``,
+      );
+    }
+    this.store.setMaintenance(datastore, 'off');
+    return 'off';
+  }
+
+  /**
+   * Refuses `datastore` as a destination while it is in maintenance (new disks, incoming moves),
+   * with a message that says how to get out of it.
+   */
+  refuseIfInMaintenance(datastore: string): void {
+    const state = this.store.maintenanceOf(datastore);
+    if (state === 'off') return;
+    throw new ClusterError(
+      ClusterErrorCode.Maintenance,
+      `datastore ${datastore} is in maintenance (${state}): it takes no new disks and no moves; ` +
+        `choose another datastore, or end maintenance with \`ferry datastore maintenance ${datastore} --exit\``,
+    );
+  }
+
+  /**
+   * The datastore a new disk of `sizeBytes` goes to when the request names `requested`: a
+   * cluster's best member, or the datastore itself when it is not in maintenance.
+   */
+  async placeNewDisk(requested: string, sizeBytes: number): Promise<string> {
+    if (!this.store.has(requested)) {
+      this.refuseIfInMaintenance(requested);
+      return requested;
+    }
+    const record = this.store.get(requested);
+    const usage = await this.usage();
+    const members = usage.filter((one) => record.datastores.includes(one.name));
+    const best = placeDisk(members, sizeBytes, record.spaceThreshold);
+    if (best === undefined) {
+      throw new ClusterError(
+        ClusterErrorCode.BadSetting,
+        `no member of cluster ${requested} can take ${sizeBytes} bytes and stay under its ` +
+          `${(record.spaceThreshold * 100).toFixed(0)}% space threshold (or all are in maintenance); ` +
+          `add a datastore with \`ferry cluster set ${requested} --datastores ...\` or free space`,
+      );
+    }
+    return best.name;
+  }
+
+  /** One periodic step; never throws (failures are logged and retried next tick). */
+  async tick(nowMs = Date.now()): Promise<void> {
+    if (this.isTicking) return;
+    this.isTicking = true;
+    try {
+      this.sample(await this.agent.listDisks());
+      for (const [datastore, state] of this.store.inMaintenance()) {
+        if (state === 'entering') await this.evacuate(datastore);
+      }
+      for (const record of this.store.list()) {
+        if (record.automation !== 'automatic') continue;
+        const last = this.lastAppliedMs.get(record.name) ?? 0;
+        if (nowMs - last < record.intervalSeconds * 1000) continue;
+        this.lastAppliedMs.set(record.name, nowMs);
+        const started = await this.apply(record.name);
+        if (started.length > 0) {
+          this.options.log?.info(
+            { cluster: record.name, jobs: started.map((job) => job.id) },
+            'storage DRS applied its recommendations',
+          );
+        }
+      }
+    } catch (error) {
+      this.options.log?.warn({ err: error }, 'storage DRS tick failed; trying again next tick');
+    } finally {
+      this.isTicking = false;
+    }
+  }
+
+  /** Moves whatever is still on `datastore` off it; marks it `on` when nothing is left. */
+  private async evacuate(datastore: string): Promise<{ jobs: JobRecord[]; problems: string[] }> {
+    const disks = (await this.agent.listDisks()).filter(
+      (disk) => disk.datastore === datastore && disk.host === null,
+    );
+    if (disks.length === 0) {
+      if (this.store.maintenanceOf(datastore) === 'entering') {
+        this.store.setMaintenance(datastore, 'on');
+      }
+      return { jobs: [], problems: [] };
+    }
+    const cluster = this.store.clusterOf(datastore);
+    if (cluster === null) return { jobs: [], problems: [] };
+    const { recommendations, problems } = await this.recommendations(cluster);
+    const moves = recommendations.filter(
+      (one) => one.reason === 'maintenance' && one.from === datastore,
+    );
+    return { jobs: await this.start_(moves), problems };
+  }
+
+  /** Starts each move; a move the agent refuses is logged and left for the next pass. */
+  private async start_(moves: readonly Recommendation[]): Promise<JobRecord[]> {
+    const jobs = this.requireJobs();
+    const started: JobRecord[] = [];
+    for (const move of moves) {
+      try {
+        started.push(
+          await jobs.startMigration(
+            move.vm === null
+              ? { disk: move.disk, datastore: move.to }
+              : { vm: move.vm, datastore: move.to },
+          ),
+        );
+      } catch (error) {
+        this.options.log?.warn(
+          { recommendation: move.id, err: error },
+          `storage DRS could not start a move: ${errorMessageOf(error)}`,
+        );
+        if (moves.length === 1) throw error;
+      }
+    }
+    return started;
+  }
+
+  private requireJobs(): JobManager {
+    if (this.jobs === undefined) {
+      throw new ClusterError(
+        ClusterErrorCode.BadSetting,
+        'this server runs no job manager, so it cannot move disks; use `ferry serve`',
+      );
+    }
+    return this.jobs;
+  }
+
+  /** Disks (and VMs) that a job is moving now: DRS leaves them alone. */
+  private busyDisks(): Set<string> {
+    const busy = new Set<string>();
+    for (const job of this.jobs?.list() ?? []) {
+      if (isTerminal(job.state)) continue;
+      for (const disk of job.disks) busy.add(disk);
+      busy.add(job.disk);
+    }
+    return busy;
+  }
+
+  private sample(disks: readonly DiskInfo[]): void {
+    const now = Date.now();
+    const names = new Set<string>();
+    for (const disk of disks) {
+      if (disk.host !== null) continue;
+      names.add(disk.name);
+      try {
+        this.window.add(disk.name, totalsOf(this.agent.diskStats(disk.name), now));
+      } catch {
+        // Removed between the listing and now: it is gone from the next sample too.
+        names.delete(disk.name);
+      }
+    }
+    this.window.retain(names);
+  }
+
+  private usageOf(
+    info: DatastoreInfo,
+    disks: readonly DiskInfo[],
+    maintenance: MaintenanceState | undefined,
+  ): DatastoreUsage {
+    const mine = disks.filter((disk) => disk.datastore === info.name && disk.host === null);
+    const configured = this.store.capacityOf(info.name);
+    const provisionedBytes = mine.reduce((sum, disk) => sum + disk.sizeBytes, 0);
+    const capacityBytes = configured ?? info.capacityBytes ?? 0;
+    const usedBytes =
+      configured !== null ? provisionedBytes : (info.capacityBytes ?? 0) - (info.freeBytes ?? 0);
+    let operations = 0;
+    let latencySumUs = 0;
+    for (const disk of mine) {
+      const figures = this.window.figuresOf(disk.name);
+      operations += figures.operations;
+      latencySumUs += figures.latencySumUs;
+    }
+    return {
+      name: info.name,
+      capacityBytes,
+      usedBytes,
+      latencyMs: operations === 0 ? null : latencySumUs / operations / 1000,
+      isAvailable: info.isAvailable,
+      maintenance: maintenance ?? 'off',
+      cluster: this.store.clusterOf(info.name),
+    };
+  }
+
+  private viewOf(record: ClusterRecord, usage: readonly DatastoreUsage[]): ClusterView {
+    const members = usage.filter((one) => record.datastores.includes(one.name));
+    let weighted = 0;
+    let counted = 0;
+    for (const member of members) {
+      if (member.latencyMs === null) continue;
+      weighted += member.latencyMs;
+      counted += 1;
+    }
+    return {
+      ...record,
+      usedBytes: members.reduce((sum, one) => sum + one.usedBytes, 0),
+      capacityBytes: members.reduce((sum, one) => sum + one.capacityBytes, 0),
+      latencyMs: counted === 0 ? null : weighted / counted,
+    };
+  }
+
+  private snapshotOf(
+    record: ClusterRecord,
+    usage: readonly DatastoreUsage[],
+    disks: readonly DiskInfo[],
+    vms: readonly VmInfo[],
+    busy: ReadonlySet<string>,
+  ): DrsCluster {
+    const vmOf = new Map<string, string>();
+    for (const vm of vms) for (const disk of vm.disks) vmOf.set(disk, vm.name);
+    const datastores: DrsDatastore[] = usage.filter((one) => record.datastores.includes(one.name));
+    return {
+      name: record.name,
+      spaceThreshold: record.spaceThreshold,
+      latencyThresholdMs: record.latencyThresholdMs,
+      keepVmDisksTogether: record.keepVmDisksTogether,
+      datastores,
+      disks: disks
+        .filter((disk) => disk.host === null && !busy.has(disk.name))
+        .filter((disk) => !busy.has(vmOf.get(disk.name) ?? ''))
+        .map((disk) => ({
+          name: disk.name,
+          sizeBytes: disk.sizeBytes,
+          datastore: disk.datastore,
+          vm: vmOf.get(disk.name) ?? null,
+          iops: this.window.figuresOf(disk.name).iops,
+        })),
+    };
+  }
+}
