@@ -58,6 +58,11 @@ export interface DrsServiceOptions {
   readonly log?: Logger;
 }
 
+interface InFlight {
+  readonly disks: ReadonlySet<string>;
+  readonly moves: readonly { from: string; to: string; disks: readonly string[] }[];
+}
+
 const WINDOW_MS_DEFAULT = 60_000;
 const TICK_MS_DEFAULT = 5_000;
 
@@ -129,7 +134,7 @@ export class DrsService {
       this.agent.listDisks(),
       this.agent.listVms(),
     ]);
-    const busy = this.busyDisks();
+    const busy = this.inFlight();
     const result: DrsResult = { recommendations: [], problems: [] };
     for (const record of records) {
       const one = recommend(this.snapshotOf(record, usage, disks, vms, busy));
@@ -181,9 +186,9 @@ export class DrsService {
           `${datastore},OTHER\` or move them with \`ferry migrate\``,
       );
     }
-    if (this.store.maintenanceOf(datastore) === 'off') {
-      this.store.setMaintenance(datastore, disks.length === 0 ? 'on' : 'entering');
-    }
+    // `entering` until evacuate() finds nothing left (now, or at a later tick).
+    if (this.store.maintenanceOf(datastore) === 'off')
+      this.store.setMaintenance(datastore, 'entering');
     const { jobs, problems } = await this.evacuate(datastore);
     return { state: this.store.maintenanceOf(datastore), jobs, problems };
   }
@@ -267,12 +272,16 @@ export class DrsService {
     }
   }
 
-  /** Moves whatever is still on `datastore` off it; marks it `on` when nothing is left. */
+  /**
+   * Moves whatever is still on `datastore` off it (disks, and VMs whose home is there); marks it
+   * `on` when nothing is left.
+   */
   private async evacuate(datastore: string): Promise<{ jobs: JobRecord[]; problems: string[] }> {
     const disks = (await this.agent.listDisks()).filter(
       (disk) => disk.datastore === datastore && disk.host === null,
     );
-    if (disks.length === 0) {
+    const homes = (await this.agent.listVms()).filter((vm) => vm.datastore === datastore);
+    if (disks.length === 0 && homes.length === 0) {
       if (this.store.maintenanceOf(datastore) === 'entering') {
         this.store.setMaintenance(datastore, 'on');
       }
@@ -284,11 +293,45 @@ export class DrsService {
     const moves = recommendations.filter(
       (one) => one.reason === 'maintenance' && one.from === datastore,
     );
-    return { jobs: await this.start_(moves), problems };
+    const jobs = await this.start_(moves);
+    // A VM whose home is here but whose disks are not: its home follows its disks.
+    const busy = this.inFlight().disks;
+    for (const vm of homes) {
+      if (busy.has(vm.name) || moves.some((move) => move.vm === vm.name)) continue;
+      const to = await this.homeFor(cluster, datastore, vm);
+      if (to === undefined) {
+        problems.push(
+          `VM ${vm.name} has its home on ${datastore} and no other member of cluster ${cluster} ` +
+            'can take it; add a datastore to the cluster or move the VM with `ferry vm migrate`',
+        );
+        continue;
+      }
+      jobs.push(...(await this.start_([{ vm: vm.name, disk: vm.name, to }])));
+    }
+    return { jobs, problems };
+  }
+
+  /** Where a VM's home goes when its datastore enters maintenance: its disks' datastore, or the best member. */
+  private async homeFor(cluster: string, from: string, vm: VmInfo): Promise<string | undefined> {
+    const record = this.store.get(cluster);
+    const usage = (await this.usage()).filter(
+      (one) => record.datastores.includes(one.name) && one.name !== from,
+    );
+    const disks = (await this.agent.listDisks()).filter((disk) => vm.disks.includes(disk.name));
+    const together = usage.find(
+      (one) =>
+        one.maintenance === 'off' &&
+        one.isAvailable &&
+        disks.length > 0 &&
+        disks.every((disk) => disk.datastore === one.name),
+    );
+    return together?.name ?? placeDisk(usage, vm.sizeBytes, record.spaceThreshold)?.name;
   }
 
   /** Starts each move; a move the agent refuses is logged and left for the next pass. */
-  private async start_(moves: readonly Recommendation[]): Promise<JobRecord[]> {
+  private async start_(
+    moves: readonly Pick<Recommendation, 'vm' | 'disk' | 'to'>[],
+  ): Promise<JobRecord[]> {
     const jobs = this.requireJobs();
     const started: JobRecord[] = [];
     for (const move of moves) {
@@ -302,7 +345,7 @@ export class DrsService {
         );
       } catch (error) {
         this.options.log?.warn(
-          { recommendation: move.id, err: error },
+          { disk: move.disk, vm: move.vm, to: move.to, err: error },
           `storage DRS could not start a move: ${errorMessageOf(error)}`,
         );
         if (moves.length === 1) throw error;
@@ -321,15 +364,20 @@ export class DrsService {
     return this.jobs;
   }
 
-  /** Disks (and VMs) that a job is moving now: DRS leaves them alone. */
-  private busyDisks(): Set<string> {
-    const busy = new Set<string>();
+  /**
+   * Moves that a job is running (or has queued): DRS leaves their disks alone and counts their
+   * bytes where they are going, so a pass while moves run does not ask for the same room twice.
+   */
+  private inFlight(): InFlight {
+    const disks = new Set<string>();
+    const moves: { from: string; to: string; disks: readonly string[] }[] = [];
     for (const job of this.jobs?.list() ?? []) {
       if (isTerminal(job.state)) continue;
-      for (const disk of job.disks) busy.add(disk);
-      busy.add(job.disk);
+      for (const disk of job.disks) disks.add(disk);
+      disks.add(job.disk);
+      moves.push({ from: job.from, to: job.to, disks: job.disks });
     }
-    return busy;
+    return { disks, moves };
   }
 
   private sample(disks: readonly DiskInfo[]): void {
@@ -399,11 +447,23 @@ export class DrsService {
     usage: readonly DatastoreUsage[],
     disks: readonly DiskInfo[],
     vms: readonly VmInfo[],
-    busy: ReadonlySet<string>,
+    busy: InFlight,
   ): DrsCluster {
     const vmOf = new Map<string, string>();
     for (const vm of vms) for (const disk of vm.disks) vmOf.set(disk, vm.name);
-    const datastores: DrsDatastore[] = usage.filter((one) => record.datastores.includes(one.name));
+    const sizeOf = new Map(disks.map((disk) => [disk.name, disk.sizeBytes]));
+    const shift = new Map<string, number>();
+    for (const move of busy.moves) {
+      const bytes = move.disks.reduce((sum, disk) => sum + (sizeOf.get(disk) ?? 0), 0);
+      shift.set(move.from, (shift.get(move.from) ?? 0) - bytes);
+      shift.set(move.to, (shift.get(move.to) ?? 0) + bytes);
+    }
+    const datastores: DrsDatastore[] = usage
+      .filter((one) => record.datastores.includes(one.name))
+      .map((one) => ({
+        ...one,
+        usedBytes: Math.max(0, one.usedBytes + (shift.get(one.name) ?? 0)),
+      }));
     return {
       name: record.name,
       spaceThreshold: record.spaceThreshold,
@@ -411,8 +471,8 @@ export class DrsService {
       keepVmDisksTogether: record.keepVmDisksTogether,
       datastores,
       disks: disks
-        .filter((disk) => disk.host === null && !busy.has(disk.name))
-        .filter((disk) => !busy.has(vmOf.get(disk.name) ?? ''))
+        .filter((disk) => disk.host === null && !busy.disks.has(disk.name))
+        .filter((disk) => !busy.disks.has(vmOf.get(disk.name) ?? ''))
         .map((disk) => ({
           name: disk.name,
           sizeBytes: disk.sizeBytes,

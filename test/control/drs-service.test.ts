@@ -57,10 +57,15 @@ class FakeAgent implements DrsAgent {
 }
 
 /** Records the moves asked for and performs them at once on the fake agent. */
-function fakeJobs(agent: FakeAgent): { jobs: JobManager; started: MigrationRequest[] } {
+function fakeJobs(agent: FakeAgent): {
+  jobs: JobManager;
+  started: MigrationRequest[];
+  running: object[];
+} {
   const started: MigrationRequest[] = [];
+  const running: object[] = [];
   const jobs = {
-    list: () => [],
+    list: () => running,
     startMigration: async (request: MigrationRequest) => {
       started.push(request);
       const disk = agent.disks.get(request.disk ?? '');
@@ -69,15 +74,15 @@ function fakeJobs(agent: FakeAgent): { jobs: JobManager; started: MigrationReque
       return { id: `job-${started.length}`, disk: request.disk } as never;
     },
   } as unknown as JobManager;
-  return { jobs, started };
+  return { jobs, started, running };
 }
 
 function setUp(datastores: readonly string[]) {
   const agent = new FakeAgent(datastores);
   const store = new ClusterStore(openDatabase(':memory:'));
-  const { jobs, started } = fakeJobs(agent);
+  const { jobs, started, running } = fakeJobs(agent);
   const service = new DrsService(agent, store, jobs);
-  return { agent, store, service, started };
+  return { agent, store, service, started, running };
 }
 
 describe('DrsService', () => {
@@ -149,5 +154,17 @@ describe('DrsService', () => {
     await service.tick(1_061_000);
     assert.equal(started.length, 2);
     assert.deepEqual((await service.recommendations('pair')).recommendations, []);
+  });
+
+  it('counts a running move at its destination and leaves its disk alone', async () => {
+    const { agent, store, service, running } = setUp(['a', 'b']);
+    for (const name of ['a', 'b']) store.setCapacity(name, 100 * MiB);
+    agent.addDisk('d1', 'a', 50 * MiB);
+    agent.addDisk('d2', 'a', 40 * MiB);
+    store.create('pair', ['a', 'b'], {});
+    assert.equal((await service.recommendations('pair')).recommendations.length, 1);
+    running.push({ state: 'running', disk: 'd2', disks: ['d2'], from: 'a', to: 'b' });
+    // a is at 50% once d2 lands on b: nothing more to do.
+    assert.deepEqual(await service.recommendations('pair'), { recommendations: [], problems: [] });
   });
 });
