@@ -47,7 +47,13 @@ export function registerDrsRoutes(app: FastifyInstance, drs: DrsService): void {
 
   app.post<{ Body: { cluster?: string; ids?: string[] } | undefined }>(
     '/v1/drs/apply',
-    { schema: { body: applyBodySchema } },
+    {
+      schema: { body: applyBodySchema },
+      // No body means "everything": `curl -X POST .../v1/drs/apply` applies every cluster's.
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
+    },
     async (request) => {
       const { cluster, ids } = request.body ?? {};
       if (cluster !== undefined) drs.store.get(cluster);
