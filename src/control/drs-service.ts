@@ -35,7 +35,7 @@ export interface DrsAgent {
 export interface ClusterView extends ClusterRecord {
   readonly usedBytes: number;
   readonly capacityBytes: number;
-  /** Mean guest latency over the window across the members' disks, ms; null without I/O. */
+  /** The mean of the members' guest latencies over the window, ms; null without guest I/O. */
   readonly latencyMs: number | null;
 }
 
