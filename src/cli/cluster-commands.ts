@@ -1,5 +1,5 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import type { ClusterView } from '../control/drs-service.js';
+import type { ClusterView } from '../control/datastore-usage.js';
 import { NAME_HELP } from '../host/names.js';
 import { formatSize } from '../util/size.js';
 import { type CliContext, printJson } from './context.js';

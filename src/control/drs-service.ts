@@ -10,6 +10,7 @@ import {
   type ClusterStore,
   type MaintenanceState,
 } from './clusters.js';
+import { type ClusterView, type DatastoreUsage, usageOf, viewOf } from './datastore-usage.js';
 import {
   type DrsCluster,
   type DrsDatastore,
@@ -29,25 +30,6 @@ export interface DrsAgent {
   listDisks(): Promise<DiskInfo[]>;
   listVms(): Promise<VmInfo[]>;
   diskStats(name: string): StatsSnapshot;
-}
-
-/** `GET /v1/clusters` entries (CONTRACTS.md, contract 3). */
-export interface ClusterView extends ClusterRecord {
-  readonly usedBytes: number;
-  readonly capacityBytes: number;
-  /** The mean of the members' guest latencies over the window, ms; null without guest I/O. */
-  readonly latencyMs: number | null;
-}
-
-/** A datastore as DRS counts it. */
-export interface DatastoreUsage {
-  readonly name: string;
-  readonly capacityBytes: number;
-  readonly usedBytes: number;
-  readonly latencyMs: number | null;
-  readonly isAvailable: boolean;
-  readonly maintenance: MaintenanceState;
-  readonly cluster: string | null;
 }
 
 export interface DrsServiceOptions {
@@ -70,11 +52,7 @@ const TICK_MS_DEFAULT = 5_000;
  * Clusters at work: measures usage and guest latency, recommends and applies moves (drs.ts),
  * drives maintenance mode, and places new disks. Moves go through the JobManager like any
  * migration, so they show in `ferry job list` and obey its limits.
- *
- * Space used: a datastore's file system (statfs: capacity − free), unless the cluster store has a
- * capacity for it (`ferry cluster capacity`): then capacity is that, and used is the provisioned
- * size of Ferry's disks on it, which is what a thin disk may grow to. Datastores that share a file
- * system (directories of one disk) need the latter, or they all look equally full.
+ * How space is counted: datastore-usage.ts.
  */
 export class DrsService {
   private readonly window: LatencyWindow;
@@ -113,17 +91,24 @@ export class DrsService {
     ]);
     this.sample(disks);
     const maintenance = this.store.inMaintenance();
-    return datastores.map((info) => this.usageOf(info, disks, maintenance.get(info.name)));
+    return datastores.map((info) =>
+      usageOf(info, disks, {
+        maintenance: maintenance.get(info.name) ?? 'off',
+        cluster: this.store.clusterOf(info.name),
+        configuredCapacityBytes: this.store.capacityOf(info.name),
+        window: this.window,
+      }),
+    );
   }
 
   async clusters(): Promise<ClusterView[]> {
     const usage = await this.usage();
-    return this.store.list().map((record) => this.viewOf(record, usage));
+    return this.store.list().map((record) => viewOf(record, usage));
   }
 
   async cluster(name: string): Promise<ClusterView> {
     const record = this.store.get(name);
-    return this.viewOf(record, await this.usage());
+    return viewOf(record, await this.usage());
   }
 
   /** Recommendations for one cluster, or for every cluster. */
@@ -394,52 +379,6 @@ export class DrsService {
       }
     }
     this.window.retain(names);
-  }
-
-  private usageOf(
-    info: DatastoreInfo,
-    disks: readonly DiskInfo[],
-    maintenance: MaintenanceState | undefined,
-  ): DatastoreUsage {
-    const mine = disks.filter((disk) => disk.datastore === info.name && disk.host === null);
-    const configured = this.store.capacityOf(info.name);
-    const provisionedBytes = mine.reduce((sum, disk) => sum + disk.sizeBytes, 0);
-    const capacityBytes = configured ?? info.capacityBytes ?? 0;
-    const usedBytes =
-      configured !== null ? provisionedBytes : (info.capacityBytes ?? 0) - (info.freeBytes ?? 0);
-    let operations = 0;
-    let latencySumUs = 0;
-    for (const disk of mine) {
-      const figures = this.window.figuresOf(disk.name);
-      operations += figures.operations;
-      latencySumUs += figures.latencySumUs;
-    }
-    return {
-      name: info.name,
-      capacityBytes,
-      usedBytes,
-      latencyMs: operations === 0 ? null : latencySumUs / operations / 1000,
-      isAvailable: info.isAvailable,
-      maintenance: maintenance ?? 'off',
-      cluster: this.store.clusterOf(info.name),
-    };
-  }
-
-  private viewOf(record: ClusterRecord, usage: readonly DatastoreUsage[]): ClusterView {
-    const members = usage.filter((one) => record.datastores.includes(one.name));
-    let weighted = 0;
-    let counted = 0;
-    for (const member of members) {
-      if (member.latencyMs === null) continue;
-      weighted += member.latencyMs;
-      counted += 1;
-    }
-    return {
-      ...record,
-      usedBytes: members.reduce((sum, one) => sum + one.usedBytes, 0),
-      capacityBytes: members.reduce((sum, one) => sum + one.capacityBytes, 0),
-      latencyMs: counted === 0 ? null : weighted / counted,
-    };
   }
 
   private snapshotOf(
