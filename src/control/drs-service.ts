@@ -148,7 +148,11 @@ export class DrsService {
     return this.start_(chosen);
   }
 
-  /** Enters maintenance: `entering` (or `on` when already empty), and queues every move off it. */
+  /**
+   * Enters maintenance: `entering`, and queues a move for every disk and VM home on it (to the
+   * rest of its cluster); `on` at once when nothing is there, else at the tick that finds it
+   * empty. Again on a datastore already in maintenance: queues what is left.
+   */
   async enterMaintenance(
     datastore: string,
   ): Promise<{ state: MaintenanceState; jobs: JobRecord[]; problems: string[] }> {
@@ -172,8 +176,9 @@ export class DrsService {
       );
     }
     // `entering` until evacuate() finds nothing left (now, or at a later tick).
-    if (this.store.maintenanceOf(datastore) === 'off')
+    if (this.store.maintenanceOf(datastore) === 'off') {
       this.store.setMaintenance(datastore, 'entering');
+    }
     const { jobs, problems } = await this.evacuate(datastore);
     return { state: this.store.maintenanceOf(datastore), jobs, problems };
   }
