@@ -47,6 +47,8 @@ interface InFlight {
 
 const WINDOW_MS_DEFAULT = 60_000;
 const TICK_MS_DEFAULT = 5_000;
+/** How long a datastore entering maintenance waits before its failed moves are tried again. */
+const EVACUATE_RETRY_MS = 60_000;
 
 /**
  * Clusters at work: measures usage and guest latency, recommends and applies moves (drs.ts),
@@ -59,6 +61,8 @@ export class DrsService {
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | undefined;
   private readonly lastAppliedMs = new Map<string, number>();
+  /** When each datastore entering maintenance last had its moves started. */
+  private readonly evacuatedAtMs = new Map<string, number>();
   private isTicking = false;
 
   constructor(
@@ -145,7 +149,10 @@ export class DrsService {
       }
       chosen = recommendations.filter((one) => ids.includes(one.id));
     }
-    return this.start_(chosen);
+    const { started, failures } = await this.startMoves(chosen);
+    // Nothing started: say why, rather than an empty list that looks like "nothing to do".
+    if (started.length === 0 && failures[0] !== undefined) throw failures[0].error;
+    return started;
   }
 
   /**
@@ -240,7 +247,10 @@ export class DrsService {
     try {
       this.sample(await this.agent.listDisks());
       for (const [datastore, state] of this.store.inMaintenance()) {
-        if (state === 'entering') await this.evacuate(datastore);
+        if (state !== 'entering') continue;
+        // Moves that failed are tried again, but not every tick: each try is a job in the history.
+        const last = this.evacuatedAtMs.get(datastore) ?? Number.NEGATIVE_INFINITY;
+        await this.evacuate(datastore, nowMs, nowMs - last >= EVACUATE_RETRY_MS);
       }
       for (const record of this.store.list()) {
         if (record.automation !== 'automatic') continue;
@@ -266,7 +276,11 @@ export class DrsService {
    * Moves whatever is still on `datastore` off it (disks, and VMs whose home is there); marks it
    * `on` when nothing is left.
    */
-  private async evacuate(datastore: string): Promise<{ jobs: JobRecord[]; problems: string[] }> {
+  private async evacuate(
+    datastore: string,
+    nowMs = Date.now(),
+    mayStart = true,
+  ): Promise<{ jobs: JobRecord[]; problems: string[] }> {
     const disks = (await this.agent.listDisks()).filter(
       (disk) => disk.datastore === datastore && disk.host === null,
     );
@@ -278,12 +292,19 @@ export class DrsService {
       return { jobs: [], problems: [] };
     }
     const cluster = this.store.clusterOf(datastore);
-    if (cluster === null) return { jobs: [], problems: [] };
+    if (cluster === null || !mayStart) return { jobs: [], problems: [] };
+    this.evacuatedAtMs.set(datastore, nowMs);
     const { recommendations, problems } = await this.recommendations(cluster);
     const moves = recommendations.filter(
       (one) => one.reason === 'maintenance' && one.from === datastore,
     );
-    const jobs = await this.start_(moves);
+    const { started: jobs, failures } = await this.startMoves(moves);
+    for (const failure of failures) {
+      problems.push(
+        `could not start moving ${failure.what}: ${errorMessageOf(failure.error)}; ` +
+          'it is tried again within a minute while the datastore is entering maintenance',
+      );
+    }
     // A VM whose home is here but whose disks are not: its home follows its disks.
     const busy = this.inFlight().disks;
     for (const vm of homes) {
@@ -296,7 +317,11 @@ export class DrsService {
         );
         continue;
       }
-      jobs.push(...(await this.start_([{ vm: vm.name, disk: vm.name, to }])));
+      const home = await this.startMoves([{ vm: vm.name, disk: vm.name, to }]);
+      jobs.push(...home.started);
+      for (const failure of home.failures) {
+        problems.push(`could not start moving ${failure.what}: ${errorMessageOf(failure.error)}`);
+      }
     }
     return { jobs, problems };
   }
@@ -318,12 +343,17 @@ export class DrsService {
     return together?.name ?? placeDisk(usage, vm.sizeBytes, record.spaceThreshold)?.name;
   }
 
-  /** Starts each move; a move the agent refuses is logged and left for the next pass. */
-  private async start_(
-    moves: readonly Pick<Recommendation, 'vm' | 'disk' | 'to'>[],
-  ): Promise<JobRecord[]> {
+  /**
+   * Starts each move. A move the job manager refuses (the disk is busy, the agent is closing) is
+   * logged and reported in `failures`; the others still start.
+   */
+  private async startMoves(moves: readonly Pick<Recommendation, 'vm' | 'disk' | 'to'>[]): Promise<{
+    started: JobRecord[];
+    failures: { what: string; error: unknown }[];
+  }> {
     const jobs = this.requireJobs();
     const started: JobRecord[] = [];
+    const failures: { what: string; error: unknown }[] = [];
     for (const move of moves) {
       try {
         started.push(
@@ -334,14 +364,15 @@ export class DrsService {
           ),
         );
       } catch (error) {
+        const what = move.vm === null ? `disk ${move.disk}` : `VM ${move.vm}`;
         this.options.log?.warn(
           { disk: move.disk, vm: move.vm, to: move.to, err: error },
-          `storage DRS could not start a move: ${errorMessageOf(error)}`,
+          `storage DRS could not start moving ${what} to ${move.to}: ${errorMessageOf(error)}`,
         );
-        if (moves.length === 1) throw error;
+        failures.push({ what: `${what} to ${move.to}`, error });
       }
     }
-    return started;
+    return { started, failures };
   }
 
   private requireJobs(): JobManager {

@@ -67,6 +67,7 @@ function fakeJobs(agent: FakeAgent): {
   const jobs = {
     list: () => running,
     startMigration: async (request: MigrationRequest) => {
+      if (request.disk?.startsWith('stuck')) throw new Error(`disk ${request.disk} is busy`);
       started.push(request);
       const disk = agent.disks.get(request.disk ?? '');
       assert.ok(disk, 'a disk move');
@@ -166,5 +167,28 @@ describe('DrsService', () => {
     running.push({ state: 'running', disk: 'd2', disks: ['d2'], from: 'a', to: 'b' });
     // a is at 50% once d2 lands on b: nothing more to do.
     assert.deepEqual(await service.recommendations('pair'), { recommendations: [], problems: [] });
+  });
+
+  it('reports a move that cannot start, and tries it again a minute later, not every tick', async () => {
+    const { agent, store, service, started } = setUp(['a', 'b']);
+    agent.addDisk('d1', 'a', 10 * MiB);
+    agent.addDisk('stuck1', 'a', 10 * MiB);
+    store.create('pair', ['a', 'b'], {});
+    const entered = await service.enterMaintenance('a');
+    assert.equal(entered.state, 'entering');
+    assert.deepEqual(started, [{ disk: 'd1', datastore: 'b' }]);
+    assert.equal(entered.problems.length, 1);
+    assert.match(entered.problems[0] ?? '', /could not start moving disk stuck1 to b: .*busy/);
+    // Unblock it: a tick inside the minute leaves it; one after it moves it.
+    agent.disks.set('d2', agent.disks.get('stuck1')!);
+    agent.disks.delete('stuck1');
+    const t0 = Date.now();
+    await service.tick(t0 + 1000);
+    assert.equal(started.length, 1);
+    assert.equal(store.maintenanceOf('a'), 'entering');
+    await service.tick(t0 + 61_000);
+    assert.deepEqual(started[1], { disk: 'd2', datastore: 'b' });
+    await service.tick(t0 + 62_000);
+    assert.equal(store.maintenanceOf('a'), 'on');
   });
 });
