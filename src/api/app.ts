@@ -1,6 +1,8 @@
 import { hostname } from 'node:os';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import { ClusterStore } from '../control/clusters.js';
 import type { Database } from '../control/database.js';
+import { DrsService } from '../control/drs-service.js';
 import type { JobManager } from '../control/job-manager.js';
 import { RemoteJobs } from '../control/remote-jobs.js';
 import type { Agent } from '../host/agent.js';
@@ -10,8 +12,10 @@ import { registerPeerAuth } from './auth.js';
 import type { NbdAddress } from './disk-view.js';
 import { replyError } from './error-reply.js';
 import { ApiErrorCode } from './error-table.js';
+import { registerClusterRoutes } from './routes/clusters.js';
 import { registerDatastoreRoutes } from './routes/datastores.js';
 import { registerDiskRoutes } from './routes/disks.js';
+import { registerDrsRoutes } from './routes/drs.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerHostRoutes } from './routes/hosts.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
@@ -79,8 +83,16 @@ export function createApi(options: ApiOptions): FastifyInstance {
     version: options.version ?? readPackageVersion(),
   });
   if (peers) registerHostRoutes(app, peers);
-  registerDatastoreRoutes(app, options.agent);
-  registerDiskRoutes(app, options.agent, nbd);
+  // Clusters, Storage DRS and maintenance keep their state in the database (control/clusters.ts).
+  const drs =
+    options.db &&
+    new DrsService(options.agent, new ClusterStore(options.db), options.jobs, { log: app.log });
+  registerDatastoreRoutes(app, options.agent, drs);
+  registerDiskRoutes(app, options.agent, nbd, drs);
+  if (drs) {
+    registerClusterRoutes(app, drs);
+    registerDrsRoutes(app, drs);
+  }
   registerVmRoutes(app, options.agent);
   registerReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
   registerVmReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));

@@ -1,3 +1,4 @@
+import { ClusterErrorCode } from '../control/clusters.js';
 import { JobErrorCode } from '../control/job-states.js';
 import { HostErrorCode } from '../host/errors.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
@@ -79,6 +80,11 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [MigrateErrorCode.SourceFailed]: { httpStatus: 502, exitCode: 1 },
   // A datastore out of space (block/errors.ts code): 507 Insufficient Storage says exactly that.
   ENOSPC: { httpStatus: 507, exitCode: 1 },
+  [ClusterErrorCode.NotFound]: NOT_FOUND,
+  [ClusterErrorCode.Exists]: CONFLICT,
+  [ClusterErrorCode.BadSetting]: BAD_INPUT,
+  // The datastore's state, not the request, is in the way: exit maintenance, or choose another.
+  [ClusterErrorCode.Maintenance]: CONFLICT,
 };
 
 export function mappingOf(code: string): ErrorMapping {

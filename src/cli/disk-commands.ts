@@ -27,7 +27,11 @@ function addCreate(disk: Command, context: CliContext): void {
     .description('create an empty disk and serve it; prints the NBD URI to connect to')
     .argument('<name>', `disk name, also the NBD export name: ${NAME_HELP}`)
     .requiredOption('--size <size>', SIZE_HELP, parseSizeOption)
-    .option('--datastore <name>', 'where to create it (default: local, or the only datastore)')
+    .option(
+      '--datastore <name>',
+      'where to create it: a datastore, or a cluster (its member with the most free space under ' +
+        'the threshold); default: local, or the only datastore',
+    )
     .option('--thin', 'allocate space as the guest writes (the default)')
     .addOption(
       new Option(

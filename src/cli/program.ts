@@ -1,9 +1,11 @@
 import { Command } from 'commander';
 import { DEFAULT_API_URL } from './api-client.js';
+import { addClusterCommands } from './cluster-commands.js';
 import type { CliContext } from './context.js';
 import { addDatastoreCommands } from './datastore-commands.js';
 import { addDemoCommand, type DemoFunction } from './demo-command.js';
 import { addDiskCommands } from './disk-commands.js';
+import { addDrsCommands } from './drs-commands.js';
 import { addHostCommands } from './host-commands.js';
 import { addJobCommands } from './job-commands.js';
 import { addMigrateCommand } from './migrate-command.js';
@@ -63,6 +65,8 @@ export function buildProgram(
   addDemoCommand(program, context, demo, setExitCode);
   addDatastoreCommands(program, context);
   addDiskCommands(program, context);
+  addClusterCommands(program, context);
+  addDrsCommands(program, context);
   addVmCommands(program, context);
   addHostCommands(program, context);
   addMigrateCommand(program, context, setExitCode);

@@ -384,6 +384,7 @@ class MoveRun {
         name: target.descriptor.name,
         switch: target.entry.stack.top,
         source: target.entry.stack.stats,
+        copySource: target.entry.stack.raw,
         target: target.device,
         targetTop: target.stats,
         createScratch: (label: string) => this.createRedoLog(index, label),

@@ -11,7 +11,8 @@ import { HostError, HostErrorCode } from './errors.js';
  *
  * The export always serves `top`, so a migration re-points the Switch to a new stack below it
  * without the NBD server or its clients noticing (DESIGN.md, "switchover"). Stats sits below the
- * Switch so a paused guest shows up as no I/O rather than as I/O that hangs.
+ * Switch so a paused guest shows up as no I/O rather than as I/O that hangs. Stats counts the
+ * guest's requests only: a move's copy reads `raw` (migrate/migration.ts, `copySource`).
  */
 export interface DiskStack {
   readonly raw: RawFileDevice;

@@ -241,6 +241,7 @@ class RemoteMoveRun {
           name,
           switch: entry.stack.top,
           source: entry.stack.stats,
+          copySource: entry.stack.raw,
           target,
           targetTop: this.passThroughDevice,
           createScratch: (label) => this.createRedoLog(label),

@@ -250,6 +250,7 @@ class VmMotionRun {
         name: entry.descriptor.name,
         switch: entry.stack.top,
         source: entry.stack.stats,
+        copySource: entry.stack.raw,
         target: pools[index] as NbdClientPool,
         targetTop: this.passThroughs[index] as RemoteDevice,
         createScratch: (label: string) => this.createRedoLog(index, label),

@@ -46,6 +46,11 @@ export interface MigrationDisk {
   /** The guest's stun point; it points at `source` when the migration starts. */
   readonly switch: Switch;
   readonly source: BlockDevice;
+  /**
+   * What the copier reads, when not `source`: the same data below the guest's I/O counters
+   * (host/disk-stack.ts), so a copy's reads are not counted as the guest's (latency, IOPS).
+   */
+  readonly copySource?: BlockDevice;
   /** The new, empty destination image (reads as zeros), as the copier should write it. */
   readonly target: BlockDevice;
   /** What the Switch points at after the switchover (the target with the serving filters). */
@@ -276,7 +281,7 @@ export class Migration {
       ? undefined
       : new GuestFirst({ windowMax: inFlightMax, sample: () => ({ ...guestLatency }) });
     if (guestFirst !== undefined) this.guestFirsts.push(guestFirst);
-    const copier = new Copier(disk.source, target, {
+    const copier = new Copier(disk.copySource ?? disk.source, target, {
       touched,
       progress: this.progress,
       signal: this.abort.signal,

@@ -119,7 +119,10 @@ test('cli: against ferry serve on port 0, every command, then a clean SIGTERM', 
     const added = await runFerry(['datastore', 'add', 'store2', storeDir], env);
     assert.equal(added.code, 0, added.stderr);
     const stores = await runFerry(['datastore', 'list'], env);
-    assert.match(stores.stdout, /^NAME\s+CAPACITY\s+FREE\s+DISKS\s+STATE\s+PATH$/m);
+    assert.match(
+      stores.stdout,
+      /^NAME\s+CAPACITY\s+FREE\s+DISKS\s+STATE\s+CLUSTER\s+MAINTENANCE\s+PATH$/m,
+    );
     assert.match(stores.stdout, /^store2\s+\S+\s+\S+\s+0\s+ok\s+/m);
     const storesJson = JSON.parse((await runFerry(['datastore', 'list', '--json'], env)).stdout);
     assert.deepEqual(

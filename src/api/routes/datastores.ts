@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import type { DrsService } from '../../control/drs-service.js';
 import type { Agent } from '../../host/agent.js';
 import {
   type AddDatastoreBody,
@@ -7,9 +8,26 @@ import {
   nameParamsSchema,
 } from '../schemas.js';
 
-/** `/v1/datastores`: add, list, show, remove datastores. */
-export function registerDatastoreRoutes(app: FastifyInstance, agent: Agent): void {
-  app.get('/v1/datastores', async () => ({ datastores: await agent.listDatastores() }));
+/**
+ * `/v1/datastores`: add, list, show, remove datastores. With `drs` (a database), entries carry
+ * their `maintenance` state and `cluster` (control/drs-service.ts).
+ */
+export function registerDatastoreRoutes(
+  app: FastifyInstance,
+  agent: Agent,
+  drs?: DrsService,
+): void {
+  const withClusters = async <T extends { name: string }>(info: T) =>
+    drs === undefined
+      ? info
+      : {
+          ...info,
+          maintenance: drs.store.maintenanceOf(info.name),
+          cluster: drs.store.clusterOf(info.name),
+        };
+  app.get('/v1/datastores', async () => ({
+    datastores: await Promise.all((await agent.listDatastores()).map(withClusters)),
+  }));
 
   app.post<{ Body: AddDatastoreBody }>(
     '/v1/datastores',
@@ -23,7 +41,7 @@ export function registerDatastoreRoutes(app: FastifyInstance, agent: Agent): voi
   app.get<{ Params: NameParams }>(
     '/v1/datastores/:name',
     { schema: { params: nameParamsSchema } },
-    async (request) => agent.getDatastore(request.params.name),
+    async (request) => withClusters(await agent.getDatastore(request.params.name)),
   );
 
   app.delete<{ Params: NameParams }>(
@@ -31,6 +49,7 @@ export function registerDatastoreRoutes(app: FastifyInstance, agent: Agent): voi
     { schema: { params: nameParamsSchema } },
     async (request, reply) => {
       await agent.removeDatastore(request.params.name);
+      drs?.store.forgetDatastore(request.params.name);
       return reply.status(204).send();
     },
   );

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import type { DrsService } from '../../control/drs-service.js';
 import type { Agent } from '../../host/agent.js';
 import { parseSize } from '../../util/size.js';
 import { type NbdAddress, viewDisk } from '../disk-view.js';
@@ -11,8 +12,17 @@ import {
   nameParamsSchema,
 } from '../schemas.js';
 
-/** `/v1/disks`: create, import, list, show, remove disks, and read a disk's I/O counters. */
-export function registerDiskRoutes(app: FastifyInstance, agent: Agent, nbd: NbdAddress): void {
+/**
+ * `/v1/disks`: create, import, list, show, remove disks, and read a disk's I/O counters. With
+ * `drs`, a `datastore` naming a cluster places the disk on its best member, and a datastore in
+ * maintenance takes no new disk (control/drs-service.ts).
+ */
+export function registerDiskRoutes(
+  app: FastifyInstance,
+  agent: Agent,
+  nbd: NbdAddress,
+  drs?: DrsService,
+): void {
   app.get('/v1/disks', async () => {
     const disks = await agent.listDisks();
     return { disks: disks.map((disk) => viewDisk(disk, nbd)) };
@@ -22,10 +32,16 @@ export function registerDiskRoutes(app: FastifyInstance, agent: Agent, nbd: NbdA
     '/v1/disks',
     { schema: { body: createDiskBodySchema } },
     async (request, reply) => {
-      const { name, size, datastore, provisioning } = request.body;
+      const { name, size, provisioning } = request.body;
+      const sizeBytes = typeof size === 'number' ? size : parseSize(size);
+      const requested = request.body.datastore;
+      const datastore =
+        requested === undefined || drs === undefined
+          ? requested
+          : await drs.placeNewDisk(requested, sizeBytes);
       const disk = await agent.createDisk({
         name,
-        sizeBytes: typeof size === 'number' ? size : parseSize(size),
+        sizeBytes,
         ...(datastore === undefined ? {} : { datastore }),
         ...(provisioning === undefined ? {} : { provisioning }),
       });
@@ -38,6 +54,7 @@ export function registerDiskRoutes(app: FastifyInstance, agent: Agent, nbd: NbdA
     { schema: { body: importDiskBodySchema } },
     async (request, reply) => {
       const { name, file, datastore } = request.body;
+      if (datastore !== undefined) drs?.refuseIfInMaintenance(datastore);
       const disk = await agent.importDisk({
         name,
         file,
