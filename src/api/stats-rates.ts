@@ -1,4 +1,4 @@
-import type { StatsSnapshot } from '../block/stats.js';
+import { STATS_VERBS, type StatsSnapshot } from '../block/stats.js';
 
 /**
  * One disk's guest I/O over the interval between two Stats snapshots (block/stats.ts): the rates
@@ -35,8 +35,7 @@ export function diskRates(before: StatsSnapshot | undefined, after: StatsSnapsho
   if (before === undefined) return IDLE;
   const seconds = (after.timestampMs - before.timestampMs) / 1000;
   if (seconds <= 0) return IDLE;
-  const wasReset = after.verbs.read.operations < before.verbs.read.operations;
-  const base = wasReset ? undefined : before;
+  const base = wasReset(before, after) ? undefined : before;
   const delta = (pick: (s: StatsSnapshot) => number): number =>
     pick(after) - (base === undefined ? 0 : pick(base));
   const reads = delta((s) => s.verbs.read.operations);
@@ -55,6 +54,15 @@ export function diskRates(before: StatsSnapshot | undefined, after: StatsSnapsho
     writeBytesPerSecond: Math.round(delta((s) => s.verbs.write.bytes) / seconds),
     latencyMs: reads + writes > 0 ? round(latencySumUs / (reads + writes) / 1000, 3) : null,
   };
+}
+
+/** Some counter went backwards: `after` is of a fresh Stats filter, not `before`'s. */
+function wasReset(before: StatsSnapshot, after: StatsSnapshot): boolean {
+  return STATS_VERBS.some(
+    (verb) =>
+      after.verbs[verb].operations < before.verbs[verb].operations ||
+      after.verbs[verb].bytes < before.verbs[verb].bytes,
+  );
 }
 
 function round(value: number, digits = 1): number {

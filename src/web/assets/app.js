@@ -234,12 +234,14 @@ function createCharts() {
       title: 'Copy rate',
       series: [{ name: 'all jobs', color: 'var(--blue)' }],
       format: formatRate,
+      base: 1024,
     }),
     dirty: new LineChart(container, {
       id: 'dirty-bytes',
       title: 'Dirty bytes',
       series: [{ name: 'to copy', color: 'var(--orange)' }],
       format: formatBytes,
+      base: 1024,
     }),
     iops: new LineChart(container, {
       id: 'guest-iops',

@@ -3,7 +3,8 @@
  * of one or more series, a y axis scaled to a round maximum, and a legend with each series'
  * latest value. The SVG is redrawn whole on each sample (a few polylines: cheaper than diffing).
  *
- * `svg.dataset.points` counts the samples taken so far: the end-to-end test reads it.
+ * `svg.dataset.points` counts the samples taken so far and `svg.dataset.peak` is the largest
+ * value in the window: the end-to-end test reads them.
  */
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const WIDTH = 480;
@@ -16,20 +17,27 @@ function svgElement(name, attributes = {}) {
   return element;
 }
 
-/** 1, 2 or 5 times a power of ten, at least `value` (so the axis labels read well). */
-function roundUp(value) {
+/**
+ * 1, 2 or 5 times a power of ten, at least `value`, so the axis labels read well; with
+ * `base` 1024 (sizes), that in units of the largest power of 1024 below it: 20 MiB, not 19.1.
+ */
+function roundUp(value, base) {
   if (value <= 0) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 5, 10]) if (step * power >= value) return step * power;
-  return 10 * power;
+  const unit = base === 1024 ? 1024 ** Math.floor(Math.log(value) / Math.log(1024)) : 1;
+  const scaled = value / unit;
+  const power = 10 ** Math.floor(Math.log10(scaled));
+  for (const step of [1, 2, 5, 10]) if (step * power >= scaled) return step * power * unit;
+  return 10 * power * unit;
 }
 
 export class LineChart {
   /**
-   * `series`: [{ name, color }]; `format(value)` renders values for the axis and legend.
+   * `series`: [{ name, color }]; `format(value)` renders values for the axis and legend;
+   * `base` 1024 for sizes, so the axis tops are round in KiB, MiB, GiB.
    */
-  constructor(container, { id, title, series, format, pointsMax = 120 }) {
+  constructor(container, { id, title, series, format, base = 10, pointsMax = 120 }) {
     this.series = series;
+    this.base = base;
     this.format = format;
     this.pointsMax = pointsMax;
     this.samples = [];
@@ -60,6 +68,7 @@ export class LineChart {
     if (this.samples.length > this.pointsMax) this.samples.shift();
     this.count += 1;
     this.svg.dataset.points = String(this.count);
+    this.svg.dataset.peak = String(Math.max(0, ...this.samples.flat()));
     this.draw();
   }
 
@@ -67,7 +76,7 @@ export class LineChart {
     const plotWidth = WIDTH - PAD.left - PAD.right;
     const plotHeight = HEIGHT - PAD.top - PAD.bottom;
     const peak = Math.max(0, ...this.samples.flat());
-    const top = roundUp(peak);
+    const top = roundUp(peak, this.base);
     const x = (index) => PAD.left + (index / Math.max(1, this.pointsMax - 1)) * plotWidth;
     const y = (value) => PAD.top + plotHeight - (value / top) * plotHeight;
     const parts = [];

@@ -49,7 +49,7 @@ export class JobTable {
       rate: cell('num'),
       dirty: cell('num'),
       speed: cell(),
-      actions: cell('actions'),
+      actions: cell(),
     };
     const speedInput = h('input', {
       name: 'speed',
@@ -84,7 +84,8 @@ export class JobTable {
       },
       'Cancel',
     );
-    cells.actions.append(cancel);
+    // The flex box goes inside the cell: a cell that is itself a flex box leaves the table.
+    cells.actions.append(h('span', { class: 'actions' }, cancel));
     const element = h('tr', { 'data-job': job.id }, ...Object.values(cells));
     return { element, cells, speedText, speedForm, cancel };
   }
