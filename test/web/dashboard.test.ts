@@ -112,10 +112,26 @@ async function newJobId(page: Page, previous: readonly string[]): Promise<string
   return id;
 }
 
-async function waitJobState(page: Page, id: string, state: string): Promise<void> {
-  await page.locator(`#jobs tr[data-job="${id}"][data-state="${state}"]`).waitFor({
-    timeout: WAIT_MS,
-  });
+async function waitJobState(
+  serve: ServeProcess,
+  page: Page,
+  id: string,
+  state: string,
+): Promise<void> {
+  try {
+    await page.locator(`#jobs tr[data-job="${id}"][data-state="${state}"]`).waitFor({
+      timeout: WAIT_MS,
+    });
+  } catch (error) {
+    // What the page and the API said, so a failure can be told apart: page or server.
+    const row = await page.locator(`#jobs tr[data-job="${id}"]`).textContent();
+    const notice = await page.locator('#notice').textContent();
+    const job = await api<object>(serve, 'GET', `/v1/jobs/${id}`);
+    throw new Error(
+      `job ${id} did not show ${state}: row "${row}", notice "${notice}", API ${JSON.stringify(job)}`,
+      { cause: error },
+    );
+  }
 }
 
 async function chartValue(page: Page, chart: string, field: 'points' | 'peak'): Promise<number> {
@@ -172,6 +188,7 @@ toolTest('dashboard: migrate, watch, re-speed and cancel from the page', ['chrom
     await client.write(0, initial, { fua: true });
     guest = new Guest(client, initial);
 
+    // launch() gives the browser a fresh temporary profile (user data dir) and removes it.
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
     const pageErrors: string[] = [];
@@ -194,7 +211,7 @@ toolTest('dashboard: migrate, watch, re-speed and cancel from the page', ['chrom
     // copying, during which the guest keeps writing.
     await startFromForm(page, 'fast', '16M');
     const first = await newJobId(page, []);
-    await waitJobState(page, first, 'succeeded');
+    await waitJobState(serve, page, first, 'succeeded');
     const moved = await api<{ datastore: string }>(serve, 'GET', '/v1/disks/vm1');
     assert.equal(moved.datastore, 'fast');
     // The page shows the disk on its new datastore once it has re-read the inventory.
@@ -217,7 +234,7 @@ toolTest('dashboard: migrate, watch, re-speed and cancel from the page', ['chrom
     // 2. A slow job back to local: its speed changed from the page, then cancelled there.
     await startFromForm(page, 'local', '512K');
     const second = await newJobId(page, [first]);
-    await waitJobState(page, second, 'running');
+    await waitJobState(serve, page, second, 'running');
     const row = page.locator(`#jobs tr[data-job="${second}"]`);
     await row.locator('input[name="speed"]').fill('1M');
     await row.locator('button[data-action="speed"]').click();
@@ -229,7 +246,7 @@ toolTest('dashboard: migrate, watch, re-speed and cancel from the page', ['chrom
     );
     assert.equal(respeeded.speedBytesPerSecond, MiB);
     await row.locator('button[data-action="cancel"]').click();
-    await waitJobState(page, second, 'cancelled');
+    await waitJobState(serve, page, second, 'cancelled');
     const stayed = await api<{ datastore: string }>(serve, 'GET', '/v1/disks/vm1');
     assert.equal(stayed.datastore, 'fast');
 

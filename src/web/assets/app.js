@@ -13,10 +13,16 @@ import { renderClusters, renderDatastores, renderDisks, renderHosts, renderVms }
  */
 const INVENTORY_REFRESH_MS = 5_000;
 
-/** Every JobEvent type (control/job-record.ts); EventSource delivers only types it listens to. */
+/**
+ * Every JobEvent type (control/job-record.ts); EventSource delivers only the types it listens
+ * to. The scheduler's queue moves without events of its own, so while a job is queued the job
+ * list is re-read with the inventory (see loadInventory).
+ */
 const JOB_EVENT_TYPES = [
   'created',
   'queued',
+  'started',
+  'resumed',
   'state',
   'phase',
   'pass',
@@ -84,6 +90,13 @@ async function loadInventory() {
   renderVms($('vms'), vms?.vms ?? []);
   renderLive();
   fillMigrateForm();
+  if ([...state.jobs.values()].some((job) => job.state === 'queued')) await loadJobs();
+}
+
+/** The whole job list: at the start, after a reconnect, and while jobs wait in the queue. */
+async function loadJobs() {
+  const { jobs } = await call('GET', '/v1/jobs');
+  for (const job of [...jobs].sort((a, b) => a.createdAt.localeCompare(b.createdAt))) showJob(job);
 }
 
 /** The tables that the stats stream changes. */
@@ -133,8 +146,33 @@ const jobTable = new JobTable($('jobs'), {
   },
 });
 
+/** How far along its lifecycle a state is (control/job-states.ts): a job never goes back. */
+const STATE_RANK = {
+  queued: 0,
+  running: 1,
+  switching: 2,
+  cancelling: 2,
+  succeeded: 3,
+  failed: 3,
+  cancelled: 3,
+};
+
+/**
+ * A status older than the one shown: an action's reply and the event stream race, and the
+ * reply to a cancel (`cancelling`) may land after the stream's `cancelled`. A job's state only
+ * moves forward, and within a state its done bytes never go back.
+ */
+function isStale(job, shown) {
+  if (shown === undefined) return false;
+  const rank = STATE_RANK[job.state] ?? 1;
+  const shownRank = STATE_RANK[shown.state] ?? 1;
+  if (rank !== shownRank) return rank < shownRank;
+  return job.progress.doneBytes < shown.progress.doneBytes;
+}
+
 function showJob(job) {
   const before = state.jobs.get(job.id);
+  if (isStale(job, before)) return;
   state.jobs.set(job.id, job);
   jobTable.update(job);
   // A move that just ended changed where its disks live.
@@ -213,9 +251,7 @@ function followJobs() {
     setLive('jobs', true);
     // Whatever happened while the stream was down: the list is the current state.
     try {
-      const { jobs } = await call('GET', '/v1/jobs');
-      for (const job of [...jobs].sort((a, b) => a.createdAt.localeCompare(b.createdAt)))
-        showJob(job);
+      await loadJobs();
     } catch (error) {
       notify(describeError(error), true);
     }

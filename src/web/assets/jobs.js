@@ -95,10 +95,12 @@ export class JobTable {
     row.element.dataset.state = job.state;
     cells.id.textContent = job.id;
     cells.id.title = `created ${job.createdAt}`;
+    // Another host's job whose disk this host receives carries `runsOn` (api/routes/jobs.ts).
     cells.disk.replaceChildren(
       job.vm === null
         ? job.disk
         : h('span', {}, `VM ${job.vm}`, h('div', { class: 'muted small' }, job.disks.join(', '))),
+      job.runsOn === undefined ? '' : h('span', { class: 'tag' }, ` on ${job.runsOn}`),
     );
     cells.move.replaceChildren(
       `${job.from} → ${job.to}`,
