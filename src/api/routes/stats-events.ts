@@ -50,6 +50,7 @@ export function registerStatsEventRoutes(
   let previous = new Map<string, StatsSnapshot>();
   let latest: StatsSample | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let isSampling = false;
 
   const tick = async (): Promise<void> => {
     const current = new Map<string, StatsSnapshot>();
@@ -66,6 +67,8 @@ export function registerStatsEventRoutes(
         d.capacityBytes === null || d.freeBytes === null ? null : d.capacityBytes - d.freeBytes,
       capacityBytes: d.capacityBytes,
     }));
+    // Every stream left while the datastores were read: the sample is for no one.
+    if (timer === undefined) return;
     latest = { time: new Date().toISOString(), disks, datastores };
     for (const stream of open) stream.send('stats', latest, true);
   };
@@ -75,7 +78,14 @@ export function registerStatsEventRoutes(
       previous.set(entry.descriptor.name, entry.stack.stats.snapshot());
     }
     timer = setInterval(() => {
-      tick().catch((error: unknown) => app.log.error({ err: error }, 'stats sample failed'));
+      // One sample at a time: a tick that outlasts the interval (a slow statfs) skips the next.
+      if (isSampling) return;
+      isSampling = true;
+      tick()
+        .catch((error: unknown) => app.log.error({ err: error }, 'stats sample failed'))
+        .finally(() => {
+          isSampling = false;
+        });
     }, intervalMs);
   };
   const stop = (): void => {
