@@ -8,6 +8,7 @@ import { RemoteJobs } from '../control/remote-jobs.js';
 import type { Agent } from '../host/agent.js';
 import type { PeerRegistry } from '../host/peers.js';
 import { readPackageVersion } from '../util/package-version.js';
+import { registerDashboardRoutes } from '../web/index.js';
 import { registerPeerAuth } from './auth.js';
 import type { NbdAddress } from './disk-view.js';
 import { replyError } from './error-reply.js';
@@ -21,6 +22,7 @@ import { registerHostRoutes } from './routes/hosts.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
 import { registerJobRoutes } from './routes/jobs.js';
 import { registerReceiveRoutes } from './routes/receives.js';
+import { registerStatsEventRoutes } from './routes/stats-events.js';
 import { registerVmReceiveRoutes } from './routes/vm-receives.js';
 import { registerVmRoutes } from './routes/vms.js';
 
@@ -94,6 +96,12 @@ export function createApi(options: ApiOptions): FastifyInstance {
     registerDrsRoutes(app, drs);
   }
   registerVmRoutes(app, options.agent);
+  registerStatsEventRoutes(
+    app,
+    options.agent,
+    options.eventHeartbeatMs === undefined ? {} : { heartbeatMs: options.eventHeartbeatMs },
+  );
+  registerDashboardRoutes(app);
   registerReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
   registerVmReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
   if (options.jobs) {

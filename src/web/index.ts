@@ -1,0 +1,1 @@
+export { findAssetDirectory, registerDashboardRoutes } from './dashboard-routes.js';
