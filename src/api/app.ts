@@ -72,7 +72,10 @@ export function createApi(options: ApiOptions): FastifyInstance {
   app.setErrorHandler((error, request, reply) => replyError(error, request, reply));
   app.setNotFoundHandler((request, reply) =>
     reply.status(404).send({
-      error: { code: ApiErrorCode.NoRoute, message: `no route ${request.method} ${request.url}` },
+      error: {
+        code: ApiErrorCode.NoRoute,
+        message: `no route ${request.method} ${request.url}; GET /v1/openapi.json lists the routes`,
+      },
     }),
   );
   const peers = options.peers;
