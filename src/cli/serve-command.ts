@@ -26,6 +26,8 @@ export interface ServeOptions {
   readonly tls?: string;
   /** `--tls-mode`; absent: `require` with `--tls`, else TLS only for peer hosts' keys. */
   readonly tlsMode?: 'require' | 'allow';
+  /** `--log-format`: pretty on a terminal (auto), or always JSON lines, or always pretty. */
+  readonly logFormat?: 'auto' | 'json' | 'pretty';
 }
 
 export interface DiskWish {
@@ -80,6 +82,14 @@ export function addServeCommand(
         'require: no plain clients (default with --tls); allow',
       ).choices(['require', 'allow']),
     )
+    .addOption(
+      new Option(
+        '--log-format <format>',
+        'auto: readable on a terminal, JSON lines otherwise; json; pretty',
+      )
+        .choices(['auto', 'json', 'pretty'])
+        .default('auto'),
+    )
     .option(
       '--disk <name:size>',
       'create this thin disk at start unless a disk of that name exists (repeatable)',
@@ -90,8 +100,8 @@ export function addServeCommand(
       'after',
       '\nExample: serve a 1 GiB disk vm1 at nbd://127.0.0.1:10809/vm1, creating it on first start:\n' +
         '  $ ferry serve --disk vm1:1G\n' +
-        '\nLogs are JSON lines on stderr; the line with "msg":"ready" carries nbdUrl, nbdPort, apiUrl ' +
-        'and apiPort.\nSIGINT or SIGTERM stops it cleanly (every disk is flushed); a second signal ' +
+        '\nLogs go to stderr: readable on a terminal, JSON lines otherwise (--log-format json forces ' +
+        'them);\nthe line with "msg":"ready" carries nbdUrl, nbdPort, apiUrl and apiPort.\nSIGINT or SIGTERM stops it cleanly (every disk is flushed); a second signal ' +
         'exits at once.',
     )
     .addHelpText(
@@ -113,6 +123,7 @@ export function addServeCommand(
         hostName: options.name,
         ...(options.tls === undefined ? {} : { tls: options.tls }),
         ...(options.tlsMode === undefined ? {} : { tlsMode: options.tlsMode }),
+        logFormat: options.logFormat,
         nbd: options.nbd,
         api: options.api,
         ...(options.socket === undefined
@@ -132,6 +143,7 @@ interface ServeCommandOptions {
   name: string;
   tls?: string;
   tlsMode?: 'require' | 'allow';
+  logFormat: 'auto' | 'json' | 'pretty';
 }
 
 /** `--disk NAME:SIZE`, e.g. `vm1:10G`; names are checked by the agent when it creates the disk. */
