@@ -53,6 +53,12 @@ function scrapedMetric(
   return metric as unknown as Metric;
 }
 
+const MISNAMED_DEFAULT_METRICS = [
+  'ferry_nodejs_active_handles_total',
+  'ferry_nodejs_active_requests_total',
+  'ferry_nodejs_active_resources_total',
+];
+
 /** Seconds of the log2-µs bucket bounds (stats.ts), the `le` labels of the latency histogram. */
 const LATENCY_LE = Array.from({ length: LATENCY_BUCKET_COUNT }, (_, index) => {
   const upperUs = latencyBucketUpperUs(index);
@@ -121,6 +127,9 @@ function latencySamples(agent: Agent): Sample[] {
 export function createMetrics(agent: Agent, jobs: JobManager | undefined): FerryMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'ferry_' });
+  // prom-client names three gauges `_total`, which Prometheus reserves for counters (promtool
+  // check metrics refuses them); the handle and request counts they hold are not worth that.
+  for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name);
 
   registry.registerMetric(
     scrapedMetric(
