@@ -1,5 +1,5 @@
 import { fastifySwagger } from '@fastify/swagger';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifySchema } from 'fastify';
 
 /**
  * `GET /v1/openapi.json` (issue 10, "Polish"): the OpenAPI 3 document @fastify/swagger builds from
@@ -26,6 +26,15 @@ export function registerOpenApi(app: FastifyInstance, version: string): void {
       },
       security: [{ token: [] }],
     },
+    // Group the operations by resource (`/v1/jobs/{id}/cancel` → `jobs`) so route files need
+    // not repeat it; a route's own `tags` win.
+    transform: ({ schema, url }: { schema: FastifySchema | undefined; url: string }) => ({
+      schema: {
+        ...schema,
+        tags: (schema as { tags?: string[] } | undefined)?.tags ?? [resourceOf(url)],
+      },
+      url,
+    }),
   };
   fastifySwagger(app, options, (error) => {
     if (error) throw error;
@@ -33,4 +42,10 @@ export function registerOpenApi(app: FastifyInstance, version: string): void {
   app.get('/v1/openapi.json', { schema: { hide: true } }, async (_request, reply) =>
     reply.type('application/json').send(app.swagger()),
   );
+}
+
+/** `/v1/jobs/:id` → `jobs`; `/metrics` → `metrics`. */
+function resourceOf(url: string): string {
+  const parts = url.split('/').filter((part) => part !== '');
+  return (parts[0] === 'v1' ? parts[1] : parts[0]) ?? 'ferry';
 }
