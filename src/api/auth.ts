@@ -120,17 +120,14 @@ function refuseToken(reply: FastifyReply): never {
 }
 
 function refuseMissing(reply: FastifyReply, ip: string, method: string, url: string): never {
-  // Both challenges: a browser or script learns of tokens, a peer agent (PeerClient) reads
-  // the Ferry-PSK error.
-  reply.header(
-    'www-authenticate',
-    `Bearer realm="ferry", ${CREDENTIAL_SCHEME} error="${CredentialFailure.Missing}"`,
-  );
+  // The Ferry-PSK challenge as before (a peer agent's PeerClient reads its error); the message
+  // tells people about tokens.
+  reply.header('www-authenticate', `${CREDENTIAL_SCHEME} error="${CredentialFailure.Missing}"`);
   throw new FerryError(
     ApiErrorCode.Unauthorized,
-    `${method} ${url.split('?', 1)[0]} from ${ip} needs an API token: only loopback callers ` +
-      `need none; ${TOKEN_HELP}. Ferry agents on other hosts use the key this host was given ` +
-      '(ferry host add)',
+    `${method} ${url.split('?', 1)[0]} from ${ip}: callers from other addresses than loopback ` +
+      `need a credential. People and scripts: ${TOKEN_HELP}. Ferry agents on other hosts: the ` +
+      'key this host was given for them (ferry host add)',
   );
 }
 

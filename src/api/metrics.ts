@@ -261,6 +261,11 @@ function registerJobMetrics(registry: Registry, jobs: JobManager): () => void {
     buckets: DOWNTIME_BUCKETS_SECONDS,
     registers: [registry],
   });
+  // Jobs that succeeded before the first scrape, then each one as it succeeds.
+  for (const job of jobs.list()) {
+    if (job.state === 'succeeded' && job.downtimeMs !== null)
+      downtime.observe(job.downtimeMs / 1000);
+  }
   return jobs.subscribe((event) => {
     // The one `state` event into `succeeded` per job: each switchover is observed once.
     if (event.type !== 'state' || event.job.state !== 'succeeded') return;
