@@ -13,20 +13,9 @@ import { NbdClient } from '../../src/nbd/client.js';
 import { runFerry, startServe } from '../cli/ferry-process.js';
 import { makeTempDir } from '../host/temp-dir.js';
 import { toolTest } from '../nbd/interop-helpers.js';
+import { sampleOf } from './prometheus-text.js';
 
 const KIB = 1024;
-
-/** The value of the one sample `name{labels}` in a scrape; fails when absent. */
-function sampleOf(text: string, name: string, labels: Record<string, string> = {}): number {
-  const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`);
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (match === null || match[1] !== name) continue;
-    const present = (match[2] ?? '').split(',');
-    if (wanted.every((pair) => present.includes(pair))) return Number(match[3]);
-  }
-  assert.fail(`no sample ${name}{${wanted.join(',')}} in the scrape`);
-}
 
 function promtoolCheck(text: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
