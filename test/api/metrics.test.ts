@@ -6,12 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { NbdClient } from '../../src/nbd/client.js';
 import { runFerry, startServe } from '../cli/ferry-process.js';
-import { makeTempDir } from '../host/temp-dir.js';
 import { toolTest } from '../nbd/interop-helpers.js';
 import { sampleOf } from './prometheus-text.js';
 
@@ -37,7 +37,8 @@ toolTest(
   'metrics: a scrape promtool accepts, with the I/O, space and jobs that happened',
   ['promtool'],
   async () => {
-    const dir = await makeTempDir('ferry-metrics-');
+    // Not makeTempDir: the directory must outlive the server, which the hook below stops first.
+    const dir = await mkdtemp(join(tmpdir(), 'ferry-metrics-'));
     const serve = await startServe([
       '--data',
       join(dir, 'data'),
@@ -51,6 +52,7 @@ toolTest(
     after(async () => {
       serve.child.kill('SIGTERM');
       await serve.exited;
+      await rm(dir, { recursive: true, force: true });
     });
     const env = { FERRY_API: serve.ready.apiUrl };
     const scrape = async (): Promise<string> => {
