@@ -5,6 +5,7 @@ import type { Database } from '../control/database.js';
 import { DrsService } from '../control/drs-service.js';
 import type { JobManager } from '../control/job-manager.js';
 import { RemoteJobs } from '../control/remote-jobs.js';
+import { TokenStore } from '../control/token-store.js';
 import type { Agent } from '../host/agent.js';
 import type { PeerRegistry } from '../host/peers.js';
 import { readPackageVersion } from '../util/package-version.js';
@@ -13,6 +14,7 @@ import { registerPeerAuth } from './auth.js';
 import type { NbdAddress } from './disk-view.js';
 import { replyError } from './error-reply.js';
 import { ApiErrorCode } from './error-table.js';
+import { registerOpenApi } from './openapi.js';
 import { registerClusterRoutes } from './routes/clusters.js';
 import { registerDatastoreRoutes } from './routes/datastores.js';
 import { registerDiskRoutes } from './routes/disks.js';
@@ -21,8 +23,10 @@ import { registerHealthRoutes } from './routes/health.js';
 import { registerHostRoutes } from './routes/hosts.js';
 import { registerJobEventRoutes } from './routes/job-events.js';
 import { registerJobRoutes } from './routes/jobs.js';
+import { registerMetricsRoute } from './routes/metrics.js';
 import { registerReceiveRoutes } from './routes/receives.js';
 import { registerStatsEventRoutes } from './routes/stats-events.js';
+import { registerTokenRoutes } from './routes/tokens.js';
 import { registerVmReceiveRoutes } from './routes/vm-receives.js';
 import { registerVmRoutes } from './routes/vms.js';
 
@@ -74,16 +78,29 @@ export function createApi(options: ApiOptions): FastifyInstance {
   app.setErrorHandler((error, request, reply) => replyError(error, request, reply));
   app.setNotFoundHandler((request, reply) =>
     reply.status(404).send({
-      error: { code: ApiErrorCode.NoRoute, message: `no route ${request.method} ${request.url}` },
+      error: {
+        code: ApiErrorCode.NoRoute,
+        message: `no route ${request.method} ${request.url}; GET /v1/openapi.json lists the routes`,
+      },
     }),
   );
   const peers = options.peers;
+  // API tokens live in the control plane's store; without one, only loopback and peers get in.
+  const tokens = options.db === undefined ? undefined : new TokenStore(options.db);
   // First: every route, including the 404 handler, is behind the credential check.
-  registerPeerAuth(app, { keyFor: (identity) => peers?.keyFor(identity) });
+  registerPeerAuth(app, {
+    keyFor: (identity) => peers?.keyFor(identity),
+    ...(tokens === undefined ? {} : { tokenName: (token: string) => tokens.verify(token) }),
+  });
+  const version = options.version ?? readPackageVersion();
+  // Before the routes: it collects them as they are added.
+  registerOpenApi(app, version);
   registerHealthRoutes(app, options.agent, nbd, {
     host: options.hostName ?? hostname(),
-    version: options.version ?? readPackageVersion(),
+    version,
   });
+  if (tokens) registerTokenRoutes(app, tokens);
+  registerMetricsRoute(app, options.agent, options.jobs);
   if (peers) registerHostRoutes(app, peers);
   // Clusters, Storage DRS and maintenance keep their state in the database (control/clusters.ts).
   const drs =

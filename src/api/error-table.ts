@@ -21,6 +21,8 @@ export const ApiErrorCode = {
   NoRoute: 'ERR_NO_ROUTE',
   /** A caller from another address without a valid credential (api/auth.ts). */
   Unauthorized: 'ERR_UNAUTHORIZED',
+  /** A caller that is known but may not do this from where it calls (token management). */
+  Forbidden: 'ERR_FORBIDDEN',
   /** Anything without a listed code: a bug or an unexpected system error. */
   Internal: 'ERR_INTERNAL',
 } as const;
@@ -36,6 +38,7 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [ApiErrorCode.BadRequest]: BAD_USAGE,
   [ApiErrorCode.NoRoute]: NOT_FOUND,
   [ApiErrorCode.Unauthorized]: { httpStatus: 401, exitCode: 1 },
+  [ApiErrorCode.Forbidden]: { httpStatus: 403, exitCode: 1 },
   [HostErrorCode.BadName]: BAD_USAGE,
   [HostErrorCode.BadSize]: BAD_USAGE,
   [HostErrorCode.BadPath]: BAD_USAGE,

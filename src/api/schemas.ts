@@ -284,3 +284,13 @@ export interface AddHostBody {
   url: string;
   key: string;
 }
+
+export const createTokenBodySchema = {
+  type: 'object',
+  required: ['name'],
+  additionalProperties: false,
+  properties: { name: nameSchema },
+} as const;
+export interface CreateTokenBody {
+  name: string;
+}

@@ -30,7 +30,7 @@ const code = await runCli({
   },
   serve: async (options) => {
     const { createServeLogger, serve } = await import('./serve.js');
-    return serve(options, createServeLogger());
+    return serve(options, createServeLogger(options.logFormat));
   },
 });
 // Exit explicitly: idle keep-alive sockets of fetch would otherwise hold the process for seconds.

@@ -1,7 +1,7 @@
 import { mkdir, realpath } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
-import { type Logger as PinoLogger, pino } from 'pino';
+import type { Logger as PinoLogger } from 'pino';
 import { createApi } from '../api/index.js';
 import { formatHostPort } from '../cli/host-port.js';
 import type { ServeOptions } from '../cli/serve-command.js';
@@ -26,6 +26,8 @@ import { loadServerTls, parseTlsSpec } from '../nbd/tls-credentials.js';
 import { errorMessageOf } from '../util/errors.js';
 import { readPackageVersion } from '../util/package-version.js';
 
+export { createServeLogger } from './serve-logger.js';
+
 /**
  * `ferry serve`: the wiring of one process holding the agent, the NBD server and the API.
  *
@@ -41,12 +43,6 @@ import { readPackageVersion } from '../util/package-version.js';
  * in flight finish, connections close), close the agent (flushes and closes every disk), exit 0. A second
  * signal exits at once, for the operator whose flush hangs on a dead NFS server.
  */
-export function createServeLogger(): PinoLogger {
-  // Synchronous stderr: the "ready" line must be out before a test or script acts on it, and a
-  // crash must not lose the lines before it. This logger is off the data path.
-  return pino({ level: 'info' }, pino.destination({ dest: 2, sync: true }));
-}
-
 export async function serve(options: ServeOptions, log: PinoLogger): Promise<number> {
   checkName(options.hostName, 'host');
   const signals = watchSignals(log);

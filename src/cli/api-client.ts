@@ -20,9 +20,12 @@ export const CliErrorCode = {
 
 export class ApiClient {
   readonly baseUrl: string;
+  /** An API token (`FERRY_TOKEN`), sent as `Authorization: Bearer`; needed off loopback. */
+  private readonly token: string | undefined;
 
-  constructor(baseUrl: string) {
+  constructor(baseUrl: string, token?: string) {
     this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this.token = token === '' ? undefined : token;
   }
 
   get<T>(path: string): Promise<T> {
@@ -74,6 +77,7 @@ export class ApiClient {
     const headers: Record<string, string> = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (extra.accept !== undefined) headers.accept = extra.accept;
+    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
     try {
       return await fetch(`${this.baseUrl}${path}`, {
         method,

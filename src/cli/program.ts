@@ -10,6 +10,7 @@ import { addHostCommands } from './host-commands.js';
 import { addJobCommands } from './job-commands.js';
 import { addMigrateCommand } from './migrate-command.js';
 import { addServeCommand, type ServeFunction } from './serve-command.js';
+import { addTokenCommands } from './token-commands.js';
 import { addVmCommands } from './vm-commands.js';
 
 const EXAMPLES = `
@@ -38,7 +39,8 @@ Examples:
     $ ferry host add hostb http://hostb:7480 --key-file /etc/ferry/keys.psk
 
 Environment:
-  FERRY_API  the API that commands talk to (default ${DEFAULT_API_URL})
+  FERRY_API    the API that commands talk to (default ${DEFAULT_API_URL})
+  FERRY_TOKEN  an API token (ferry token create), needed when FERRY_API is not on loopback
 
 Exit codes: 0 ok, 1 the operation failed, 2 bad usage, 130 stopped following a job (Ctrl-C).`;
 
@@ -71,5 +73,6 @@ export function buildProgram(
   addHostCommands(program, context);
   addMigrateCommand(program, context, setExitCode);
   addJobCommands(program, context, setExitCode);
+  addTokenCommands(program, context);
   return program;
 }

@@ -35,7 +35,7 @@ export const ExitCode = { Ok: 0, Failed: 1, Usage: 2, Interrupted: 130 } as cons
  */
 export async function runCli(environment: CliEnvironment): Promise<number> {
   const context: CliContext = {
-    api: new ApiClient(environment.env.FERRY_API || DEFAULT_API_URL),
+    api: new ApiClient(environment.env.FERRY_API || DEFAULT_API_URL, environment.env.FERRY_TOKEN),
     print: (text) => environment.stdout(`${text}\n`),
     cwd: environment.cwd,
     printError: environment.stderr,

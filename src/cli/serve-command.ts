@@ -28,6 +28,8 @@ export interface ServeOptions {
   readonly tlsMode?: 'require' | 'allow';
   /** `--max-host-migrations`, `--max-datastore-migrations` (control/scheduler.ts). */
   readonly limits?: { readonly host: number; readonly datastore: number };
+  /** `--log-format`: pretty on a terminal (auto), or always JSON lines, or always pretty. */
+  readonly logFormat?: 'auto' | 'json' | 'pretty';
 }
 
 export interface DiskWish {
@@ -82,6 +84,14 @@ export function addServeCommand(
         'require: no plain clients (default with --tls); allow',
       ).choices(['require', 'allow']),
     )
+    .addOption(
+      new Option(
+        '--log-format <format>',
+        'auto: readable on a terminal, JSON lines otherwise; json; pretty',
+      )
+        .choices(['auto', 'json', 'pretty'])
+        .default('auto'),
+    )
     .option(
       '--max-host-migrations <n>',
       'storage migrations run at once on this host; more wait in the queue',
@@ -104,8 +114,8 @@ export function addServeCommand(
       'after',
       '\nExample: serve a 1 GiB disk vm1 at nbd://127.0.0.1:10809/vm1, creating it on first start:\n' +
         '  $ ferry serve --disk vm1:1G\n' +
-        '\nLogs are JSON lines on stderr; the line with "msg":"ready" carries nbdUrl, nbdPort, apiUrl ' +
-        'and apiPort.\nSIGINT or SIGTERM stops it cleanly (every disk is flushed); a second signal ' +
+        '\nLogs go to stderr: readable on a terminal, JSON lines otherwise (--log-format json forces ' +
+        'them);\nthe line with "msg":"ready" carries nbdUrl, nbdPort, apiUrl and apiPort.\nSIGINT or SIGTERM stops it cleanly (every disk is flushed); a second signal ' +
         'exits at once.',
     )
     .addHelpText(
@@ -128,6 +138,7 @@ export function addServeCommand(
         limits: { host: options.maxHostMigrations, datastore: options.maxDatastoreMigrations },
         ...(options.tls === undefined ? {} : { tls: options.tls }),
         ...(options.tlsMode === undefined ? {} : { tlsMode: options.tlsMode }),
+        logFormat: options.logFormat,
         nbd: options.nbd,
         api: options.api,
         ...(options.socket === undefined
@@ -149,6 +160,7 @@ interface ServeCommandOptions {
   tlsMode?: 'require' | 'allow';
   maxHostMigrations: number;
   maxDatastoreMigrations: number;
+  logFormat: 'auto' | 'json' | 'pretty';
 }
 
 /** A limit: a whole number of at least 1. */

@@ -179,6 +179,8 @@ export class MigrationJob {
       assert(this.stateNow === 'running' && this.migration === null, 'resumes a restored job');
       this.attach(moveId, migration);
     }
+    // The journal does not keep the speed: the job does, and the resumed copy keeps to it.
+    if (this.speedBytesPerSecond > 0) migration.setSpeed(this.speedBytesPerSecond);
     this.emit(
       'message',
       `resumed move ${moveId} after the agent restarted: ${formatSize(copiedBytes)} of ` +
