@@ -56,6 +56,8 @@ export function registerPeerAuth(app: FastifyInstance, options: PeerAuthOptions)
   app.decorateRequest('peerIdentity', null);
   app.decorateRequest('tokenName', null);
   app.addHook('onRequest', async (request, reply) => {
+    // The page's own address may carry ?token= for its API calls; the files need none.
+    if (isPublicAsset(request.method, request.url)) return;
     const header = request.headers.authorization;
     const token = bearerToken(header) ?? queryToken(request.method, request.url);
     if (token !== undefined) {
@@ -67,7 +69,7 @@ export function registerPeerAuth(app: FastifyInstance, options: PeerAuthOptions)
       return;
     }
     if (header === undefined) {
-      if (isLoopback(request.ip) || isPublicAsset(request.method, request.url)) return;
+      if (isLoopback(request.ip)) return;
       refuseMissing(reply, request.ip, request.method, request.url);
     }
     const check = verifyCredential(header, request.method, request.url, nowMs(), options.keyFor);

@@ -178,9 +178,12 @@ export class JobManager {
     this.limitsNow = options.limits ?? LIMITS_DEFAULT;
     this.store = options.db === undefined ? null : new JobStore(options.db);
     if (this.store !== null) this.restore(this.store);
-    // Nothing to resolve before new jobs may start: no history left unfinished, no journal.
+    // Nothing to resolve before new jobs may start: no history left unfinished, and no move the
+    // agent offers to resume (it opened before us). Else `recover` must run first.
     this.isRecovered =
-      this.interrupted.length === 0 && this.queued.size === 0 && agent.resumableMoves === undefined;
+      this.interrupted.length === 0 &&
+      this.queued.size === 0 &&
+      (agent.resumableMoves?.() ?? []).length === 0;
   }
 
   /**

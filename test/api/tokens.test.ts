@@ -141,8 +141,11 @@ test('tokens: ?token= works for GET only; management only from loopback; rm revo
   assert.equal(mint.statusCode, 403);
   assert.match(errorOf(mint.body).message, /only from the Ferry host itself/);
 
-  // The dashboard's files need nothing (404 here: no dashboard in this test, but not 401).
-  assert.equal((await fromElsewhere({ method: 'GET', url: '/ui/app.js' })).statusCode, 404);
+  // The dashboard's files need nothing, a token given with them included (the page's address
+  // carries it); an unknown file is a 404, not a 401.
+  assert.equal((await fromElsewhere({ method: 'GET', url: '/ui/app.js' })).statusCode, 200);
+  assert.equal((await fromElsewhere({ method: 'GET', url: '/ui/?token=wrong' })).statusCode, 200);
+  assert.equal((await fromElsewhere({ method: 'GET', url: '/ui/nothing.js' })).statusCode, 404);
 
   const removed = await ferry(['token', 'rm', 'browser']);
   assert.equal(removed.code, 0, removed.stderr);

@@ -8,7 +8,6 @@
 import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Agent } from '../../src/host/agent.js';
 import { CRASH_POINTS, type CrashPoint, RELEASE_CRASH_POINTS } from '../../src/host/disk-mover.js';
 import { METHOD_NAMES, type MethodName } from '../../src/migrate/method.js';
 import { NbdClient } from '../../src/nbd/index.js';
@@ -159,7 +158,7 @@ for (const { point, method } of CRASH_CASES) {
       });
       writer.start(client, 17);
       await new Promise((resolve) => setTimeout(resolve, 200));
-      await api(crashing, 'POST', '/v1/migrations', {
+      const submitted = await api<Job>(crashing, 'POST', '/v1/migrations', {
         disk: 'vm1',
         datastore: 'fast',
         method,
@@ -175,69 +174,73 @@ for (const { point, method } of CRASH_CASES) {
       const isCommitted = COMMITTED_POINTS.includes(point);
       const restarted = await startWithFast(dataDir);
       try {
-        const disk = await api<{ datastore: string; image: string }>(
-          restarted,
-          'GET',
-          '/v1/disks/vm1',
-        );
-        assert.equal(disk.datastore, isCommitted ? 'fast' : 'local');
         const reader = await NbdClient.connect({
           exportName: 'vm1',
           host: '127.0.0.1',
           port: restarted.ready.nbdPort,
         });
         const served = await reader.read(0, sizeBytes);
-        await reader.close();
         const expected = writer.expectedFor(served);
         assertSameBytes(served, expected, 'export after restart');
-        assertSameBytes(await readFile(disk.image), expected, 'image after restart');
         expected.copy(writer.model);
         if (isCommitted) {
+          await reader.close();
+          const disk = await api<{ datastore: string; image: string }>(
+            restarted,
+            'GET',
+            '/v1/disks/vm1',
+          );
+          assert.equal(disk.datastore, 'fast');
+          assertSameBytes(await readFile(disk.image), expected, 'image after restart');
           assert.deepEqual(await readdir(join(dataDir, 'journal')), []);
           const leftovers = await readdir(join(dataDir, 'datastores', 'local'));
           assert.deepEqual(leftovers, [], 'the old copy is cleaned up');
         } else {
-          // Not committed: the move is kept to resume (issue 10), its partial copy with it.
-          assert.deepEqual(await readdir(fast), ['vm1.raw']);
+          // Not committed: the restarted server resumes the move from its persisted copy state,
+          // as the same job, while the guest goes on writing (issue 10).
+          writer.start(reader, 23);
+          const job = await waitJob(restarted, submitted.id);
+          await writer.stop();
+          await reader.close();
+          assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
+          await checkResumed(restarted, submitted.id);
+          const check = await NbdClient.connect({
+            exportName: 'vm1',
+            host: '127.0.0.1',
+            port: restarted.ready.nbdPort,
+          });
+          const after = await check.read(0, sizeBytes);
+          await check.close();
+          assertSameBytes(after, writer.model, 'export after the resumed move');
+          assertSameBytes(
+            await readFile(join(fast, 'vm1.raw')),
+            writer.model,
+            'image after the resumed move',
+          );
+          assert.deepEqual(await readdir(join(dataDir, 'journal')), []);
+          assert.deepEqual(await readdir(join(dataDir, 'datastores', 'local')), []);
         }
       } finally {
         await stop(restarted);
       }
-      if (!isCommitted) await resumeInProcess(dataDir, writer, method);
     },
   );
 }
 
 /**
- * The job manager resumes interrupted moves (contract 2, helper jobs); here the agent is opened
- * in-process to do it: the move is offered, resumes with its method, finishes, and the
- * destination holds every acknowledged write, with guest writes during the resume.
+ * The job after the restart: the same job, its history from before the crash kept (ferry.db),
+ * and resumed from the copy state the crashed agent persisted, not from zero.
  */
-async function resumeInProcess(
-  dataDir: string,
-  writer: RecordingWriter,
-  method: MethodName,
-): Promise<void> {
-  const agent = await Agent.open({ dataDir });
-  try {
-    const [offered, ...others] = agent.resumableMoves();
-    assert.ok(offered !== undefined && others.length === 0, 'the move is offered');
-    assert.equal(offered.method, method);
-    const device = agent.exports.lookup('vm1')?.device;
-    assert.ok(device);
-    writer.start(device, 23);
-    const move = await agent.resumeMove(offered.id, () => {});
-    await move.done;
-    await writer.stop();
-    assertSameBytes(await device.read(0, writer.model.length), writer.model, 'export after resume');
-    assertSameBytes(
-      await readFile(join(dataDir, 'fast', 'vm1.raw')),
-      writer.model,
-      'image after resume',
-    );
-    assert.deepEqual(await readdir(join(dataDir, 'journal')), []);
-    assert.deepEqual(await readdir(join(dataDir, 'datastores', 'local')), []);
-  } finally {
-    await agent.close();
-  }
+async function checkResumed(serve: ServeProcess, id: string): Promise<void> {
+  const job = await api<Job & { events: { type: string; message: string }[] }>(
+    serve,
+    'GET',
+    `/v1/jobs/${id}`,
+  );
+  const types = job.events.map((event) => event.type);
+  assert.ok(types.includes('created'), `the history from before the crash: ${types.join(', ')}`);
+  const resumed = job.events.find((event) => event.message.startsWith('resumed move'));
+  assert.ok(resumed !== undefined, 'the job says it resumed');
+  const copied = /: (\S+) of \S+ were already on the destination/.exec(resumed.message)?.[1];
+  assert.ok(copied !== undefined && copied !== '0', `resumed from its bitmap: ${resumed.message}`);
 }
