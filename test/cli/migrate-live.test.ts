@@ -12,7 +12,7 @@ import { CRASH_POINTS, type CrashPoint, RELEASE_CRASH_POINTS } from '../../src/h
 import { METHOD_NAMES, type MethodName } from '../../src/migrate/method.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { makeTempDir } from '../host/temp-dir.js';
-import { assertSameBytes } from '../migrate/harness.js';
+import { assertSameBytes, prng, randomBytes } from '../migrate/harness.js';
 import { RecordingWriter } from '../migrate/recording-writer.js';
 import { MiB, runOk, toolTest } from '../nbd/interop-helpers.js';
 import { type ServeProcess, startServe } from './ferry-process.js';
@@ -152,10 +152,14 @@ for (const { point, method } of CRASH_CASES) {
         port: crashing.ready.nbdPort,
       });
       assert.notEqual(client.caps.trim, 'none', 'the export takes trims');
-      const writer = new RecordingWriter(client, Buffer.alloc(sizeBytes), {
-        start: 0,
-        end: sizeBytes,
-      });
+      // The whole disk holds data; the guest's working set is its first half. A region the
+      // guest keeps writing stays under write intent and is copied again on resume (copy-state.ts),
+      // so only the other half can show that the resume starts from the persisted bitmap.
+      const model = randomBytes(sizeBytes, prng(5));
+      for (let offset = 0; offset < sizeBytes; offset += MiB) {
+        await client.write(offset, model.subarray(offset, offset + MiB));
+      }
+      const writer = new RecordingWriter(client, model, { start: 0, end: sizeBytes / 2 });
       writer.start(client, 17);
       await new Promise((resolve) => setTimeout(resolve, 200));
       const submitted = await api<Job>(crashing, 'POST', '/v1/migrations', {
