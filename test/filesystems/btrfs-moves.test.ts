@@ -1,5 +1,5 @@
 /**
- * Every method's integrity and crash tests again, with their data on a loop-mounted btrfs: the
+ * Every method's integrity tests again, with their data on a loop-mounted btrfs: the
  * same test files, their temporary directories (os.tmpdir(), which reads TMPDIR) inside the
  * mount. Moves there take the reflink path (copy-offload.ts). The default run covers the
  * machine's own file system (ext4 here and in CI).
