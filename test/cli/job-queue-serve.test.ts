@@ -111,13 +111,15 @@ test('job queue (ferry serve): 20 moves submitted at once run at most 2 at a tim
       patterns.set(disk, pattern);
       targets.set(disk, ['b', 'c', 'a'][i % 3]!);
     }
-    // Submitted faster than the moves end: most wait for the host's two slots.
+    // Submitted back to back, faster than the moves end, so some wait for the host's two slots.
+    // How many depends on the machine's speed: the test asks only that the queue was used, and
+    // checks the limit itself from the records below.
     const submitted: Job[] = [];
     for (const [disk, to] of targets) {
       submitted.push(await api<Job>(serve, 'POST', '/v1/migrations', { disk, datastore: to }));
     }
     const queued = submitted.filter((job) => job.state === 'queued');
-    assert.ok(queued.length >= DISK_COUNT - 2 - 2, `most waited: ${queued.length} queued`);
+    assert.ok(queued.length >= 1, `some waited: ${queued.length} queued`);
     for (const job of queued) {
       assert.equal(job.moveId, null);
       assert.match(
