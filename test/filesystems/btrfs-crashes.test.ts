@@ -12,9 +12,12 @@ after(() => mount.unmount());
 
 const { CRASH_CASES, defineCrashTests } = await import('../cli/crash-cases.js');
 const points = [...new Set(CRASH_CASES.map(({ point }) => point))];
+// The resume is checked, not where it starts: a reflink copies this small disk in one call,
+// before the first checkpoint could persist it, so the crash half-way finds nothing recorded.
 defineCrashTests(
   points.map((point, index) => ({
     point,
     method: METHOD_NAMES[index % METHOD_NAMES.length] ?? 'mirror',
   })),
+  { isBitmapChecked: false },
 );
