@@ -101,13 +101,28 @@ export class CopyStateFile {
     return this.disks.find((each) => each.disk === disk)?.state;
   }
 
+  /**
+   * True once a write failed (a full file system, say): the file is deleted and no longer kept,
+   * so a crash now rolls the move back instead of resuming it from bits that may be stale. The
+   * move and the guest's writes go on; only the resume is given up.
+   */
+  private isGivenUp = false;
+
   /** Replaces the file with every disk's bits as they are when this write starts. */
   write(): Promise<void> {
-    const next = this.running
-      .catch(() => undefined)
-      .then(() => writeJsonAtomic(this.path, this.encode()));
+    const next = this.running.catch(() => undefined).then(() => this.replace());
     this.running = next;
     return next;
+  }
+
+  private async replace(): Promise<void> {
+    if (this.isGivenUp) return;
+    try {
+      await writeJsonAtomic(this.path, this.encode());
+    } catch {
+      this.isGivenUp = true;
+      await unlink(this.path).catch(() => undefined);
+    }
   }
 
   /** A write, for disk `disk`'s state: resolves with the id of its encoding that was written. */
@@ -116,9 +131,19 @@ export class CopyStateFile {
     const next = this.running
       .catch(() => undefined)
       .then(async () => {
+        if (this.isGivenUp) {
+          this.encode();
+          id = this.stateOf(disk)?.lastEncodeId ?? 0;
+          return;
+        }
         const json = this.encode();
         id = this.stateOf(disk)?.lastEncodeId ?? 0;
-        await writeJsonAtomic(this.path, json);
+        try {
+          await writeJsonAtomic(this.path, json);
+        } catch {
+          this.isGivenUp = true;
+          await unlink(this.path).catch(() => undefined);
+        }
       });
     this.running = next;
     await next;
