@@ -11,6 +11,7 @@ import { NbdClient } from '../../src/nbd/index.js';
 import { makeTempDir } from '../host/temp-dir.js';
 import { prng, randomBytes } from '../migrate/harness.js';
 import { type ServeProcess, startServe } from './ferry-process.js';
+import { api } from './live-serve.js';
 
 const MIB = 1024 * 1024;
 const DISK_COUNT = 20;
@@ -27,23 +28,6 @@ interface Job {
   readonly createdAt: string;
   readonly finishedAt: string | null;
   readonly events: readonly { time: string; type: string; message: string }[];
-}
-
-async function api<T>(
-  serve: ServeProcess,
-  method: string,
-  path: string,
-  body?: object,
-): Promise<T> {
-  const response = await fetch(`${serve.ready.apiUrl}${path}`, {
-    method,
-    ...(body === undefined
-      ? {}
-      : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
-  });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
-  return JSON.parse(text) as T;
 }
 
 function serveIn(dataDir: string): Promise<ServeProcess> {

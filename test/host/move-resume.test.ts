@@ -13,7 +13,8 @@ import { Agent } from '../../src/host/agent.js';
 import { METHOD_NAMES, type MethodName } from '../../src/migrate/method.js';
 import type { MigrationEvent } from '../../src/migrate/migration.js';
 import { NbdClient } from '../../src/nbd/index.js';
-import { type ServeProcess, startServe } from '../cli/ferry-process.js';
+import { startServe } from '../cli/ferry-process.js';
+import { api } from '../cli/live-serve.js';
 import { assertSameBytes, prng, randomBytes } from '../migrate/harness.js';
 import { RecordingWriter } from '../migrate/recording-writer.js';
 import { MiB, toolTest } from '../nbd/interop-helpers.js';
@@ -22,23 +23,6 @@ import { makeTempDir } from './temp-dir.js';
 const SIZE_BYTES = 32 * MiB;
 /** The guest's working set: a quarter of the disk, as a real guest's hot area. */
 const HOT_BYTES = 4 * MiB;
-
-async function api<T>(
-  serve: ServeProcess,
-  method: string,
-  path: string,
-  body?: object,
-): Promise<T> {
-  const response = await fetch(`${serve.ready.apiUrl}${path}`, {
-    method,
-    ...(body === undefined
-      ? {}
-      : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
-  });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
-  return (text === '' ? undefined : JSON.parse(text)) as T;
-}
 
 /** Until the crash: a served disk full of data, a guest writing, a move killed half-way. */
 async function crashHalfWay(dataDir: string, method: MethodName): Promise<RecordingWriter> {

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { NbdClient } from '../../src/nbd/index.js';
 import { type ServeProcess, startServe } from '../cli/ferry-process.js';
+import { api } from '../cli/live-serve.js';
 import { makeTempDir } from '../host/temp-dir.js';
 import { assertSameBytes } from '../migrate/harness.js';
 import { MiB, toolTest } from '../nbd/interop-helpers.js';
@@ -34,23 +35,6 @@ const BLOCK_BYTES = 4096;
 /** The page waits on events; these bound a wait that would otherwise hang the test. */
 const WAIT_MS = 60_000;
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-
-async function api<T>(
-  serve: ServeProcess,
-  method: string,
-  path: string,
-  body?: object,
-): Promise<T> {
-  const response = await fetch(`${serve.ready.apiUrl}${path}`, {
-    method,
-    ...(body === undefined
-      ? {}
-      : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
-  });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
-  return (text === '' ? undefined : JSON.parse(text)) as T;
-}
 
 /**
  * A guest: one NBD connection writing 4 KiB blocks of random data at random offsets, one at a
