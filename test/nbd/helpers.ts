@@ -47,6 +47,11 @@ export async function rawTransmission(port: number, name: string): Promise<Socke
   return socket;
 }
 
+/**
+ * The next `count` bytes from `socket`. The socket is paused again before this returns: a flowing
+ * socket with no 'data' listener drops what arrives, so a reply that came while the test was still
+ * writing would be lost and the next `readBytes` would wait for ever.
+ */
 export function readBytes(socket: Socket, count: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
@@ -57,6 +62,7 @@ export function readBytes(socket: Socket, count: number): Promise<Buffer> {
       if (have >= count) {
         socket.off('data', onData);
         socket.off('close', onClose);
+        socket.pause();
         const all = Buffer.concat(parts);
         if (all.length > count) socket.unshift(all.subarray(count));
         resolve(all.subarray(0, count));
@@ -65,6 +71,7 @@ export function readBytes(socket: Socket, count: number): Promise<Buffer> {
     const onClose = (): void => reject(new Error(`socket closed after ${have} of ${count} bytes`));
     socket.on('data', onData);
     socket.once('close', onClose);
+    socket.resume();
   });
 }
 
