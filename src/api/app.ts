@@ -119,8 +119,15 @@ export function createApi(options: ApiOptions): FastifyInstance {
     options.eventHeartbeatMs === undefined ? {} : { heartbeatMs: options.eventHeartbeatMs },
   );
   registerDashboardRoutes(app);
-  registerReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
-  registerVmReceiveRoutes(app, options.agent, Number(new URL(nbd.url).port || 10809));
+  // A move from another host takes this host's migration slots too (control/scheduler.ts).
+  const jobs = options.jobs;
+  const admit =
+    jobs === undefined
+      ? undefined
+      : (id: string, datastores: readonly string[]) => jobs.admitReceive(id, datastores);
+  const nbdPort = Number(new URL(nbd.url).port || 10809);
+  registerReceiveRoutes(app, options.agent, nbdPort, admit);
+  registerVmReceiveRoutes(app, options.agent, nbdPort, admit);
   if (options.jobs) {
     // The destination of a cross-host move shows the source's job of it (remote-jobs.ts).
     const agent = options.agent;

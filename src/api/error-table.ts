@@ -76,6 +76,8 @@ const TABLE: Readonly<Record<string, ErrorMapping>> = {
   [MigrateErrorCode.CommitUnknown]: UNAVAILABLE,
   [JobErrorCode.NotFound]: NOT_FOUND,
   [JobErrorCode.State]: CONFLICT,
+  // Not the request but this host's load: the same request succeeds later.
+  [JobErrorCode.HostBusy]: UNAVAILABLE,
   // A job's outcome more than a request's; the CLI exits 1 for a job that ended so.
   [MigrateErrorCode.Cancelled]: CONFLICT,
   // The agent is fine, the storage it relays to failed: a gateway whose upstream failed.

@@ -12,6 +12,7 @@ import type {
   VmMove,
 } from '../host/agent.js';
 import { HostError, HostErrorCode } from '../host/errors.js';
+import { PeerError } from '../host/peer-client.js';
 import {
   METHOD_DEFAULT,
   type MethodName,
@@ -20,18 +21,25 @@ import {
 } from '../migrate/method.js';
 import type { MigrationEvent } from '../migrate/migration.js';
 import { assert } from '../util/assert.js';
-import { errorCodeOf } from '../util/errors.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import { type Logger, silentLogger } from '../util/logger.js';
 import type { Database } from './database.js';
 import type { JobEvent, JobRecord, JobStatus } from './job-record.js';
 import { isTerminal, JobError, JobErrorCode } from './job-states.js';
 import { JobStore } from './job-store.js';
 import { MigrationJob, type MigrationJobInit } from './migration-job.js';
-import { type Demand, LIMITS_DEFAULT, type Limits, plan, usageOf } from './scheduler.js';
+import {
+  admissionOf,
+  type Demand,
+  LIMITS_DEFAULT,
+  type Limits,
+  plan,
+  usageOf,
+} from './scheduler.js';
 
 /**
  * A move the agent found interrupted in its journal at open, with what its persisted copy bitmap
- * says is already on the destination (contract 2 in /work/wt/CONTRACTS.md; the agent provides it).
+ * says is already on the destination (host/resumable-moves.ts).
  */
 export interface ResumableMove {
   readonly id: string;
@@ -67,6 +75,8 @@ export interface JobAgent {
   readonly receiver?: {
     list(): readonly {
       readonly id: string;
+      /** The move it belongs to: the disks of one VM arrive as one move. */
+      readonly move: string;
       readonly datastore: string;
       readonly committed: boolean;
     }[];
@@ -139,6 +149,18 @@ const FINISHED_MAX_DEFAULT = 100;
  * telling the job manager.
  */
 const RESCHEDULE_MS = 1000;
+/** How long a move a busy peer turned away waits before it asks that peer again. */
+const PEER_BUSY_RETRY_MS = 2000;
+
+/** A job waiting for its turn. */
+interface QueuedEntry {
+  readonly request: MigrationRequest;
+  readonly demand: Demand;
+  /** Its place in the FIFO, kept when a busy peer sends it back. */
+  readonly order: number;
+  /** The peer turned it away: not asked again before `until`; `reason` is what it waits for. */
+  readonly peerBusy?: { readonly until: number; readonly reason: string };
+}
 
 /**
  * The jobs of this control plane: queues each move, starts it on the agent when the scheduler's
@@ -159,7 +181,10 @@ export class JobManager {
   private readonly finishedIds: string[] = [];
   private readonly listeners = new Map<JobListener, string | null>();
   /** Jobs not yet started, oldest first, with their requests. */
-  private readonly queued = new Map<string, { request: MigrationRequest; demand: Demand }>();
+  private readonly queued = new Map<string, QueuedEntry>();
+  private nextOrder = 0;
+  /** Receives admitted from other hosts whose receive is not yet listed by the agent. */
+  private readonly admitted = new Map<string, Demand>();
   /** What each started, unfinished job holds (starting ones included). */
   private readonly active = new Map<string, Demand>();
   /** Jobs that were running when the process stopped, until `recover` resolves them. */
@@ -240,7 +265,11 @@ export class JobManager {
       },
       request,
     );
-    this.queued.set(job.id, { request, demand: demandOf(job.id, subject.from, request) });
+    this.queued.set(job.id, {
+      request,
+      demand: demandOf(job.id, subject.from, request),
+      order: this.nextOrder++,
+    });
     // A job that starts at once answers as before the queue existed: running, or the agent's
     // refusal thrown (and no job kept).
     const refusal = await this.schedule().get(job.id);
@@ -355,6 +384,7 @@ export class JobManager {
         this.queued.set(job.id, {
           request: queuedRequest,
           demand: demandOf(job.id, record.from, queuedRequest),
+          order: this.nextOrder++,
         });
       } else {
         this.interrupted.push(job.id);
@@ -386,29 +416,69 @@ export class JobManager {
     }
   }
 
+  /**
+   * Another host asks to move a disk or a VM here: admitted when this host's limits have room
+   * for it now (it takes a slot as a job here would), else `ERR_HOST_BUSY`, and that host keeps
+   * the move queued and asks again. The slot is held until the returned function is called,
+   * which the caller does once the agent lists the receive (or it failed).
+   */
+  admitReceive(id: string, datastores: readonly string[]): () => void {
+    const demand: Demand = { id: `admit ${id}`, datastores: unique(datastores) };
+    const held = admissionOf(demand, usageOf(this.holders()), this.limitsNow);
+    if (held !== null) {
+      throw new JobError(
+        JobErrorCode.HostBusy,
+        `busy: ${held}; the move stays queued on its source host and is asked for again`,
+      );
+    }
+    this.admitted.set(demand.id, demand);
+    return () => {
+      if (this.admitted.delete(demand.id)) this.schedule();
+    };
+  }
+
   /** Starts what the limits allow, in FIFO order; tells the others where they stand. */
   private schedule(): Map<string, Promise<unknown>> {
     const launched = new Map<string, Promise<unknown>>();
     if (this.isClosed || !this.isRecovered) return launched;
-    const queued = [...this.queued.values()].map((entry) => entry.demand);
+    const now = Date.now();
+    const queued = [...this.queued.values()]
+      .sort((a, b) => a.order - b.order)
+      .map((entry) =>
+        entry.peerBusy !== undefined && entry.peerBusy.until > now
+          ? { ...entry.demand, heldBy: entry.peerBusy.reason }
+          : entry.demand,
+      );
     const decided = plan(queued, usageOf(this.holders()), this.limitsNow);
     for (const id of decided.start) launched.set(id, this.launch(id));
     for (const [id, place] of decided.waiting) this.jobs.get(id)?.setQueue(place);
     if (this.rescheduleTimer !== null) clearTimeout(this.rescheduleTimer);
     this.rescheduleTimer = null;
-    if (this.queued.size > 0 && this.agent.receiver !== undefined) {
+    const isPeerHeld = [...this.queued.values()].some((entry) => entry.peerBusy !== undefined);
+    if (this.queued.size > 0 && (this.agent.receiver !== undefined || isPeerHeld)) {
       this.rescheduleTimer = setTimeout(() => this.schedule(), RESCHEDULE_MS);
       this.rescheduleTimer.unref();
     }
     return launched;
   }
 
-  /** What holds slots now: the jobs started here, and the receives from other hosts. */
+  /**
+   * What holds slots now: the jobs started here, and the moves from other hosts (admitted, or
+   * receiving until their commit). The disks of one VM arriving are one move, as its job there.
+   */
   private holders(): Demand[] {
-    const receives = (this.agent.receiver?.list() ?? [])
-      .filter((receive) => !receive.committed)
-      .map((receive) => ({ id: `receive ${receive.id}`, datastores: [receive.datastore] }));
-    return [...this.active.values(), ...receives];
+    const receives = new Map<string, Set<string>>();
+    for (const receive of this.agent.receiver?.list() ?? []) {
+      if (receive.committed) continue;
+      const datastores = receives.get(receive.move) ?? new Set<string>();
+      datastores.add(receive.datastore);
+      receives.set(receive.move, datastores);
+    }
+    const arriving = [...receives].map(([move, datastores]) => ({
+      id: `receive ${move}`,
+      datastores: [...datastores],
+    }));
+    return [...this.active.values(), ...this.admitted.values(), ...arriving];
   }
 
   /**
@@ -456,6 +526,18 @@ export class JobManager {
         this.follow(job, move);
       },
       (error: unknown) => {
+        if (!job.isFinished && isPeerBusy(error)) {
+          // The peer's limits are full: back to its place in the queue, to ask again later.
+          this.active.delete(id);
+          const reason = errorMessageOf(error);
+          this.queued.set(id, {
+            ...entry,
+            peerBusy: { until: Date.now() + PEER_BUSY_RETRY_MS, reason },
+          });
+          this.log.info({ job: id, reason }, 'the destination host is busy; the job waits');
+          this.schedule();
+          return;
+        }
         refusal = error;
         if (!job.isFinished) job.fail(error);
         this.settle(job);
@@ -690,6 +772,11 @@ export class JobManager {
 function demandOf(id: string, from: string, request: MigrationOptions): Demand {
   const to = request.host === undefined ? request.datastore : undefined;
   return { id, datastores: unique(to === undefined ? [from] : [from, to]) };
+}
+
+/** The destination host turned the move away for its limits (`admitReceive` there). */
+function isPeerBusy(error: unknown): boolean {
+  return error instanceof PeerError && error.remoteCode === JobErrorCode.HostBusy;
 }
 
 function unique(names: readonly string[]): string[] {

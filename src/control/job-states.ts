@@ -79,6 +79,11 @@ export const JobErrorCode = {
   NotFound: 'ERR_JOB_NOT_FOUND',
   /** The job's state does not allow the verb asked for. */
   State: 'ERR_JOB_STATE',
+  /**
+   * This host is at its migration limit and turns away a move another host asks to make here;
+   * that host keeps the move queued and asks again.
+   */
+  HostBusy: 'ERR_HOST_BUSY',
 } as const;
 export type JobErrorCode = (typeof JobErrorCode)[keyof typeof JobErrorCode];
 

@@ -2,7 +2,9 @@
  * The scheduler's rule (DESIGN.md, "Control plane"): at most `hostMax` storage migrations run on
  * this host and at most `datastoreMax` on any one datastore (vSphere's published defaults: 2 per
  * host, 8 per datastore). A move counts on both its source and its destination datastore; a move
- * to or from another host counts on this host too (the peer counts it on its side).
+ * to or from another host counts on this host too, and the peer counts it on its side: it admits
+ * a receive only within its own limits (`admissionOf`), and a move the peer turned away waits
+ * here, held by the peer's answer (`Demand.heldBy`), until it is asked again.
  *
  * Queued jobs start in FIFO order as far as the limits allow; a job held by a datastore limit does
  * not hold a later job that fits (it keeps its place ahead of it, and says what it waits for).
@@ -23,6 +25,8 @@ export interface Demand {
   readonly id: string;
   /** Local datastores it touches (source, destination), without duplicates. */
   readonly datastores: readonly string[];
+  /** Held by something beyond this host's limits (a busy peer): waits with this sentence. */
+  readonly heldBy?: string;
 }
 
 /** Migrations running now, by what they hold. */
@@ -54,7 +58,7 @@ export function plan(queued: readonly Demand[], usage: Usage, limits: Limits): P
   const start: string[] = [];
   const waiting = new Map<string, { position: number; waitingFor: string }>();
   for (const demand of queued) {
-    const held = holdOf(demand, host, datastores, limits);
+    const held = demand.heldBy ?? holdOf(demand, host, datastores, limits);
     if (held === null) {
       start.push(demand.id);
       host += 1;
@@ -64,6 +68,15 @@ export function plan(queued: readonly Demand[], usage: Usage, limits: Limits): P
     waiting.set(demand.id, { position: waiting.size + 1, waitingFor: held });
   }
   return { start, waiting };
+}
+
+/**
+ * Whether a move another host asks to make here (a receive) fits now: null, or the limit that
+ * turns it away, as a sentence. It takes a slot as a job here would, but does not queue: the
+ * source keeps it in its own queue and asks again.
+ */
+export function admissionOf(demand: Demand, usage: Usage, limits: Limits): string | null {
+  return holdOf(demand, usage.host, usage.datastores, limits);
 }
 
 /** Null when `demand` fits; else the limit that holds it, as a sentence. */

@@ -587,6 +587,11 @@ export class Agent {
     if (failures.length > 0) throw failures[0];
   }
 
+  /** The datastore a request naming `name` (or none: the default) would use; as it would refuse. */
+  datastoreNameFor(name: string | undefined): string {
+    return this.pickDatastore(name).name;
+  }
+
   private pickDatastore(name: string | undefined): Datastore {
     if (name !== undefined) {
       const datastore = this.registry.get(name);

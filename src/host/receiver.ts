@@ -65,6 +65,8 @@ export type ReceiveState = 'committed' | 'aborted';
 /** A receive under way, as `list` shows it. */
 export interface ReceiveInfo {
   readonly id: string;
+  /** The move it belongs to: its own id, or the VM's move for a VM's disk (vm-receiver.ts). */
+  readonly move: string;
   readonly disk: string;
   /** The source host's name for itself. */
   readonly from: string;
@@ -91,6 +93,7 @@ interface ReceiveRecord {
 
 interface LiveReceive {
   readonly record: ReceiveRecord;
+  readonly move: string;
   readonly datastore: Datastore;
   readonly stack: DiskStack;
   readonly exportName: string;
@@ -138,8 +141,15 @@ export class Receiver {
     return this.host.serialize(() => this.receiveInQueue(request, pskIdentity));
   }
 
-  /** Step 1 in the caller's turn of the agent's change queue (a VM's disks, together). */
-  async receiveInQueue(request: ReceiveRequest, pskIdentity: string): Promise<ReceiveTicket> {
+  /**
+   * Step 1 in the caller's turn of the agent's change queue (a VM's disks, together; `move` is
+   * then the VM's move id, so that the scheduler counts the VM once).
+   */
+  async receiveInQueue(
+    request: ReceiveRequest,
+    pskIdentity: string,
+    move = request.id,
+  ): Promise<ReceiveTicket> {
     checkName(request.disk, 'disk');
     {
       if (this.live.has(request.id)) {
@@ -193,7 +203,7 @@ export class Receiver {
         },
         pskIdentity,
       );
-      this.live.set(record.id, { record, datastore, stack, exportName, isCommitted: false });
+      this.live.set(record.id, { record, move, datastore, stack, exportName, isCommitted: false });
       this.host.log.info(
         { move: record.id, disk: record.disk, from: record.sourceHost, datastore: datastore.name },
         'receiving a disk',
@@ -353,6 +363,7 @@ export class Receiver {
   list(): ReceiveInfo[] {
     return [...this.live.values()].map((live) => ({
       id: live.record.id,
+      move: live.move,
       disk: live.record.disk,
       from: live.record.sourceHost,
       committed: live.isCommitted,

@@ -187,6 +187,7 @@ export class VmReceiver {
                 ...(target === undefined ? {} : { datastore: target }),
               },
               pskIdentity,
+              request.id,
             ),
           );
           await this.holdForQemu(live, disk.disk, record.receives[index] ?? '');

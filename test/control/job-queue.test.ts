@@ -162,3 +162,28 @@ test('job queue: a bad request is refused at once and leaves no job', async () =
   openGateOf(agent, 'd1');
   assert.equal((await finished(jobs, queued.id)).state, 'succeeded');
 });
+
+test('job queue: the disks of one VM arriving from another host hold one host slot, not one each', async () => {
+  const agent = new FakeAgent(['local', 'fast'], disks({ d1: 'local', d2: 'local' }));
+  agent.isGatingAll = true;
+  const arriving = [
+    { id: 'vm7-d0', move: 'vm7', datastore: 'local', committed: false },
+    { id: 'vm7-d1', move: 'vm7', datastore: 'fast', committed: false },
+    { id: 'done', move: 'done', datastore: 'fast', committed: true },
+  ];
+  Object.assign(agent, { receiver: { list: () => arriving } });
+  const jobs = new JobManager(agent, { progressIntervalMs: 10, limits: { host: 2, datastore: 8 } });
+  assert.deepEqual(jobs.limits().running, { host: 1, datastores: { local: 1, fast: 1 } });
+  const j1 = await jobs.startMigration({ disk: 'd1', datastore: 'fast' });
+  const j2 = await jobs.startMigration({ disk: 'd2', datastore: 'fast' });
+  assert.equal(j1.state, 'running');
+  assert.deepEqual(j2.queue, {
+    position: 1,
+    waitingFor: 'host limit: 2 of 2 migrations running on this host',
+  });
+  jobs.cancel(j2.id);
+  jobs.cancel(j1.id);
+  openGateOf(agent, 'd1');
+  assert.equal((await finished(jobs, j1.id)).state, 'cancelled');
+  await jobs.shutdown();
+});

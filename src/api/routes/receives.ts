@@ -81,7 +81,34 @@ const resolveBodySchema = {
   },
 } as const;
 
-export function registerReceiveRoutes(app: FastifyInstance, agent: Agent, nbdPort: number): void {
+/**
+ * Takes this host's migration slots for a move another host asks to make here (the job
+ * manager's `admitReceive`), or throws `ERR_HOST_BUSY`; the returned function lets them go once
+ * the receive is listed (it then holds them itself) or failed. Absent: no limits (no job manager).
+ */
+export type AdmitReceive = (id: string, datastores: readonly string[]) => () => void;
+
+/** Runs `receive` holding an admission for it, if there are limits to keep. */
+export async function admitted<T>(
+  admit: AdmitReceive | undefined,
+  id: string,
+  datastores: () => readonly string[],
+  receive: () => Promise<T>,
+): Promise<T> {
+  const release = admit?.(id, datastores());
+  try {
+    return await receive();
+  } finally {
+    release?.();
+  }
+}
+
+export function registerReceiveRoutes(
+  app: FastifyInstance,
+  agent: Agent,
+  nbdPort: number,
+  admit?: AdmitReceive,
+): void {
   const { receiver } = agent;
 
   app.get('/v1/receives', async () => ({ receives: receiver.list() }));
@@ -91,7 +118,13 @@ export function registerReceiveRoutes(app: FastifyInstance, agent: Agent, nbdPor
     { schema: { body: receiveBodySchema } },
     async (request, reply) => {
       const identity = peerOf(request);
-      const ticket = await receiver.receive(request.body, identity);
+      const { body } = request;
+      const ticket = await admitted(
+        admit,
+        body.id,
+        () => [agent.datastoreNameFor(body.datastore)],
+        () => receiver.receive(body, identity),
+      );
       return reply.status(201).send({ ...ticket, nbdPort });
     },
   );

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Agent } from '../../host/agent.js';
 import type { VmReceiveRequest } from '../../host/vm-receiver.js';
-import { peerOf } from './receives.js';
+import { type AdmitReceive, admitted, peerOf } from './receives.js';
 
 /**
  * `/v1/vm-receives`: the destination side of a VM moving here from another host
@@ -76,7 +76,12 @@ const receiveBodySchema = {
   },
 } as const;
 
-export function registerVmReceiveRoutes(app: FastifyInstance, agent: Agent, nbdPort: number): void {
+export function registerVmReceiveRoutes(
+  app: FastifyInstance,
+  agent: Agent,
+  nbdPort: number,
+  admit?: AdmitReceive,
+): void {
   const { vmReceiver } = agent;
 
   app.post<{ Body: VmReceiveRequest }>(
@@ -84,7 +89,17 @@ export function registerVmReceiveRoutes(app: FastifyInstance, agent: Agent, nbdP
     { schema: { body: receiveBodySchema }, bodyLimit: RECEIVE_BODY_MAX_BYTES },
     async (request, reply) => {
       const identity = peerOf(request);
-      const ticket = await vmReceiver.receive(request.body, identity);
+      const { body } = request;
+      // One move, as its job on the source: its home's datastore and each of its disks'.
+      const datastores = (): string[] => [
+        agent.datastoreNameFor(body.datastore),
+        ...body.disks.map((disk) =>
+          agent.datastoreNameFor(body.datastoreMap?.[disk.from] ?? body.datastore),
+        ),
+      ];
+      const ticket = await admitted(admit, body.id, datastores, () =>
+        vmReceiver.receive(body, identity),
+      );
       return reply.status(201).send({ ...ticket, nbdPort });
     },
   );
