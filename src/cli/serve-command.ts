@@ -94,7 +94,7 @@ export function addServeCommand(
     )
     .option(
       '--max-host-migrations <n>',
-      'storage migrations run at once on this host; more wait in the queue',
+      'storage migrations at once on this host, moves to and from other hosts included; more wait in the queue',
       parseLimit,
       2,
     )
