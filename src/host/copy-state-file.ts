@@ -108,6 +108,13 @@ export class CopyStateFile {
    */
   private isGivenUp = false;
 
+  /** A write that reached the file held some granule as copied (the crash tests' seam waits for it). */
+  private hasPersistedCopies = false;
+
+  get isCopyPersisted(): boolean {
+    return this.hasPersistedCopies;
+  }
+
   /** Replaces the file with every disk's bits as they are when this write starts. */
   write(): Promise<void> {
     const next = this.running.catch(() => undefined).then(() => this.replace());
@@ -118,7 +125,9 @@ export class CopyStateFile {
   private async replace(): Promise<void> {
     if (this.isGivenUp) return;
     try {
-      await writeJsonAtomic(this.path, this.encode());
+      const json = this.encode();
+      await writeJsonAtomic(this.path, json);
+      this.noteWritten(json);
     } catch {
       this.isGivenUp = true;
       await unlink(this.path).catch(() => undefined);
@@ -140,6 +149,7 @@ export class CopyStateFile {
         id = this.stateOf(disk)?.lastEncodeId ?? 0;
         try {
           await writeJsonAtomic(this.path, json);
+          this.noteWritten(json);
         } catch {
           this.isGivenUp = true;
           await unlink(this.path).catch(() => undefined);
@@ -157,7 +167,13 @@ export class CopyStateFile {
     });
   }
 
-  private encode(): object {
+  private noteWritten(json: { disks: readonly DiskStateJson[] }): void {
+    this.hasPersistedCopies ||= json.disks.some((each) =>
+      Buffer.from(each.copied, 'base64').some((byte) => byte !== 0),
+    );
+  }
+
+  private encode(): { version: number; disks: DiskStateJson[] } {
     return {
       version: COPY_STATE_VERSION,
       disks: this.disks.map(({ disk, provisioning, state }): DiskStateJson => {

@@ -303,9 +303,10 @@ export async function runMove(
   move: string,
   migration: Migration,
   settle: { readonly isCommitted: () => boolean; readonly discard: () => Promise<void> },
+  copyState?: { readonly isCopyPersisted: boolean },
 ): Promise<MigrationResult> {
   try {
-    return await runWithCrashSeam(host, move, migration);
+    return await runWithCrashSeam(host, move, migration, copyState);
   } catch (error) {
     if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) throw error;
     if (!settle.isCommitted()) {
@@ -317,17 +318,27 @@ export async function runMove(
   }
 }
 
-/** Runs `migration`; with the seam at `copy`, the agent dies half-way through the copy. */
+/**
+ * Runs `migration`; with the seam at `copy`, the agent dies half-way through the copy. A move
+ * with a copy state dies only once a checkpoint has persisted some of the copy (or the copy is
+ * whole: a reflink copies a small disk before the first checkpoint), so the resume it tests has
+ * something to start from: sxm counts the granules the guest's mirrored writes place as progress,
+ * and a guest writing fast took it past half-way before the first checkpoint.
+ */
 export async function runWithCrashSeam(
   host: MoverHost,
   move: string,
   migration: Migration,
+  copyState?: { readonly isCopyPersisted: boolean },
 ): Promise<MigrationResult> {
   const halfway =
     host.crashAt === 'copy'
       ? setInterval(() => {
           const { doneBytes, totalBytes } = migration.progressSnapshot;
-          if (doneBytes * 2 >= totalBytes) crashIf(host, move, 'copy');
+          const isPersisted = copyState === undefined || copyState.isCopyPersisted;
+          if (doneBytes >= totalBytes || (doneBytes * 2 >= totalBytes && isPersisted)) {
+            crashIf(host, move, 'copy');
+          }
         }, 5)
       : undefined;
   try {
@@ -411,10 +422,13 @@ class MoveRun {
 
   async run(): Promise<MigrationResult> {
     // Committed, then something failed (only the release can): the destination is the disk.
-    const result = await runMove(this.host, this.record.id, this.migration, {
-      isCommitted: () => this.isCommitted,
-      discard: () => this.discardTargets(),
-    });
+    const result = await runMove(
+      this.host,
+      this.record.id,
+      this.migration,
+      { isCommitted: () => this.isCommitted, discard: () => this.discardTargets() },
+      this.file,
+    );
     if (this.host.crashAt === 'after-release') {
       await new Promise((resolve) => setTimeout(resolve, AFTER_RELEASE_MS));
       this.crashIf('after-release');

@@ -111,11 +111,10 @@ export function defineCrashTests(
             await writer.stop();
             await reader.close();
             assert.equal(job.state, 'succeeded', JSON.stringify(job.error));
-            // sxm is left out: its resumes here have started from 0 (not yet understood; the note says so).
             await checkResumed(
               restarted,
               submitted.id,
-              (options.isBitmapChecked ?? true) && point === 'copy' && method !== 'sxm',
+              (options.isBitmapChecked ?? true) && point === 'copy',
             );
             const check = await NbdClient.connect({
               exportName: 'vm1',
