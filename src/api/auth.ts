@@ -105,7 +105,7 @@ function queryToken(method: string, url: string): string | undefined {
   );
 }
 
-/** The dashboard's files hold no data (contract 4): `/ui/...` and `/`, which leads there. */
+/** The dashboard's files hold no data (issue 10): `/ui/...` and `/`, which leads there. */
 function isPublicAsset(method: string, url: string): boolean {
   if (method !== 'GET' && method !== 'HEAD') return false;
   const path = url.split('?', 1)[0] ?? '';

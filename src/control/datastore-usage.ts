@@ -23,7 +23,7 @@ export interface DatastoreUsage {
   readonly cluster: string | null;
 }
 
-/** `GET /v1/clusters` entries (CONTRACTS.md, contract 3). */
+/** `GET /v1/clusters` entries (issue 10). */
 export interface ClusterView extends ClusterRecord {
   readonly usedBytes: number;
   readonly capacityBytes: number;

@@ -60,6 +60,7 @@ export class DrsService {
   private readonly window: LatencyWindow;
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
   private readonly lastAppliedMs = new Map<string, number>();
   /** When each datastore entering maintenance last had its moves started. */
   private readonly evacuatedAtMs = new Map<string, number>();
@@ -75,16 +76,30 @@ export class DrsService {
     this.tickMs = options.tickMs ?? TICK_MS_DEFAULT;
   }
 
-  /** Starts the periodic tick (sampling, maintenance progress, automatic clusters). */
+  /**
+   * Starts the periodic tick (sampling, maintenance progress, automatic clusters), and turns a
+   * datastore's maintenance `on` as soon as the job that moved the last thing off it ends.
+   */
   start(): void {
     if (this.timer !== undefined) return;
     this.timer = setInterval(() => void this.tick(), this.tickMs);
     this.timer.unref();
+    this.unsubscribe = this.jobs?.subscribe((event) => {
+      const { state, from } = event.job;
+      if (event.type !== 'state' || !isTerminal(state)) return;
+      if (this.store.maintenanceOf(from) !== 'entering') return;
+      // Only looks: starting moves again is the tick's, at its retry pace.
+      this.evacuate(from, Date.now(), false).catch((error: unknown) => {
+        this.options.log?.warn({ err: error, datastore: from }, 'maintenance check failed');
+      });
+    });
   }
 
   stop(): void {
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
   }
 
   /** Every datastore with its usage, maintenance state and cluster. */

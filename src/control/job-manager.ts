@@ -81,7 +81,7 @@ export interface JobAgent {
       readonly committed: boolean;
     }[];
   };
-  /** Moves interrupted by a stop, found at open and not yet resumed (contract 2). */
+  /** Moves interrupted by a stop, found at open and not yet resumed (issue 10). */
   resumableMoves?(): readonly ResumableMove[];
   /** Continues an interrupted move; its `id` is the journal's. */
   resumeMove?(id: string, onEvent: (event: MigrationEvent) => void): Promise<DiskMove | VmMove>;

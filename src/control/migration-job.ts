@@ -169,7 +169,7 @@ export class MigrationJob {
   }
 
   /**
-   * Follows a move the agent resumed after a restart (contract 2 in CONTRACTS.md): the
+   * Follows a move the agent resumed after a restart (host/resumable-moves.ts): the
    * restored job's own (running, without a migration) or a new job's (queued).
    */
   resume(moveId: string, migration: Migration, copiedBytes: number): void {

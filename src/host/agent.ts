@@ -429,7 +429,7 @@ export class Agent {
   }
 
   /**
-   * Local moves a crash interrupted before their commit, kept to resume (issue 10, contract 2):
+   * Local moves a crash interrupted before their commit, kept to resume (issue 10):
    * found at open, until resumed or abandoned. Their disks serve from their sources meanwhile.
    */
   resumableMoves(): readonly ResumableMove[] {

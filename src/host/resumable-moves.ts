@@ -12,8 +12,8 @@ import type { DiskMove, VmMove } from './moves.js';
 
 /**
  * Local disk moves a crash interrupted before their commit, which recovery kept with their copy
- * state (move-recovery.ts) and the agent offers until someone resumes or abandons each (issue 10,
- * contract 2). While offered, the disk serves from its source through the state's write-intent
+ * state (move-recovery.ts) and the agent offers until someone resumes or abandons each (issue 10).
+ * While offered, the disk serves from its source through the state's write-intent
  * filter (copy-state.ts), so every guest write since is copied again by the resume; the disk is
  * busy for any other change. A move nobody resumes stays offered: its record and state stay in
  * the journal, and the next start offers it again.

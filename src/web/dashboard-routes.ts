@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 /**
  * The web dashboard (issue 10): static files under `/ui/`, and `GET /` redirecting there. The
  * page holds no data; it reads the API from the browser (`/v1/...`), with the token it was
- * opened with (`/ui/?token=...`), so the assets themselves need no credential (contract 4).
+ * opened with (`/ui/?token=...`), so the assets themselves need no credential (issue 10).
  *
  * The assets are plain HTML, CSS and JavaScript modules in `src/web/assets/` — tsc compiles only
  * `.ts`, and the browser needs no build step — read once at registration from the package root

@@ -1,5 +1,5 @@
 /**
- * `GET /v1/stats/events` (contract 5) in-process: the real API over a real agent, a guest's
+ * `GET /v1/stats/events` (issue 10) in-process: the real API over a real agent, a guest's
  * writes through the disk's own stack, and the stream read frame by frame. Waits on events,
  * never on sleeps.
  */

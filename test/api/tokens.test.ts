@@ -1,5 +1,5 @@
 /**
- * API tokens (contract 4): callers from other addresses than loopback need one, as a Bearer
+ * API tokens (issue 10): callers from other addresses than loopback need one, as a Bearer
  * header or, on GET only, `?token=`; tokens are made, listed and removed from loopback only, and
  * stored hashed. Requests from elsewhere are Fastify `inject`s with a `remoteAddress`; the CLI
  * side (`ferry token ...`, FERRY_TOKEN) runs against the same API listening on loopback.

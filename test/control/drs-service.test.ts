@@ -5,7 +5,7 @@ import { Stats } from '../../src/block/stats.js';
 import { ClusterErrorCode, ClusterStore } from '../../src/control/clusters.js';
 import { openDatabase } from '../../src/control/database.js';
 import { type DrsAgent, DrsService } from '../../src/control/drs-service.js';
-import type { JobManager, MigrationRequest } from '../../src/control/job-manager.js';
+import type { JobListener, JobManager, MigrationRequest } from '../../src/control/job-manager.js';
 import type { DatastoreInfo, DiskInfo } from '../../src/host/disk-info.js';
 
 const MiB = 1024 * 1024;
@@ -61,11 +61,17 @@ function fakeJobs(agent: FakeAgent): {
   jobs: JobManager;
   started: MigrationRequest[];
   running: object[];
+  listeners: Set<JobListener>;
 } {
   const started: MigrationRequest[] = [];
   const running: object[] = [];
+  const listeners = new Set<JobListener>();
   const jobs = {
     list: () => running,
+    subscribe: (listener: JobListener) => {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     startMigration: async (request: MigrationRequest) => {
       if (request.disk?.startsWith('stuck')) throw new Error(`disk ${request.disk} is busy`);
       started.push(request);
@@ -75,15 +81,15 @@ function fakeJobs(agent: FakeAgent): {
       return { id: `job-${started.length}`, disk: request.disk } as never;
     },
   } as unknown as JobManager;
-  return { jobs, started, running };
+  return { jobs, started, running, listeners };
 }
 
 function setUp(datastores: readonly string[]) {
   const agent = new FakeAgent(datastores);
   const store = new ClusterStore(openDatabase(':memory:'));
-  const { jobs, started, running } = fakeJobs(agent);
+  const { jobs, started, running, listeners } = fakeJobs(agent);
   const service = new DrsService(agent, store, jobs);
-  return { agent, store, service, started, running };
+  return { agent, store, service, started, running, listeners };
 }
 
 describe('DrsService', () => {
@@ -135,6 +141,38 @@ describe('DrsService', () => {
     assert.equal(service.exitMaintenance('a'), 'off');
     assert.throws(() => service.exitMaintenance('a'), /not in maintenance/);
     await assert.rejects(service.enterMaintenance('nope'), { code: ClusterErrorCode.NotFound });
+  });
+
+  it('turns maintenance on when the job that emptied the datastore ends, not at the next tick', async () => {
+    const { agent, store, service, listeners } = setUp(['a', 'b']);
+    store.create('pair', ['a', 'b'], {});
+    agent.addDisk('d1', 'a', 10 * MiB);
+    store.setMaintenance('a', 'entering');
+    const ended = (from: string) =>
+      ({ type: 'state', job: { id: 'j1', state: 'succeeded', from } }) as never;
+    const settled = () => new Promise((resolve) => setTimeout(resolve, 20));
+    service.start();
+    try {
+      assert.equal(listeners.size, 1, 'the service listens to the jobs once started');
+      // A job off another datastore ends: `a` still holds d1.
+      for (const listener of listeners) listener(ended('b'));
+      await settled();
+      assert.equal(store.maintenanceOf('a'), 'entering');
+      // A job off `a` ends while d1 is still there: still entering.
+      for (const listener of listeners) listener(ended('a'));
+      await settled();
+      assert.equal(store.maintenanceOf('a'), 'entering');
+      // The job that moved d1 off `a` ends: `a` is empty, and on at once.
+      const d1 = agent.disks.get('d1');
+      assert.ok(d1);
+      d1.datastore = 'b';
+      for (const listener of listeners) listener(ended('a'));
+      await settled();
+      assert.equal(store.maintenanceOf('a'), 'on');
+    } finally {
+      service.stop();
+    }
+    assert.equal(listeners.size, 0, 'stop unsubscribes');
   });
 
   it('applies an automatic cluster on its interval, and leaves a manual one alone', async () => {

@@ -200,7 +200,7 @@ export class FakeAgent implements JobAgent {
 }
 
 /**
- * A fake agent that came back from a stop with interrupted moves in its journal (contract 2):
+ * A fake agent that came back from a stop with interrupted moves in its journal (issue 10):
  * `resumeMove` continues one as a real migration of the same id, `abandonMove` rolls it back.
  */
 export class ResumingFakeAgent extends FakeAgent {

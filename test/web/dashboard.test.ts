@@ -304,7 +304,7 @@ toolTest(
 );
 
 /**
- * The fields and routes other parts of issue 10 add (contract 1: queued jobs; contract 3:
+ * The fields and routes other parts of issue 10 add (queued jobs;
  * clusters and maintenance mode), as the page must show and use them. Until those are merged
  * this API lacks them, so the test adds them in the browser's network layer over the real
  * replies: what is checked is the page's side of the contracts.

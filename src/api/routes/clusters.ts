@@ -6,7 +6,7 @@ import { parseSize } from '../../util/size.js';
 import { type NameParams, nameParamsSchema } from '../schemas.js';
 
 /**
- * `/v1/clusters`: datastore clusters (CONTRACTS.md, contract 3), and
+ * `/v1/clusters`: datastore clusters (issue 10), and
  * `/v1/datastores/:name/capacity`: the capacity DRS counts for a datastore that shares its file
  * system with others (control/drs-service.ts says why).
  */

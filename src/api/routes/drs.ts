@@ -4,7 +4,7 @@ import { type NameParams, nameParamsSchema } from '../schemas.js';
 
 /**
  * `/v1/drs/...`: Storage DRS recommendations and applying them, and
- * `/v1/datastores/:name/maintenance`: maintenance mode (CONTRACTS.md, contract 3). The service's
+ * `/v1/datastores/:name/maintenance`: maintenance mode (issue 10). The service's
  * tick (sampling, maintenance progress, automatic clusters) runs while the API does.
  */
 const recommendationsQuerySchema = {

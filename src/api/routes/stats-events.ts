@@ -5,7 +5,7 @@ import { EventStream } from '../event-stream.js';
 import { type DiskRates, diskRates } from '../stats-rates.js';
 
 /**
- * `GET /v1/stats/events` (issue 10, contract 5): Server-Sent Events, `event: stats` every
+ * `GET /v1/stats/events` (issue 10): Server-Sent Events, `event: stats` every
  * `intervalMs` (1 s) with every served disk's guest I/O rates over the last interval
  * (stats-rates.ts) and every datastore's space:
  *
