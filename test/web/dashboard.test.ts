@@ -304,13 +304,12 @@ toolTest(
 );
 
 /**
- * The fields and routes other parts of issue 10 add (queued jobs;
- * clusters and maintenance mode), as the page must show and use them. Until those are merged
- * this API lacks them, so the test adds them in the browser's network layer over the real
- * replies: what is checked is the page's side of the contracts.
+ * Queued jobs, clusters and maintenance mode on the page, from a real `ferry serve` with a host
+ * limit of 1: a slow move runs, a second waits and says why, a cluster shows its members and
+ * thresholds, and maintenance entered and left from the page reaches the API.
  */
 toolTest(
-  'dashboard: queued jobs, clusters and maintenance mode as contracts 1 and 3 give them',
+  'dashboard: a queued job says what it waits for; clusters; maintenance entered and left from the page',
   ['chromium'],
   async () => {
     const dataDir = await makeTempDir();
@@ -321,121 +320,91 @@ toolTest(
       '127.0.0.1:0',
       '--api',
       '127.0.0.1:0',
+      '--max-host-migrations',
+      '1',
     ]);
     let browser: Browser | undefined;
     try {
-      const fast = join(dataDir, 'fast');
-      await mkdir(fast, { recursive: true });
-      await api(serve, 'POST', '/v1/datastores', { name: 'fast', path: fast });
-      await api(serve, 'POST', '/v1/disks', { name: 'vm1', size: MiB });
+      for (const name of ['fast', 'spare']) {
+        const path = join(dataDir, name);
+        await mkdir(path, { recursive: true });
+        await api(serve, 'POST', '/v1/datastores', { name, path });
+      }
+      await api(serve, 'POST', '/v1/clusters', {
+        name: 'gold',
+        datastores: ['local', 'fast', 'spare'],
+      });
+      // Data, so that the throttled copy has something to read: an empty thin disk moves at once.
+      for (const disk of ['vm1', 'vm2']) {
+        await api(serve, 'POST', '/v1/disks', { name: disk, size: 4 * MiB });
+        const client = await NbdClient.connect({
+          exportName: disk,
+          host: '127.0.0.1',
+          port: serve.ready.nbdPort,
+        });
+        await client.write(0, randomBytes(4 * MiB));
+        await client.close();
+      }
+      const running = await api<{ id: string; state: string }>(serve, 'POST', '/v1/migrations', {
+        disk: 'vm1',
+        datastore: 'fast',
+        speed: '64K',
+      });
+      const queued = await api<{ id: string; state: string }>(serve, 'POST', '/v1/migrations', {
+        disk: 'vm2',
+        datastore: 'fast',
+      });
+      assert.deepEqual([running.state, queued.state], ['running', 'queued']);
+
       browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
       const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-      const maintenance = new Map<string, string>([
-        ['local', 'off'],
-        ['fast', 'off'],
-      ]);
-      const asked: string[] = [];
-      await page.route('**/v1/datastores', async (route) => {
-        const reply = await route.fetch();
-        const body = (await reply.json()) as { datastores: { name: string }[] };
-        const datastores = body.datastores.map((d) => ({
-          ...d,
-          cluster: 'gold',
-          maintenance: maintenance.get(d.name) ?? 'off',
-        }));
-        await route.fulfill({ response: reply, json: { datastores } });
-      });
-      await page.route('**/v1/datastores/*/maintenance', async (route) => {
-        const request = route.request();
-        const name = new URL(request.url()).pathname.split('/')[3] ?? '';
-        asked.push(`${request.method()} ${name}`);
-        maintenance.set(name, request.method() === 'POST' ? 'entering' : 'off');
-        await route.fulfill({ status: request.method() === 'POST' ? 202 : 204, json: {} });
-      });
-      await page.route('**/v1/clusters', (route) =>
-        route.fulfill({
-          json: {
-            clusters: [
-              {
-                name: 'gold',
-                datastores: ['local', 'fast'],
-                spaceThreshold: 0.8,
-                latencyThresholdMs: 15,
-                automation: 'automatic',
-                intervalSeconds: 300,
-                keepVmDisksTogether: true,
-                usedBytes: 600 * MiB,
-                capacityBytes: 1000 * MiB,
-                latencyMs: 2.5,
-              },
-            ],
-          },
-        }),
-      );
-      const queued = {
-        id: 'q1',
-        kind: 'migrate',
-        disk: 'vm1',
-        vm: null,
-        disks: ['vm1'],
-        from: 'local',
-        to: 'fast',
-        sizeBytes: MiB,
-        method: 'mirror',
-        requestedMethod: 'mirror',
-        state: 'queued',
-        phase: null,
-        pass: 0,
-        mode: null,
-        copyPath: null,
-        speedBytesPerSecond: 0,
-        progress: { doneBytes: 0, totalBytes: MiB, rateBytesPerSecond: 0, etaSeconds: null },
-        dirtyBytes: MiB,
-        bytesCopied: 0,
-        passes: 0,
-        createdAt: new Date().toISOString(),
-        startedAt: new Date().toISOString(),
-        finishedAt: null,
-        durationMs: 0,
-        downtimeMs: null,
-        memory: null,
-        error: null,
-        allowed: ['cancel', 'speed'],
-        queue: { position: 1, waitingFor: 'host limit: 2 of 2 migrations running on this host' },
-        moveId: null,
-      };
-      await page.route('**/v1/jobs', (route) => route.fulfill({ json: { jobs: [queued] } }));
-
       await page.goto(`${serve.ready.apiUrl}/ui/`);
-      const row = page.locator('#jobs tr[data-job="q1"][data-state="queued"]');
+      const row = page.locator(`#jobs tr[data-job="${queued.id}"][data-state="queued"]`);
       await row
         .locator('[data-field="queue"]', {
-          hasText: '#1 in queue — waiting for host limit: 2 of 2 migrations running on this host',
+          hasText: '#1 in queue — waiting for host limit: 1 of 1 migrations running on this host',
         })
         .waitFor({ timeout: WAIT_MS });
       assert.ok(await row.locator('button[data-action="cancel"]').isVisible());
       assert.ok(await row.locator('button[data-action="speed"]').isVisible());
 
       const clusters = page.locator('#clusters-section');
-      await clusters.locator('td', { hasText: 'local, fast' }).waitFor({ timeout: WAIT_MS });
-      assert.ok(await clusters.isVisible());
+      await clusters.locator('td', { hasText: 'local, fast, spare' }).waitFor({ timeout: WAIT_MS });
       const clusterRow = await clusters.locator('tbody tr').textContent();
-      for (const part of ['gold', '600 MiB of 1000 MiB', '2.5 ms', 'space 80%, latency 15 ms']) {
+      for (const part of ['gold', 'space 80%, latency 15 ms']) {
         assert.ok(clusterRow?.includes(part), `${part} in "${clusterRow}"`);
       }
-      const fastRow = page.locator('#datastores tr[data-datastore="fast"]');
-      assert.equal(await fastRow.locator('td').nth(1).textContent(), 'gold');
+      const spareRow = page.locator('#datastores tr[data-datastore="spare"]');
+      assert.equal(await spareRow.locator('td').nth(1).textContent(), 'gold');
 
-      await fastRow.locator('button[data-action="enter-maintenance"]').click();
-      await fastRow.locator('.badge', { hasText: 'entering' }).waitFor({ timeout: WAIT_MS });
-      // A datastore in maintenance takes no incoming moves: the form does not offer it.
-      const option = page.locator('#migrate-form select[name="datastore"] option[value="fast"]');
+      // Nothing is on `spare`: maintenance is on at once, and the form no longer offers it.
+      await spareRow.locator('button[data-action="enter-maintenance"]').click();
+      await spareRow.locator('.badge', { hasText: 'on' }).waitFor({ timeout: WAIT_MS });
+      const datastores = await api<{ datastores: { name: string; maintenance: string }[] }>(
+        serve,
+        'GET',
+        '/v1/datastores',
+      );
+      assert.equal(datastores.datastores.find((d) => d.name === 'spare')?.maintenance, 'on');
+      const option = page.locator('#migrate-form select[name="datastore"] option[value="spare"]');
       assert.equal(await option.getAttribute('disabled'), '');
-      await fastRow.locator('button[data-action="exit-maintenance"]').click();
-      await fastRow
+      await spareRow.locator('button[data-action="exit-maintenance"]').click();
+      await spareRow
         .locator('button[data-action="enter-maintenance"]')
         .waitFor({ timeout: WAIT_MS });
-      assert.deepEqual(asked, ['POST fast', 'DELETE fast']);
+      const after = await api<{ datastores: { name: string; maintenance: string }[] }>(
+        serve,
+        'GET',
+        '/v1/datastores',
+      );
+      assert.equal(after.datastores.find((d) => d.name === 'spare')?.maintenance, 'off');
+
+      // Cancelled from the page while queued; the running one too, and both disks stay.
+      await row.locator('button[data-action="cancel"]').click();
+      await page
+        .locator(`#jobs tr[data-job="${queued.id}"][data-state="cancelled"]`)
+        .waitFor({ timeout: WAIT_MS });
+      await api(serve, 'POST', `/v1/jobs/${running.id}/cancel`);
     } finally {
       await browser?.close();
       serve.child.kill('SIGTERM');
