@@ -47,7 +47,9 @@ export interface ResumableMove {
   readonly vm: string | null;
   readonly disks: readonly string[];
   readonly from: string;
+  /** A datastore: here, or on `toHost` for a move to another host. */
   readonly to: string;
+  readonly toHost?: string | null;
   readonly method: MethodName;
   readonly sizeBytes: number;
   readonly copiedBytes: number;
@@ -232,11 +234,19 @@ export class JobManager {
     }
     for (const move of offered.values()) {
       if (this.agent.resumeMove === undefined) break;
+      const host = move.toHost ?? undefined;
+      const target = { datastore: move.to, ...(host === undefined ? {} : { host }) };
+      const request: MigrationRequest =
+        move.vm === null ? { disk: move.disk, ...target } : { vm: move.vm, ...target };
       const job = this.createJob(
-        { ...move, createdAt: new Date(), speedBytesPerSecond: 0, requestedMethod: move.method },
-        move.vm === null
-          ? { disk: move.disk, datastore: move.to }
-          : { vm: move.vm, datastore: move.to },
+        {
+          ...move,
+          to: destinationOf(request),
+          createdAt: new Date(),
+          speedBytesPerSecond: 0,
+          requestedMethod: move.method,
+        },
+        request,
       );
       await this.resumeInto(job, move);
     }
@@ -557,7 +567,9 @@ export class JobManager {
       if (isStarted) job.apply(event);
       else early.push(event);
     };
-    this.active.set(job.id, { id: job.id, datastores: unique([move.from, move.to]) });
+    // As a fresh job holds them: its destination datastore only when it is on this host.
+    const datastores = move.toHost == null ? [move.from, move.to] : [move.from];
+    this.active.set(job.id, { id: job.id, datastores: unique(datastores) });
     let resumed: Move<MoveOutcome>;
     try {
       resumed = await resumeMove.call(this.agent, move.id, onEvent);

@@ -281,6 +281,8 @@ export class Agent {
       serialize: (task) => this.serialize(task),
       adopt: (prepared, entry, to) => this.moves.adopt(prepared, entry, to),
       adoptVm: (prepared, vm, entries, to) => this.moves.adoptVm(prepared, vm, entries, to),
+      resumeToHost: (record, file, onEvent) => this.moves.resumeToHost(record, file, onEvent),
+      abandonAtPeer: (record) => this.moves.abandonAtPeer(record),
     });
   }
 
@@ -319,7 +321,7 @@ export class Agent {
       });
       agent.warnings.push(...vmMotions.messages);
       for (const datastore of registry.list()) await agent.publisher.openDatastore(datastore);
-      for (const { resumable } of recovered) {
+      for (const { resumable } of [...recovered, ...remote]) {
         if (resumable !== undefined) await agent.resumable.offer(resumable.record, resumable.file);
       }
       await agent.held.holdUnresolved(remote);

@@ -208,7 +208,7 @@ export async function prepareMove(
 }
 
 /** The copy granule of a move's persisted state: the methods' tracking granule. */
-function copiedGranuleOf(spec: MoveSpec): number {
+export function copiedGranuleOf(spec: { readonly tuning?: Partial<MethodTuning> }): number {
   return spec.tuning?.granularityBytes ?? METHOD_TUNING_DEFAULT.granularityBytes;
 }
 

@@ -1,10 +1,17 @@
 import { join } from 'node:path';
 import type { Provisioning } from '../block/raw-file.js';
 import { MigrateErrorCode } from '../migrate/errors.js';
-import { METHOD_DEFAULT, type MethodName, type MethodTuning } from '../migrate/method.js';
+import {
+  METHOD_DEFAULT,
+  METHOD_NAMES,
+  type MethodName,
+  type MethodTuning,
+} from '../migrate/method.js';
 import type { Migration, MigrationEvent, MigrationResult } from '../migrate/migration.js';
+import { assert } from '../util/assert.js';
 import { errorCodeOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import type { CopyStateFile } from './copy-state-file.js';
 import type { Datastore } from './datastore.js';
 import {
   type CrashPoint,
@@ -15,8 +22,13 @@ import {
 } from './disk-mover.js';
 import { HostError, HostErrorCode, notFound } from './errors.js';
 import type { DiskEntry, ExportTable } from './export-table.js';
-import type { MoveJournal } from './move-journal.js';
-import { type PeerLink, prepareRemoteMove } from './remote-mover.js';
+import type { MoveJournal, MoveRecord } from './move-journal.js';
+import {
+  abortAtPeer,
+  type PeerLink,
+  prepareRemoteMove,
+  prepareResumedRemoteMove,
+} from './remote-mover.js';
 import { homePath, removeHome } from './vm-home.js';
 import { prepareVmMotion, type VmDowntime } from './vm-motion.js';
 import type { VmService } from './vm-service.js';
@@ -234,16 +246,67 @@ export class Moves {
         { disk: request.name, from, host: request.host, move: prepared.id, method: request.method },
         'cross-host disk move started',
       );
-      const done = prepared
-        .run()
-        .then((result): MoveResult => ({ ...result, disk: request.name, from, to }))
-        .catch((error: unknown) => {
-          if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown)
-            this.host.keepHeld(request.name);
-          throw error;
-        });
-      return this.track(prepared, done, [request.name]);
+      return this.runToHost(prepared, request.name, from, to);
     });
+  }
+
+  /**
+   * Continues a cross-host move a crash interrupted before it asked for its commit, from its
+   * copy state (remote-mover.ts, `prepareResumedRemoteMove`); called by resumable-moves.ts in
+   * the agent's change queue. Rejects, leaving nothing changed, when the peer no longer has
+   * the receive or cannot be reached.
+   */
+  async resumeToHost(
+    record: MoveRecord,
+    file: CopyStateFile,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove> {
+    const [disk] = record.disks;
+    const toHost = record.toHost;
+    assert(disk !== undefined && typeof toHost === 'string', `move ${record.id} is cross-host`);
+    const entry = this.host.entryOf(disk.disk);
+    const peer = this.peerOf(toHost);
+    this.checkNotMoving(disk.disk);
+    const method = METHOD_NAMES.includes(record.method as MethodName)
+      ? (record.method as MethodName)
+      : METHOD_DEFAULT;
+    const provisioning = file.disks[0]?.provisioning;
+    const prepared = await prepareResumedRemoteMove(
+      this.moverHost(),
+      {
+        entry,
+        peer,
+        selfName: this.host.hostName,
+        datastore: record.to,
+        ...crossHostOptions({ name: disk.disk, host: toHost, method }),
+        ...(provisioning === undefined ? {} : { provisioning }),
+        closing: this.host.closing,
+        sharedDatastore: async () => undefined,
+      },
+      record,
+      file,
+      onEvent,
+    );
+    const to = `${toHost}:${record.to}`;
+    return this.runToHost(prepared, disk.disk, entry.datastore.name, to);
+  }
+
+  /** Tells the peer of an abandoned cross-host move to drop its copy (if it answers). */
+  async abandonAtPeer(record: MoveRecord): Promise<void> {
+    const peer = typeof record.toHost === 'string' ? this.host.peerNamed(record.toHost) : undefined;
+    if (peer !== undefined) await abortAtPeer(this.moverHost(), peer, record.id);
+  }
+
+  /** Runs a prepared move of disk `name` to another host and holds the disk busy until it settles. */
+  private runToHost(prepared: PreparedMove, name: string, from: string, to: string): DiskMove {
+    const done = prepared
+      .run()
+      .then((result): MoveResult => ({ ...result, disk: name, from, to }))
+      .catch((error: unknown) => {
+        if (errorCodeOf(error) === MigrateErrorCode.CommitUnknown) this.host.keepHeld(name);
+        throw error;
+      });
+    return this.track(prepared, done, [name]);
   }
 
   /**

@@ -326,6 +326,30 @@ export class Receiver {
     });
   }
 
+  /**
+   * The source restarted after a crash and resumes its move from its persisted copy state: the
+   * receive's ticket again, for the same key identity, if it is under way and not committed.
+   * `ERR_NOT_FOUND` otherwise (this host restarted and dropped it, or it ended): the source then
+   * rolls back as before resume existed.
+   */
+  async reattach(id: string, pskIdentity: string): Promise<ReceiveTicket> {
+    const live = this.live.get(id);
+    if (live === undefined || live.isCommitted || live.record.pskIdentity !== pskIdentity) {
+      throw new HostError(
+        HostErrorCode.NotFound,
+        `no uncommitted receive ${id} here to resume (it was dropped at a restart, or has ended)`,
+      );
+    }
+    this.host.log.info({ move: id, disk: live.record.disk }, 'the source resumes its move');
+    return {
+      id,
+      exportName: live.exportName,
+      datastore: live.datastore.name,
+      datastoreId: await live.datastore.identity(),
+      image: descriptorOf(live.record).image,
+    };
+  }
+
   /** The source rolled back: drop the copy. Refused once committed (`ERR_DISK_BUSY`). */
   async abort(id: string): Promise<void> {
     await this.host.serialize(async () => {

@@ -8,10 +8,12 @@ import type { PskKey } from '../nbd/psk-file.js';
 import { assert } from '../util/assert.js';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import { CopyStateFile } from './copy-state-file.js';
 import type { Datastore, Tombstone } from './datastore.js';
 import type { DiskDescriptor } from './descriptor.js';
 import {
   type CrashPoint,
+  copiedGranuleOf,
   crashIf,
   type MoverHost,
   type PreparedMove,
@@ -47,6 +49,12 @@ import type { ReceiveTicket } from './receiver.js';
  * Before (4b) succeeds the source is the authority and a failure rolls back to it (and the peer
  * is told to abort). After it, the peer is, whatever fails here. Recovery after a crash:
  * remote-recovery.ts.
+ *
+ * Over the network, the copy state (copy-state.ts) persists beside the journal record as it goes,
+ * the peer's flush standing for the destination's: a source killed before (4a) whose peer still
+ * has the receive resumes the move from it (`prepareResumedRemoteMove`) instead of rolling back
+ * and copying everything again over the link. Over shared storage there is no state: the storage
+ * path is fast, and such a move rolls back as before.
  */
 export interface PeerLink {
   /** The peer's name, as this host knows it (`ferry host add NAME`). */
@@ -150,6 +158,7 @@ export async function prepareRemoteMove(
       shared !== undefined ? { connections: 1 } : poolOptions(spec),
     );
     let path: CopyPath;
+    let file: CopyStateFile | undefined;
     try {
       path =
         shared === undefined
@@ -159,17 +168,76 @@ export async function prepareRemoteMove(
               target: await openSharedImage(shared, answer, spec),
               datastore: shared,
             };
+      if (path.kind === 'network') {
+        file = await CopyStateFile.create(
+          host.journal.copyStatePathOf(record.id),
+          [
+            {
+              disk: descriptor.name,
+              provisioning: spec.provisioning ?? descriptor.provisioning,
+              sizeBytes: descriptor.sizeBytes,
+            },
+          ],
+          copiedGranuleOf(spec),
+        );
+      }
     } catch (error) {
       await pool.close();
       throw error;
     }
-    const run = new RemoteMoveRun(host, spec, record, answer, pool, path, onEvent);
+    const state = file === undefined ? {} : { file };
+    const run = new RemoteMoveRun(host, spec, record, answer, pool, path, state, onEvent);
     return { id: record.id, migration: run.migration, run: () => run.run() };
   } catch (error) {
     if (answer !== undefined) await abortAtPeer(host, peer, record.id);
     await host.journal.remove(record.id);
     throw error;
   }
+}
+
+/**
+ * A cross-host move whose source was killed before it asked for the commit, continued (issue
+ * 10): recovery kept its record and copy state (remote-recovery.ts) because the peer still had
+ * the receive, and the disk is served from its source through the state's write-intent filter.
+ * The peer hands the receive's ticket again (`reattach`), the connections are opened again, and
+ * the migration runs as a fresh one would, its first pass limited to what the state does not
+ * vouch for. The peer's refusal (it restarted and dropped the receive) rejects, and the move
+ * stays offered until it is abandoned (rolled back).
+ */
+export async function prepareResumedRemoteMove(
+  host: MoverHost,
+  spec: RemoteMoveSpec,
+  record: MoveRecord,
+  file: CopyStateFile,
+  onEvent: (event: MigrationEvent) => void,
+): Promise<PreparedMove> {
+  const { peer } = spec;
+  const answer = await peer.post<ReceiveAnswer>(
+    `/v1/receives/${record.id}/reattach`,
+    {},
+    { timeoutMs: CALL_TIMEOUT_MS },
+  );
+  const pool = await NbdClientPool.connect(
+    {
+      host: peer.nbdHost,
+      port: answer.nbdPort,
+      exportName: answer.exportName,
+      tls: { psk: peer.psk },
+    },
+    poolOptions(spec),
+  );
+  const path: CopyPath = { kind: 'network', target: pool };
+  const run = new RemoteMoveRun(
+    host,
+    spec,
+    record,
+    answer,
+    pool,
+    path,
+    { file, isResumed: true },
+    onEvent,
+  );
+  return { id: record.id, migration: run.migration, run: () => run.run() };
 }
 
 /** Where the copy and the mirror write: the peer's receiving export, or the image itself. */
@@ -219,11 +287,14 @@ class RemoteMoveRun {
     private readonly answer: ReceiveAnswer,
     private readonly pool: NbdClientPool,
     private readonly path: CopyPath,
+    /** The persisted copy state (network path only), and whether this run resumes from it. */
+    private readonly state: { readonly file?: CopyStateFile; readonly isResumed?: boolean },
     private readonly onEvent: (event: MigrationEvent) => void,
   ) {
     this.record = record;
     const target = path.target;
     const { entry, peer } = spec;
+    const copyState = state.file?.stateOf(entry.descriptor.name);
     const name = entry.descriptor.name;
     // After the switchover the guest's Switch forwards to the peer: the connections opened for
     // the move first, and if they break, fresh ones to the disk's export there.
@@ -245,6 +316,7 @@ class RemoteMoveRun {
           target,
           targetTop: this.passThroughDevice,
           createScratch: (label) => this.createRedoLog(label),
+          ...(copyState === undefined ? {} : { copyState, isResumed: state.isResumed === true }),
         },
       ],
       {
@@ -271,10 +343,13 @@ class RemoteMoveRun {
           : `copy path: network, NBD over TLS to host ${this.spec.peer.name} on ${this.pool.connectionCount} connections`,
     });
     // An unknown outcome keeps the guest held and the move journaled for the next start.
-    const result = await runMove(this.host, this.record.id, this.migration, {
-      isCommitted: () => this.isCommitted,
-      discard: () => this.discard(),
-    });
+    const result = await runMove(
+      this.host,
+      this.record.id,
+      this.migration,
+      { isCommitted: () => this.isCommitted, discard: () => this.discard() },
+      this.state.file,
+    );
     await this.finish();
     return result;
   }
@@ -337,6 +412,7 @@ class RemoteMoveRun {
       .catch((error: unknown) => {
         log.warn({ move: this.record.id, err: error }, 'the peer could not be told to finish');
       });
+    await this.state.file?.remove();
     await journal.remove(this.record.id);
     log.info(
       { disk: name, host: peer.name, datastore: this.answer.datastore, generation: generation + 1 },
@@ -354,6 +430,7 @@ class RemoteMoveRun {
         for (const redoLog of disk.redoLogs) await entry.datastore.removeFile(redoLog);
       }
       await abortAtPeer(this.host, peer, this.record.id);
+      await this.state.file?.remove();
       await this.host.journal.remove(this.record.id);
     } catch (error) {
       this.host.log.warn(

@@ -1,8 +1,10 @@
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
+import { CopyStateFile } from './copy-state-file.js';
 import type { Datastore } from './datastore.js';
 import type { MoveDiskRecord, MoveJournal, MoveRecord } from './move-journal.js';
 import { applyRedoLogs, isRemote } from './move-recovery.js';
+import { PeerError } from './peer-client.js';
 import { askPeerOnce } from './peer-commit.js';
 import type { ReceiveState } from './receiver.js';
 import { abortAtPeer, type PeerLink } from './remote-mover.js';
@@ -14,9 +16,12 @@ import { abortAtPeer, type PeerLink } from './remote-mover.js';
  *
  * - `committed`: the peer is the authority. Tombstone naming the host (the disk's export here
  *   becomes a pass-through), old descriptor and image deleted, redo logs deleted.
- * - not `commitRequested`: the peer cannot have committed (it commits only when asked). Roll
- *   back: redo logs (acknowledged guest writes of the snapshot method) merged into the source
- *   image, logs deleted; the peer is told to abort, if it answers.
+ * - not `commitRequested`: the peer cannot have committed (it commits only when asked). Redo logs
+ *   (acknowledged guest writes of the snapshot method) are merged into the source image and
+ *   deleted. Then, if the move kept a copy state (network path) and the peer still has the
+ *   receive (`reattach`), the move is *resumable*: kept in the journal with its state, and the
+ *   agent offers it (resumable-moves.ts). Otherwise it is rolled back, and the peer is told to
+ *   abort, if it answers.
  * - `commitRequested` without `committed`: ask the peer (`resolve`, which aborts an uncommitted
  *   receive so the answer stays true). No answer: the move is *held* — the disk is served with
  *   its guest I/O held, and the agent keeps asking (Agent.resolveHeld) — never guessed.
@@ -26,10 +31,12 @@ import { abortAtPeer, type PeerLink } from './remote-mover.js';
  */
 export interface RemoteOutcome {
   readonly disk: string;
-  readonly outcome: 'finished' | 'rolled-back' | 'held' | 'left';
+  readonly outcome: 'finished' | 'rolled-back' | 'held' | 'left' | 'resumable';
   readonly message: string;
   /** For a held move: the record, still in the journal. */
   readonly record?: MoveRecord;
+  /** With `resumable`: the record (no redo logs left) and its copy state. */
+  readonly resumable?: { readonly record: MoveRecord; readonly file: CopyStateFile };
 }
 
 export interface RemoteRecoveryHost {
@@ -82,6 +89,15 @@ async function recoverOne(
     };
   }
   if (record.commitRequested !== true) {
+    const resumable = await resumableOf(host, record, disk, from, peer);
+    if (resumable !== undefined) {
+      return {
+        disk: disk.disk,
+        outcome: 'resumable',
+        resumable,
+        message: `interrupted move ${record.id} of disk ${disk.disk} to host ${peerName} had not asked for its commit and host ${peerName} still has its copy: it is served here and resumes from its copy state`,
+      };
+    }
     const merged = await rollBackRemote(host, record, disk, from);
     if (peer !== undefined) await abortAtPeer(host, peer, record.id);
     return {
@@ -115,6 +131,39 @@ async function recoverOne(
     record: merged,
     message: `interrupted move of disk ${disk.disk}: host ${peerName} cannot say whether it committed; guest I/O on the disk is held until it does`,
   };
+}
+
+/**
+ * The move as it can resume, with its redo logs merged into the source: when it kept a copy
+ * state and the peer still has its receive. Undefined otherwise (then it rolls back); a peer
+ * that cannot be asked now counts as one that dropped it.
+ */
+async function resumableOf(
+  host: RemoteRecoveryHost,
+  record: MoveRecord,
+  disk: MoveDiskRecord,
+  from: Datastore,
+  peer: PeerLink | undefined,
+): Promise<{ record: MoveRecord; file: CopyStateFile } | undefined> {
+  if (peer === undefined) return undefined;
+  const file = await CopyStateFile.load(host.journal.copyStatePathOf(record.id)).catch(
+    (error: unknown) => {
+      host.log.warn({ move: record.id, err: error }, 'the copy state is unreadable; rolling back');
+      return undefined;
+    },
+  );
+  if (file === undefined) return undefined;
+  try {
+    await peer.post(`/v1/receives/${record.id}/reattach`, {}, { timeoutMs: RESOLVE_TIMEOUT_MS });
+  } catch (error) {
+    const why = error instanceof PeerError && error.remoteCode !== null ? 'dropped' : 'unreachable';
+    host.log.warn(
+      { move: record.id, host: peer.name, err: error },
+      `host ${peer.name}'s copy is ${why}: the move rolls back`,
+    );
+    return undefined;
+  }
+  return { record: await mergeRedoLogs(host, record, disk, from), file };
 }
 
 /** The peer's word on a receive, or undefined when it cannot be had now. */

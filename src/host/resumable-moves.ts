@@ -11,8 +11,9 @@ import type { MoveJournal, MoveRecord } from './move-journal.js';
 import type { DiskMove, VmMove } from './moves.js';
 
 /**
- * Local disk moves a crash interrupted before their commit, which recovery kept with their copy
- * state (move-recovery.ts) and the agent offers until someone resumes or abandons each (issue 10).
+ * Disk moves a crash interrupted before their commit, which recovery kept with their copy state
+ * (move-recovery.ts for local moves; remote-recovery.ts for a disk's move to another host whose
+ * peer still has the receive) and the agent offers until someone resumes or abandons each (issue 10).
  * While offered, the disk serves from its source through the state's write-intent
  * filter (copy-state.ts), so every guest write since is copied again by the resume; the disk is
  * busy for any other change. A move nobody resumes stays offered: its record and state stay in
@@ -25,9 +26,11 @@ export interface ResumableMove {
   readonly disk: string;
   readonly vm: string | null;
   readonly disks: readonly string[];
-  /** Datastores. */
+  /** Datastores: `to` on `toHost` when that is set (as `HOST:DATASTORE` in a job's `to`). */
   readonly from: string;
   readonly to: string;
+  /** The host a cross-host move goes to; null for a move on this host. */
+  readonly toHost: string | null;
   readonly method: MethodName;
   readonly sizeBytes: number;
   /** What the persisted state says is already on the destination. */
@@ -46,6 +49,14 @@ export interface ResumableHost {
   adopt(prepared: PreparedMove, entry: DiskEntry, to: Datastore): DiskMove;
   /** The same for VM `vm`'s disks and home. */
   adoptVm(prepared: PreparedMove, vm: string, entries: readonly DiskEntry[], to: Datastore): VmMove;
+  /** Resumes a cross-host move (moves.ts, `resumeToHost`); in the caller's turn of the queue. */
+  resumeToHost(
+    record: MoveRecord,
+    file: CopyStateFile,
+    onEvent: (event: MigrationEvent) => void,
+  ): Promise<DiskMove>;
+  /** Tells the peer of an abandoned cross-host move to drop its copy. */
+  abandonAtPeer(record: MoveRecord): Promise<void>;
 }
 
 interface Offer {
@@ -92,6 +103,7 @@ export class ResumableMoves {
         disks: record.disks.map((disk) => disk.disk),
         from: record.homeFrom ?? first?.from ?? '',
         to: record.to,
+        toHost: typeof record.toHost === 'string' ? record.toHost : null,
         method: methodOf(record),
         sizeBytes,
         copiedBytes,
@@ -121,6 +133,11 @@ export class ResumableMoves {
       const offer = this.take(id);
       const { record, file } = offer;
       try {
+        if (typeof record.toHost === 'string') {
+          const move = await this.host.resumeToHost(record, file, onEvent);
+          this.host.log.info({ move: id, host: record.toHost }, 'interrupted move resumed');
+          return move;
+        }
         const to = this.host.datastoreNamed(record.to);
         if (to === undefined) throw notFound('datastore', record.to);
         const entries = record.disks.map((disk) => {
@@ -175,6 +192,16 @@ export class ResumableMoves {
         await entry.stack.top.pause();
         entry.stack.top.repoint(entry.stack.stats);
         entry.stack.top.resume();
+      }
+      if (typeof record.toHost === 'string') {
+        await file.remove();
+        await this.host.abandonAtPeer(record);
+        await this.host.journal.remove(record.id);
+        this.host.log.info(
+          { move: id },
+          `interrupted move abandoned: host ${record.toHost} drops its copy`,
+        );
+        return;
       }
       const to = this.host.datastoreNamed(record.to);
       if (to === undefined) throw notFound('datastore', record.to);

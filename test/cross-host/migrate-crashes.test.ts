@@ -1,13 +1,15 @@
 /**
  * Cross-host disk moves when an agent dies (issue 7, "Done means"): `kill -9` of the source at
  * each crash point, and of the destination at its commit and mid-copy; after each restart
- * exactly one copy is the disk and it holds every acknowledged write. Split from
+ * exactly one copy is the disk and it holds every acknowledged write. A source killed before it
+ * asked for the commit resumes the move from its copy state once it is back (issue 10). Split from
  * migrate.test.ts so each file stays well within the per-file time limit.
  */
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CRASH_POINTS, type CrashPoint } from '../../src/host/disk-mover.js';
+import { assertSameBytes } from '../migrate/harness.js';
 import { netnsTest } from './netns-test.js';
 import { checkAcknowledged, expectedAfter, startRecordingGuest } from './recording-guest.js';
 import {
@@ -19,12 +21,13 @@ import {
   watchJob,
   withServedPair,
 } from './served-pair.js';
+import type { ServedHost } from './two-serves.js';
 
 const SOURCE_CRASHES: readonly CrashPoint[] = CRASH_POINTS;
 
 for (const point of SOURCE_CRASHES) {
   netnsTest(
-    `cross-host: kill -9 of the source at ${point}; after restart exactly one copy is writable and holds every acknowledged write`,
+    `cross-host: kill -9 of the source at ${point}; after restart every acknowledged write is kept and the move ends on b`,
     { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
     async () => {
       await withServedPair(
@@ -38,22 +41,44 @@ for (const point of SOURCE_CRASHES) {
           const acked = guest.acked();
           assert.ok(acked > 0, 'the guest wrote before the crash');
           await a.restart();
-          const disk = await diskOn(a, 'vm1');
-          const isCommitted = point === 'after-commit';
-          assert.equal(disk.host, isCommitted ? 'b' : null);
           const expected = expectedAfter(initial, 31, acked);
-          checkAcknowledged(await readExport(a, 'vm1'), expected, "a's export");
-          if (isCommitted) {
-            checkAcknowledged(await readExport(b, 'vm1'), expected, "b's export");
-          } else {
-            await assert.rejects(diskOn(b, 'vm1'), 'b must not serve an uncommitted copy');
+          // Whatever the point, a serves every acknowledged write at once: the source itself
+          // while the move resumes, or the pass-through to b once it had committed.
+          checkAcknowledged(await readExport(a, 'vm1'), expected, "a's export after restart");
+          if (point !== 'after-commit') {
+            // Not committed, and b still has its copy: the restarted source resumes the move
+            // from its copy state (issue 10), as the same job.
+            const [job] = JSON.parse(await a.ferryOk(['job', 'list', '--json'])) as JobJson[];
+            assert.ok(job !== undefined, 'the job is still known after the restart');
+            const done = await watchJob(a, job.id);
+            assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
+            await checkResumedFromBitmap(a, job.id, point === 'copy');
           }
+          assert.equal((await diskOn(a, 'vm1')).host, 'b');
+          const moved = await readExport(b, 'vm1');
+          checkAcknowledged(moved, expected, "b's export");
+          assertSameBytes(await readExport(a, 'vm1'), moved, "a's pass-through");
           assert.deepEqual(await readdir(join(a.dataDir, 'journal')), []);
         },
         { a: { FERRY_CRASH_AT: point } },
       );
     },
   );
+}
+
+/**
+ * The resumed job says how much was already on b; at `copy` (killed half-way, after a checkpoint
+ * persisted part of the copy) that is more than nothing.
+ */
+async function checkResumedFromBitmap(a: ServedHost, id: string, isFromBitmap: boolean) {
+  const record = JSON.parse(await a.ferryOk(['job', 'show', id, '--json'])) as {
+    events: { message: string }[];
+  };
+  const resumed = record.events.find((event) => event.message.startsWith('resumed move'));
+  assert.ok(resumed !== undefined, `the job says it resumed: ${JSON.stringify(record.events)}`);
+  const copied = /: (\S+) of \S+ were already on the destination/.exec(resumed.message)?.[1];
+  assert.ok(copied !== undefined, resumed.message);
+  if (isFromBitmap) assert.notEqual(copied, '0', `resumed from its bitmap: ${resumed.message}`);
 }
 
 netnsTest(
@@ -124,5 +149,41 @@ netnsTest(
         'b deleted its partial copy',
       );
     });
+  },
+);
+
+netnsTest(
+  'cross-host: kill -9 of the source mid-copy, and b restarts before it is back: the move rolls back and a keeps every write',
+  { tools: ['qemu-img', 'qemu-io'], timeoutMs: 180_000 },
+  async () => {
+    await withServedPair(
+      async ({ a, b }) => {
+        const initial = await createFilledDisk(a);
+        const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 61);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        await a.ferry(['migrate', 'vm1', '--to-host', 'b', '--speed', '32M', '--json']);
+        assert.equal(await a.serve.exited, null, 'a was killed by a signal');
+        await guest.ended;
+        const acked = guest.acked();
+        // b restarts meanwhile and drops the copy it had not committed: nothing to resume onto.
+        await b.serve.kill('SIGKILL');
+        await b.restart();
+        await a.restart();
+        const [job] = JSON.parse(await a.ferryOk(['job', 'list', '--json'])) as JobJson[];
+        assert.ok(job !== undefined);
+        const ended = await watchJob(a, job.id);
+        assert.equal(ended.state, 'failed');
+        assert.equal(ended.error?.code, 'ERR_JOB_INTERRUPTED');
+        assert.equal((await diskOn(a, 'vm1')).host, null, 'vm1 stays on a');
+        checkAcknowledged(
+          await readExport(a, 'vm1'),
+          expectedAfter(initial, 61, acked),
+          "a's export",
+        );
+        await assert.rejects(diskOn(b, 'vm1'), 'b must not serve the partial copy');
+        assert.deepEqual(await readdir(join(a.dataDir, 'journal')), []);
+      },
+      { a: { FERRY_CRASH_AT: 'copy' } },
+    );
   },
 );

@@ -12,6 +12,7 @@ import { ApiErrorCode } from '../error-table.js';
  *   POST /v1/receives               create the empty destination; answers the export to write
  *   POST /v1/receives/:id/commit    the commit point; answers { state: 'committed' }
  *   POST /v1/receives/:id/resolve   committed, or abort now: { state: 'committed' | 'aborted' }
+ *   POST /v1/receives/:id/reattach  the source resumes after its restart: the ticket again
  *   POST /v1/receives/:id/abort     drop the copy (before a commit)
  *   POST /v1/receives/:id/finish    the source recorded the commit
  *   GET  /v1/receives               what is arriving, for the destination's operator
@@ -145,6 +146,15 @@ export function registerReceiveRoutes(
       peerOf(request);
       const { disk, generation } = request.body;
       return { state: await receiver.resolve(request.params.id, disk, generation) };
+    },
+  );
+
+  app.post<{ Params: IdParams }>(
+    '/v1/receives/:id/reattach',
+    { schema: { params: idParamsSchema } },
+    async (request) => {
+      const identity = peerOf(request);
+      return { ...(await receiver.reattach(request.params.id, identity)), nbdPort };
     },
   );
 
