@@ -367,8 +367,10 @@ for (const isCommitDelivered of [true, false]) {
         while (!isHeld) await new Promise((resolve) => setTimeout(resolve, 10));
         await a.agent.close();
         await assert.rejects(move.done, (error) => errorCodeOf(error) === 'ERR_COMMIT_UNKNOWN');
+        // The record (its copy state beside it is of no use once the commit was asked for).
         const journal = await readdir(join(a.dataDir, 'journal'));
-        assert.equal(journal.length, 1, 'the move stays journaled for the next start');
+        const records = journal.filter((file) => !file.endsWith('.bitmap'));
+        assert.equal(records.length, 1, 'the move stays journaled for the next start');
         const reopened = await hosts.reopen('a');
         const shown = await reopened.getDisk('vm1');
         assert.equal(shown.host, isCommitDelivered ? 'b' : null);
