@@ -575,6 +575,11 @@ export class JobManager {
       resumed = await resumeMove.call(this.agent, move.id, onEvent);
     } catch (error) {
       this.log.warn({ err: error, job: job.id, move: move.id }, 'the agent could not resume');
+      // Rolled back, so that the disk is not left busy with a move nobody will resume: its job
+      // ends here, and the source has every write.
+      await this.agent.abandonMove?.(move.id).catch((abandoning: unknown) => {
+        this.log.warn({ err: abandoning, move: move.id }, 'the unresumable move stays offered');
+      });
       if (job.state === 'queued') job.fail(error);
       else job.interrupted(await this.whereNow(job));
       this.settle(job);

@@ -134,6 +134,18 @@ test('job store: interrupted moves the agent offers are resumed, as their job or
       { ...offer, id: 'move-1', disk: 'd1', disks: ['d1'], copiedBytes: MIB / 2 },
       // A move the database never heard of (ferry.db was lost): a new job.
       { ...offer, id: 'move-77', disk: 'd3', disks: ['d3'], copiedBytes: 0 },
+      // The same for a move to another host: its job says where.
+      {
+        ...offer,
+        id: 'move-88',
+        disk: 'd2',
+        disks: ['d2'],
+        to: 'default',
+        toHost: 'b',
+        copiedBytes: 0,
+      },
+      // One the agent cannot resume: rolled back, so the disk is not left busy.
+      { ...offer, id: 'move-99', disk: 'gone', disks: ['gone'], copiedBytes: 0 },
     );
     const second = reopen(path, after);
     const stopping = first.jobs.shutdown();
@@ -142,7 +154,12 @@ test('job store: interrupted moves the agent offers are resumed, as their job or
     first.db.close();
 
     await second.jobs.recover();
-    assert.deepEqual(after.resumed, ['move-1', 'move-77']);
+    assert.deepEqual(after.resumed, ['move-1', 'move-77', 'move-88']);
+    assert.deepEqual(after.abandoned, ['move-99']);
+    const failed = second.jobs.list().find((job) => job.disk === 'gone');
+    assert.equal(failed?.state, 'failed');
+    const toHost = second.jobs.list().find((job) => job.moveId === 'move-88');
+    assert.equal(toHost?.to, 'b:default');
     const same = second.jobs.get(running.id);
     assert.equal(same.moveId, 'move-1');
     assert.ok(
@@ -155,7 +172,7 @@ test('job store: interrupted moves the agent offers are resumed, as their job or
     assert.ok(found !== undefined, 'the unknown move became a job');
     assert.notEqual(found.id, 'move-77');
     assert.equal(found.disk, 'd3');
-    for (const id of [running.id, found.id]) {
+    for (const id of [running.id, found.id, toHost?.id ?? '']) {
       assert.equal((await finished(second.jobs, id)).state, 'succeeded');
     }
     for (const bench of after.benches) {
