@@ -32,14 +32,7 @@ for (const point of SOURCE_CRASHES) {
     async () => {
       await withServedPair(
         async ({ a, b }) => {
-          const initial = await createFilledDisk(a);
-          const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 31);
-          await new Promise((resolve) => setTimeout(resolve, 200));
-          await a.ferry(['migrate', 'vm1', '--to-host', 'b', '--speed', '32M', '--json']);
-          assert.equal(await a.serve.exited, null, 'a was killed by a signal');
-          await guest.ended;
-          const acked = guest.acked();
-          assert.ok(acked > 0, 'the guest wrote before the crash');
+          const { initial, acked } = await moveUntilSourceDies(a, 31);
           await a.restart();
           const expected = expectedAfter(initial, 31, acked);
           // Whatever the point, a serves every acknowledged write at once: the source itself
@@ -64,6 +57,25 @@ for (const point of SOURCE_CRASHES) {
       );
     },
   );
+}
+
+/**
+ * A filled vm1 on `a`, the recording guest (seeded `seed`) writing to it, and a move to b that
+ * `FERRY_CRASH_AT` kills `a` in; returns what vm1 held and how many writes were acknowledged.
+ */
+async function moveUntilSourceDies(
+  a: ServedHost,
+  seed: number,
+): Promise<{ initial: Buffer; acked: number }> {
+  const initial = await createFilledDisk(a);
+  const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, seed);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  await a.ferry(['migrate', 'vm1', '--to-host', 'b', '--speed', '32M', '--json']);
+  assert.equal(await a.serve.exited, null, 'a was killed by a signal');
+  await guest.ended;
+  const acked = guest.acked();
+  assert.ok(acked > 0, 'the guest wrote before the crash');
+  return { initial, acked };
 }
 
 /**
@@ -158,13 +170,7 @@ netnsTest(
   async () => {
     await withServedPair(
       async ({ a, b }) => {
-        const initial = await createFilledDisk(a);
-        const guest = startRecordingGuest(a.host, { port: a.nbdPort(), exportName: 'vm1' }, 61);
-        await new Promise((resolve) => setTimeout(resolve, 200));
-        await a.ferry(['migrate', 'vm1', '--to-host', 'b', '--speed', '32M', '--json']);
-        assert.equal(await a.serve.exited, null, 'a was killed by a signal');
-        await guest.ended;
-        const acked = guest.acked();
+        const { initial, acked } = await moveUntilSourceDies(a, 61);
         // b restarts meanwhile and drops the copy it had not committed: nothing to resume onto.
         await b.serve.kill('SIGKILL');
         await b.restart();
