@@ -282,6 +282,77 @@ vmTest(
   },
 );
 
+vmTest(
+  'vm run: maintenance mode moves a running VM, its home and disk, off its datastore while the guest writes',
+  { timeoutMs: 90_000 },
+  async (t) => {
+    const image = await guestImage();
+    const dir = await makeTempDir();
+    const fast = join(dir, 'fast');
+    await mkdir(fast);
+    const reaper = new QemuReaper();
+    t.after(() => reaper.killAll());
+    const dataDir = join(dir, 'data');
+    const serve = await serveOn(t, dataDir);
+    const cli = cliOf(serve);
+    await cli.ok(['datastore', 'add', 'fast', fast]);
+    await cli.ok(['cluster', 'create', 'gold', '--datastore', 'local', '--datastore', 'fast']);
+    await cli.json<VmInfo>(guestCreateArgs('web1', 'web1-os:64M', image, writerAppend(BLOCKS)));
+    reaper.addPidFile(join(dataDir, 'run', 'web1', 'qemu.pid'));
+    const started = await cli.json<VmInfo>(['vm', 'start', 'web1']);
+    reaper.addPid(started.pid);
+    const pid = started.pid ?? -1;
+    const guestConsole = await holdConsole(started.console);
+    t.after(() => guestConsole.close());
+    await waitForAcks(guestConsole.read, ACKS_BEFORE, 'first acks', pid, BOOT_TIMEOUT_MS);
+    const before = parseGuestLog(await guestConsole.read());
+
+    const entering = await cli.ok(['datastore', 'maintenance', 'local']);
+    assert.match(entering, /Datastore local is entering maintenance: \d+ move\(s\) queued/);
+    // On once the VM (home and disk) has left; new disks are refused there meanwhile and after.
+    const deadline = Date.now() + 60_000;
+    let state = 'entering';
+    while (state !== 'on' && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const listed = await cli.json<{ name: string; maintenance?: string }[]>([
+        'datastore',
+        'list',
+      ]);
+      state = listed.find((one) => one.name === 'local')?.maintenance ?? 'off';
+    }
+    assert.equal(state, 'on', 'local emptied within a minute');
+    await cli.refused(
+      ['disk', 'create', 'extra', '--size', '1M', '--datastore', 'local'],
+      /in maintenance/,
+    );
+    const moved = await cli.vm('web1');
+    assert.deepEqual(
+      [moved.datastore, moved.state, moved.pid],
+      ['fast', 'running', pid],
+      'the same QEMU runs on, its home on fast',
+    );
+    assert.equal((await cli.json<DiskInfo>(['disk', 'show', 'web1-os'])).datastore, 'fast');
+    const local = join(dataDir, 'datastores', 'local');
+    assert.deepEqual(
+      (await readdir(local)).filter((f) => !f.startsWith('.')),
+      [],
+    );
+
+    const wholeConsole = async (): Promise<string> =>
+      joinConsoles(await guestConsole.read(), await readFile(moved.console, 'utf8'));
+    await waitForAcks(
+      wholeConsole,
+      parseGuestLog(await wholeConsole()).lastAcked + ACKS_AFTER,
+      'acks after the maintenance moves',
+      pid,
+      RESUME_TIMEOUT_MS,
+    );
+    const log = await stopAndVerify(cli, 'web1', 'web1-os', wholeConsole);
+    t.diagnostic(`acks: ${before.lastAcked} before maintenance, ${log.lastAcked} in all`);
+    assert.match(await cli.ok(['datastore', 'maintenance', 'local', '--exit']), /left maintenance/);
+  },
+);
+
 /** `ferry serve` in a namespace of its own with bridge br0, and the CLI run inside it. */
 async function serveInNamespace(t: TestContext): Promise<{ host: Host; cli: FerryCli }> {
   const pair = await createHostPair();
