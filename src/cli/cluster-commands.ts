@@ -29,17 +29,26 @@ Examples:
       .command('create')
       .description('create a cluster of datastores (each in at most one cluster)')
       .argument('<name>', `cluster name: ${NAME_HELP}`)
-      .requiredOption('--datastores <list>', 'its datastores, comma-separated', parseList),
+      .option('--datastore <name>', 'a member datastore (repeat it for each)', collectName, [])
+      .option('--datastores <list>', 'member datastores, comma-separated', collectList, []),
   )
     .option('--json', 'print the cluster as JSON')
     .addHelpText(
       'after',
-      '\nExample:\n  $ ferry cluster create gold --datastores fast1,fast2 --space-threshold 75%',
+      '\nExamples:\n  $ ferry cluster create gold --datastore fast1 --datastore fast2' +
+        '\n  $ ferry cluster create gold --datastores fast1,fast2 --space-threshold 75%',
     )
-    .action(async (name: string, options: SettingsOptions & { datastores: string[] }) => {
+    .action(async (name: string, options: SettingsOptions & MemberOptions, command: Command) => {
+      const datastores = [...options.datastore, ...options.datastores];
+      if (datastores.length === 0) {
+        command.error(
+          'error: name the datastores of the cluster: --datastore A --datastore B (or --datastores A,B)',
+          { exitCode: 2 },
+        );
+      }
       const created = await context.api.post<ClusterView>('/v1/clusters', {
         name,
-        datastores: options.datastores,
+        datastores,
         ...settingsOf(options),
       });
       if (options.json) return printJson(context, created);
@@ -208,6 +217,19 @@ function settingsOf(options: SettingsOptions): Record<string, unknown> {
       ? {}
       : { keepVmDisksTogether: options.keepVmDisksTogether }),
   };
+}
+
+interface MemberOptions {
+  readonly datastore: string[];
+  readonly datastores: string[];
+}
+
+function collectName(name: string, previous: string[]): string[] {
+  return [...previous, name];
+}
+
+function collectList(text: string, previous: string[]): string[] {
+  return [...previous, ...parseList(text)];
 }
 
 function parseList(text: string): string[] {

@@ -127,8 +127,11 @@ test('drs: a cluster filled past its space threshold gets moves that, applied, b
       'cluster',
       'create',
       'gold',
+      // Both spellings: the repeated option and the list.
+      '--datastore',
+      'a',
       '--datastores',
-      'a,b,c',
+      'b,c',
       // This test is about space: filling the disks below is guest I/O whose latency (30 MiB
       // writes) would otherwise also, rightly, ask for a latency move.
       '--latency-threshold',
@@ -238,6 +241,9 @@ test('drs: a cluster filled past its space threshold gets moves that, applied, b
     const taken = await ferry(serve, ['cluster', 'create', 'other', '--datastores', 'b']);
     assert.equal(taken.code, 1);
     assert.match(taken.stderr, /already in cluster gold/);
+    const none = await ferry(serve, ['cluster', 'create', 'other']);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /--datastore A --datastore B/);
     const badThreshold = await ferry(serve, [
       'cluster',
       'set',

@@ -166,32 +166,43 @@ vmTest(
   },
 );
 
+/**
+ * `ferry serve` with datastores local and fast, and VM web1 (the writer guest, its 64 MiB disk
+ * web1-os) on local, running and past its first acks. Its console file is held open: a move
+ * deletes it once QEMU writes the new home's, and the guest's story is this one, then what
+ * follows in the new home's.
+ */
+async function writerOnLocal(t: TestContext): Promise<{
+  cli: FerryCli;
+  dataDir: string;
+  pid: number;
+  guestConsole: Awaited<ReturnType<typeof holdConsole>>;
+}> {
+  const image = await guestImage();
+  const dir = await makeTempDir();
+  const fast = join(dir, 'fast');
+  await mkdir(fast);
+  const reaper = new QemuReaper();
+  t.after(() => reaper.killAll());
+  const dataDir = join(dir, 'data');
+  const cli = cliOf(await serveOn(t, dataDir));
+  await cli.ok(['datastore', 'add', 'fast', fast]);
+  await cli.json<VmInfo>(guestCreateArgs('web1', 'web1-os:64M', image, writerAppend(BLOCKS)));
+  reaper.addPidFile(join(dataDir, 'run', 'web1', 'qemu.pid'));
+  const started = await cli.json<VmInfo>(['vm', 'start', 'web1']);
+  reaper.addPid(started.pid);
+  const pid = started.pid ?? -1;
+  const guestConsole = await holdConsole(started.console);
+  t.after(() => guestConsole.close());
+  await waitForAcks(guestConsole.read, ACKS_BEFORE, 'first acks', pid, BOOT_TIMEOUT_MS);
+  return { cli, dataDir, pid, guestConsole };
+}
+
 vmTest(
   'vm run: a running VM moves to another datastore while the guest writes',
   { timeoutMs: 60_000 },
   async (t) => {
-    const image = await guestImage();
-    const dir = await makeTempDir();
-    const fast = join(dir, 'fast');
-    await mkdir(fast);
-    const reaper = new QemuReaper();
-    t.after(() => reaper.killAll());
-    const dataDir = join(dir, 'data');
-    const serve = await serveOn(t, dataDir);
-    const cli = cliOf(serve);
-    await cli.ok(['datastore', 'add', 'fast', fast]);
-
-    await cli.json<VmInfo>(guestCreateArgs('web1', 'web1-os:64M', image, writerAppend(BLOCKS)));
-    reaper.addPidFile(join(dataDir, 'run', 'web1', 'qemu.pid'));
-    const started = await cli.json<VmInfo>(['vm', 'start', 'web1']);
-    reaper.addPid(started.pid);
-    const pid = started.pid ?? -1;
-    // The console file QEMU writes, held open: the move deletes it once QEMU writes the new
-    // home's; the guest's story is this one, then what follows in the new home's.
-    const guestConsole = await holdConsole(started.console);
-    t.after(() => guestConsole.close());
-    await waitForAcks(guestConsole.read, ACKS_BEFORE, 'first acks', pid, BOOT_TIMEOUT_MS);
-
+    const { cli, dataDir, pid, guestConsole } = await writerOnLocal(t);
     const before = parseGuestLog(await guestConsole.read());
     // Rate-limited so the copy lasts a while under guest writes (about 1 MiB is allocated).
     const moveStartedAt = Date.now();
@@ -217,7 +228,7 @@ vmTest(
       'the same QEMU runs on',
     );
     assert.equal((await cli.json<DiskInfo>(['disk', 'show', 'web1-os'])).datastore, 'fast');
-    const local = join(dir, 'data', 'datastores', 'local');
+    const local = join(dataDir, 'datastores', 'local');
     assert.deepEqual(
       (await readdir(local)).filter((f) => !f.startsWith('.')),
       [],
@@ -286,25 +297,8 @@ vmTest(
   'vm run: maintenance mode moves a running VM, its home and disk, off its datastore while the guest writes',
   { timeoutMs: 90_000 },
   async (t) => {
-    const image = await guestImage();
-    const dir = await makeTempDir();
-    const fast = join(dir, 'fast');
-    await mkdir(fast);
-    const reaper = new QemuReaper();
-    t.after(() => reaper.killAll());
-    const dataDir = join(dir, 'data');
-    const serve = await serveOn(t, dataDir);
-    const cli = cliOf(serve);
-    await cli.ok(['datastore', 'add', 'fast', fast]);
+    const { cli, dataDir, pid, guestConsole } = await writerOnLocal(t);
     await cli.ok(['cluster', 'create', 'gold', '--datastore', 'local', '--datastore', 'fast']);
-    await cli.json<VmInfo>(guestCreateArgs('web1', 'web1-os:64M', image, writerAppend(BLOCKS)));
-    reaper.addPidFile(join(dataDir, 'run', 'web1', 'qemu.pid'));
-    const started = await cli.json<VmInfo>(['vm', 'start', 'web1']);
-    reaper.addPid(started.pid);
-    const pid = started.pid ?? -1;
-    const guestConsole = await holdConsole(started.console);
-    t.after(() => guestConsole.close());
-    await waitForAcks(guestConsole.read, ACKS_BEFORE, 'first acks', pid, BOOT_TIMEOUT_MS);
     const before = parseGuestLog(await guestConsole.read());
 
     const entering = await cli.ok(['datastore', 'maintenance', 'local']);
