@@ -29,8 +29,8 @@ Examples:
       .command('create')
       .description('create a cluster of datastores (each in at most one cluster)')
       .argument('<name>', `cluster name: ${NAME_HELP}`)
-      .option('--datastore <name>', 'a member datastore (repeat it for each)', collectName, [])
-      .option('--datastores <list>', 'member datastores, comma-separated', collectList, []),
+      .option('--datastore <name>', 'a member datastore (repeat it for each)', collectName)
+      .option('--datastores <list>', 'member datastores, comma-separated', collectList),
   )
     .option('--json', 'print the cluster as JSON')
     .addHelpText(
@@ -39,7 +39,7 @@ Examples:
         '\n  $ ferry cluster create gold --datastores fast1,fast2 --space-threshold 75%',
     )
     .action(async (name: string, options: SettingsOptions & MemberOptions, command: Command) => {
-      const datastores = [...options.datastore, ...options.datastores];
+      const datastores = [...(options.datastore ?? []), ...(options.datastores ?? [])];
       if (datastores.length === 0) {
         command.error(
           'error: name the datastores of the cluster: --datastore A --datastore B (or --datastores A,B)',
@@ -220,16 +220,16 @@ function settingsOf(options: SettingsOptions): Record<string, unknown> {
 }
 
 interface MemberOptions {
-  readonly datastore: string[];
-  readonly datastores: string[];
+  readonly datastore?: string[];
+  readonly datastores?: string[];
 }
 
-function collectName(name: string, previous: string[]): string[] {
-  return [...previous, name];
+function collectName(name: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), name];
 }
 
-function collectList(text: string, previous: string[]): string[] {
-  return [...previous, ...parseList(text)];
+function collectList(text: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), ...parseList(text)];
 }
 
 function parseList(text: string): string[] {
