@@ -130,7 +130,14 @@ export async function tailConsole(path: string): Promise<ConsoleTail> {
 
 /**
  * The destination's console log starts with the source's as it was copied with the home; what
- * follows is the destination QEMU's. The whole story: the source's full log, then that suffix.
+ * follows is the destination QEMU's (or, for a move on one host, the same QEMU's after its
+ * console was switched). The whole story: the source's full log, then that suffix.
+ *
+ * Where the suffix starts is where the two part, unless the suffix happens to begin as the
+ * source's own continuation did ("ack 10" of "ack 104" and of "ack 105"); and the switch may
+ * fall in the middle of a line ("ack 10" in the source, "5 ..." in the destination). So each cut
+ * from where they part back to the start of that line is tried, and of those that read as one
+ * story without a gap (guest-log.ts), the one that leaves no stray piece of a line is taken.
  */
 export function joinConsoles(source: string, destination: string): string {
   let common = 0;
@@ -141,11 +148,21 @@ export function joinConsoles(source: string, destination: string): string {
   // The source's whole log came over (with the commit): the destination's tells it all, and
   // finishes the line the source may have stopped in the middle of.
   if (common === source.length) return destination;
-  // From the start of the line where they part: a line both begin alike ("ack 1...") is the
-  // destination's own.
   const lineStart = destination.lastIndexOf('\n', common - 1) + 1;
-  return `${source}\n${destination.slice(lineStart)}`;
+  let best: { joined: string; strays: number } | undefined;
+  for (let cut = common; cut >= lineStart; cut -= 1) {
+    const joined = source + destination.slice(cut);
+    const log = parseGuestLog(joined);
+    if (log.problems.length > 0 || log.bad.length > 0) continue;
+    // A wrong cut leaves a stray piece of a line ("5 104"): the right one leaves the fewest.
+    const strays = joined.split('\n').filter((line) => !GUEST_LINE.test(line)).length;
+    if (best === undefined || strays < best.strays) best = { joined, strays };
+  }
+  return best?.joined ?? `${source}\n${destination.slice(lineStart)}`;
 }
+
+/** A line the test guest prints (guest-log.ts), or a blank one. */
+const GUEST_LINE = /^(ferry-guest|tick|ack|check|bad|error) |^\r?$/;
 
 /** tcpdump on `bridge` in `host`, resolving with the first frame line from `mac`. */
 export function watchAnnouncement(

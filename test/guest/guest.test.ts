@@ -3,6 +3,7 @@ import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { joinConsoles } from '../cross-host/vm-guest.js';
 import { hasTool, isCi } from '../nbd/interop-helpers.js';
 import { guestImage } from './guest-image.js';
 import {
@@ -70,6 +71,30 @@ test('parsing a log: boots, acks, ticks, checks, bad lines, and noise in between
   assert.deepEqual(log.bad, ['bad 2 write 2 got "x"']);
   assert.deepEqual(log.errors, ['error 6 2 I/O error']);
   assert.deepEqual(log.problems, []);
+});
+
+test('joining the consoles of a move: the cut where a line was split, or where the two began alike', () => {
+  const whole = fakeLog(110, 4);
+  const snapshot = whole.indexOf('tick 100 ');
+  // The console switched in the middle of "ack 105 1": the source has "ack 10", the destination
+  // the snapshot, then "5 1" and the rest.
+  const split = whole.indexOf('ack 105 ') + 'ack 10'.length;
+  const joinedSplit = joinConsoles(
+    whole.slice(0, split),
+    whole.slice(0, snapshot) + whole.slice(split),
+  );
+  assert.deepEqual(parseGuestLog(joinedSplit).problems, []);
+  assert.equal(parseGuestLog(joinedSplit).lastAcked, 110);
+  // The switch fell between lines, and the destination's suffix begins as the source's
+  // continuation did ("tick 10" of "tick 100" and "tick 105").
+  const between = whole.indexOf('tick 105 ');
+  const joinedAlike = joinConsoles(
+    whole.slice(0, between),
+    whole.slice(0, snapshot) + whole.slice(between),
+  );
+  assert.equal(joinedAlike, whole);
+  // The source's whole log came with the home: the destination tells it all.
+  assert.equal(joinConsoles(whole.slice(0, split), whole), whole);
 });
 
 test('parsing names a lost ack, an ack at the wrong block and a counter that went back', () => {
