@@ -368,3 +368,81 @@ toolTest(
     }
   },
 );
+
+test('drs: a member whose guest latency is above its threshold gets its busiest disk moved off; data intact', async () => {
+  const { serve } = await serveWith(['a', 'b']);
+  try {
+    const created = await ferry(serve, ['cluster', 'create', 'gold', '--datastores', 'a,b']);
+    assert.equal(created.code, 0, created.stderr);
+    const written = new Map<string, Buffer>();
+    for (const name of ['busy', 'quiet']) {
+      await api(serve, 'POST', '/v1/disks', { name, size: 8 * MiB, datastore: 'a' });
+      written.set(name, Buffer.alloc(8 * MiB));
+    }
+    // A first sample of the disks' counters, so that the window holds the writes below.
+    await ferryJson(serve, ['cluster', 'show', 'gold']);
+    const guest = await NbdClient.connect({
+      exportName: 'busy',
+      host: '127.0.0.1',
+      port: serve.ready.nbdPort,
+    });
+    for (let at = 0; at < 8 * MiB; at += MiB) {
+      const data = randomBytes(MiB);
+      await guest.write(at, data, { fua: true });
+      data.copy(written.get('busy') ?? Buffer.alloc(0), at);
+    }
+    await guest.close();
+    const quiet = await NbdClient.connect({
+      exportName: 'quiet',
+      host: '127.0.0.1',
+      port: serve.ready.nbdPort,
+    });
+    const once = randomBytes(4096);
+    await quiet.write(0, once, { fua: true });
+    once.copy(written.get('quiet') ?? Buffer.alloc(0), 0);
+    await quiet.close();
+
+    // Whatever this machine's latency is, a threshold under it: the rule must fire.
+    const measured = await ferryJson<{ latencyMs: number | null }>(serve, [
+      'cluster',
+      'show',
+      'gold',
+    ]);
+    assert.ok(measured.latencyMs !== null && measured.latencyMs > 0, 'a has guest latency');
+    const threshold = (measured.latencyMs / 2).toFixed(4);
+    const set = await ferry(serve, ['cluster', 'set', 'gold', '--latency-threshold', threshold]);
+    assert.equal(set.code, 0, set.stderr);
+
+    const { recommendations } = await ferryJson<{ recommendations: Recommendation[] }>(serve, [
+      'drs',
+      'recommend',
+      'gold',
+    ]);
+    assert.equal(recommendations.length, 1, JSON.stringify(recommendations));
+    const [one] = recommendations;
+    assert.deepEqual([one?.reason, one?.disk, one?.from, one?.to], ['latency', 'busy', 'a', 'b']);
+    const human = await ferry(serve, ['drs', 'recommend', 'gold']);
+    assert.match(human.stdout, /guest latency on a is [\d.]+ ms, above/);
+
+    const { jobs } = await ferryJson<{ jobs: Job[] }>(serve, ['drs', 'apply', 'gold']);
+    assert.equal(jobs.length, 1);
+    const done = await waitJob(serve, jobs[0]?.id ?? '');
+    assert.equal(done.state, 'succeeded', JSON.stringify(done.error));
+    const { disks } = await api<{ disks: DiskView[] }>(serve, 'GET', '/v1/disks');
+    assert.deepEqual(disks.map((disk) => [disk.name, disk.datastore]).sort(), [
+      ['busy', 'b'],
+      ['quiet', 'a'],
+    ]);
+    for (const [name, data] of written) {
+      const reader = await NbdClient.connect({
+        exportName: name,
+        host: '127.0.0.1',
+        port: serve.ready.nbdPort,
+      });
+      assertSameBytes(await reader.read(0, 8 * MiB), data, name);
+      await reader.close();
+    }
+  } finally {
+    await stop(serve).catch(() => serve.child.kill('SIGKILL'));
+  }
+});
