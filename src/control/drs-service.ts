@@ -11,18 +11,12 @@ import {
   type MaintenanceState,
 } from './clusters.js';
 import { type ClusterView, type DatastoreUsage, usageOf, viewOf } from './datastore-usage.js';
-import {
-  type DrsCluster,
-  type DrsDatastore,
-  type DrsResult,
-  placeDisk,
-  type Recommendation,
-  recommend,
-} from './drs.js';
+import { type DrsCluster, type DrsDatastore, type DrsResult, placeDisk, recommend } from './drs.js';
 import type { JobManager } from './job-manager.js';
 import type { JobRecord } from './job-record.js';
 import { isTerminal } from './job-states.js';
 import { LatencyWindow, totalsOf } from './latency-window.js';
+import { MaintenanceMode, type PlannedMove } from './maintenance.js';
 
 /** What DRS needs of the agent (host/agent.ts); tests may pass a fake. */
 export interface DrsAgent {
@@ -47,12 +41,10 @@ interface InFlight {
 
 const WINDOW_MS_DEFAULT = 60_000;
 const TICK_MS_DEFAULT = 5_000;
-/** How long a datastore entering maintenance waits before its failed moves are tried again. */
-const EVACUATE_RETRY_MS = 60_000;
 
 /**
  * Clusters at work: measures usage and guest latency, recommends and applies moves (drs.ts),
- * drives maintenance mode, and places new disks. Moves go through the JobManager like any
+ * drives maintenance mode (maintenance.ts), and places new disks. Moves go through the JobManager like any
  * migration, so they show in `ferry job list` and obey its limits.
  * How space is counted: datastore-usage.ts.
  */
@@ -62,9 +54,9 @@ export class DrsService {
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
   private readonly lastAppliedMs = new Map<string, number>();
-  /** When each datastore entering maintenance last had its moves started. */
-  private readonly evacuatedAtMs = new Map<string, number>();
   private isTicking = false;
+  /** Maintenance mode of the clusters' datastores (maintenance.ts). */
+  readonly maintenance: MaintenanceMode;
 
   constructor(
     private readonly agent: DrsAgent,
@@ -74,6 +66,17 @@ export class DrsService {
   ) {
     this.window = new LatencyWindow(options.windowMs ?? WINDOW_MS_DEFAULT);
     this.tickMs = options.tickMs ?? TICK_MS_DEFAULT;
+    this.maintenance = new MaintenanceMode(
+      agent,
+      store,
+      {
+        recommendations: (cluster) => this.recommendations(cluster),
+        startMoves: (moves) => this.startMoves(moves),
+        movingDisks: () => this.inFlight().disks,
+        usage: () => this.usage(),
+      },
+      options.log,
+    );
   }
 
   /**
@@ -84,15 +87,7 @@ export class DrsService {
     if (this.timer !== undefined) return;
     this.timer = setInterval(() => void this.tick(), this.tickMs);
     this.timer.unref();
-    this.unsubscribe = this.jobs?.subscribe((event) => {
-      const { state, from } = event.job;
-      if (event.type !== 'state' || !isTerminal(state)) return;
-      if (this.store.maintenanceOf(from) !== 'entering') return;
-      // Only looks: starting moves again is the tick's, at its retry pace.
-      this.evacuate(from, Date.now(), false).catch((error: unknown) => {
-        this.options.log?.warn({ err: error, datastore: from }, 'maintenance check failed');
-      });
-    });
+    this.unsubscribe = this.maintenance.watch(this.jobs);
   }
 
   stop(): void {
@@ -170,65 +165,20 @@ export class DrsService {
     return started;
   }
 
-  /**
-   * Enters maintenance: `entering`, and queues a move for every disk and VM home on it (to the
-   * rest of its cluster); `on` at once when nothing is there, else at the tick that finds it
-   * empty. Again on a datastore already in maintenance: queues what is left.
-   */
-  async enterMaintenance(
+  /** Maintenance mode (maintenance.ts): enters it and queues the moves off `datastore`. */
+  enterMaintenance(
     datastore: string,
   ): Promise<{ state: MaintenanceState; jobs: JobRecord[]; problems: string[] }> {
-    const info = (await this.agent.listDatastores()).find((one) => one.name === datastore);
-    if (info === undefined) {
-      throw new ClusterError(
-        ClusterErrorCode.NotFound,
-        `no datastore named ${datastore}; see them with \`ferry datastore list\``,
-      );
-    }
-    const cluster = this.store.clusterOf(datastore);
-    const disks = (await this.agent.listDisks()).filter(
-      (disk) => disk.datastore === datastore && disk.host === null,
-    );
-    if (cluster === null && disks.length > 0) {
-      throw new ClusterError(
-        ClusterErrorCode.BadSetting,
-        `datastore ${datastore} is in no cluster, so there is nowhere to move its ${disks.length} ` +
-          'disk(s); put it in one with `ferry cluster create NAME --datastores ' +
-          `${datastore},OTHER\` or move them with \`ferry migrate\``,
-      );
-    }
-    // `entering` until evacuate() finds nothing left (now, or at a later tick).
-    if (this.store.maintenanceOf(datastore) === 'off') {
-      this.store.setMaintenance(datastore, 'entering');
-    }
-    const { jobs, problems } = await this.evacuate(datastore);
-    return { state: this.store.maintenanceOf(datastore), jobs, problems };
+    return this.maintenance.enter(datastore);
   }
 
-  /** Leaves maintenance at once; moves already queued off it go on. */
   exitMaintenance(datastore: string): MaintenanceState {
-    if (this.store.maintenanceOf(datastore) === 'off') {
-      throw new ClusterError(
-        ClusterErrorCode.BadSetting,
-        `datastore ${datastore} is not in maintenance; enter it with \`ferry datastore maintenance ${datastore}\``,
-      );
-    }
-    this.store.setMaintenance(datastore, 'off');
-    return 'off';
+    return this.maintenance.exit(datastore);
   }
 
-  /**
-   * Refuses `datastore` as a destination while it is in maintenance (new disks, incoming moves),
-   * with a message that says how to get out of it.
-   */
+  /** `ERR_MAINTENANCE` for a datastore in maintenance: it takes no new disks and no moves. */
   refuseIfInMaintenance(datastore: string): void {
-    const state = this.store.maintenanceOf(datastore);
-    if (state === 'off') return;
-    throw new ClusterError(
-      ClusterErrorCode.Maintenance,
-      `datastore ${datastore} is in maintenance (${state}): it takes no new disks and no moves; ` +
-        `choose another datastore, or end maintenance with \`ferry datastore maintenance ${datastore} --exit\``,
-    );
+    this.maintenance.refuse(datastore);
   }
 
   /**
@@ -261,12 +211,7 @@ export class DrsService {
     this.isTicking = true;
     try {
       this.sample(await this.agent.listDisks());
-      for (const [datastore, state] of this.store.inMaintenance()) {
-        if (state !== 'entering') continue;
-        // Moves that failed are tried again, but not every tick: each try is a job in the history.
-        const last = this.evacuatedAtMs.get(datastore) ?? Number.NEGATIVE_INFINITY;
-        await this.evacuate(datastore, nowMs, nowMs - last >= EVACUATE_RETRY_MS);
-      }
+      await this.maintenance.advance(nowMs);
       for (const record of this.store.list()) {
         if (record.automation !== 'automatic') continue;
         const last = this.lastAppliedMs.get(record.name) ?? 0;
@@ -288,81 +233,10 @@ export class DrsService {
   }
 
   /**
-   * Moves whatever is still on `datastore` off it (disks, and VMs whose home is there); marks it
-   * `on` when nothing is left.
-   */
-  private async evacuate(
-    datastore: string,
-    nowMs = Date.now(),
-    mayStart = true,
-  ): Promise<{ jobs: JobRecord[]; problems: string[] }> {
-    const disks = (await this.agent.listDisks()).filter(
-      (disk) => disk.datastore === datastore && disk.host === null,
-    );
-    const homes = (await this.agent.listVms()).filter((vm) => vm.datastore === datastore);
-    if (disks.length === 0 && homes.length === 0) {
-      if (this.store.maintenanceOf(datastore) === 'entering') {
-        this.store.setMaintenance(datastore, 'on');
-      }
-      return { jobs: [], problems: [] };
-    }
-    const cluster = this.store.clusterOf(datastore);
-    if (cluster === null || !mayStart) return { jobs: [], problems: [] };
-    this.evacuatedAtMs.set(datastore, nowMs);
-    const { recommendations, problems } = await this.recommendations(cluster);
-    const moves = recommendations.filter(
-      (one) => one.reason === 'maintenance' && one.from === datastore,
-    );
-    const { started: jobs, failures } = await this.startMoves(moves);
-    for (const failure of failures) {
-      problems.push(
-        `could not start moving ${failure.what}: ${errorMessageOf(failure.error)}; ` +
-          'it is tried again within a minute while the datastore is entering maintenance',
-      );
-    }
-    // A VM whose home is here but whose disks are not: its home follows its disks.
-    const busy = this.inFlight().disks;
-    for (const vm of homes) {
-      if (busy.has(vm.name) || moves.some((move) => move.vm === vm.name)) continue;
-      const to = await this.homeFor(cluster, datastore, vm);
-      if (to === undefined) {
-        problems.push(
-          `VM ${vm.name} has its home on ${datastore} and no other member of cluster ${cluster} ` +
-            'can take it; add a datastore to the cluster or move the VM with `ferry vm migrate`',
-        );
-        continue;
-      }
-      const home = await this.startMoves([{ vm: vm.name, disk: vm.name, to }]);
-      jobs.push(...home.started);
-      for (const failure of home.failures) {
-        problems.push(`could not start moving ${failure.what}: ${errorMessageOf(failure.error)}`);
-      }
-    }
-    return { jobs, problems };
-  }
-
-  /** Where a VM's home goes when its datastore enters maintenance: its disks' datastore, or the best member. */
-  private async homeFor(cluster: string, from: string, vm: VmInfo): Promise<string | undefined> {
-    const record = this.store.get(cluster);
-    const usage = (await this.usage()).filter(
-      (one) => record.datastores.includes(one.name) && one.name !== from,
-    );
-    const disks = (await this.agent.listDisks()).filter((disk) => vm.disks.includes(disk.name));
-    const together = usage.find(
-      (one) =>
-        one.maintenance === 'off' &&
-        one.isAvailable &&
-        disks.length > 0 &&
-        disks.every((disk) => disk.datastore === one.name),
-    );
-    return together?.name ?? placeDisk(usage, vm.sizeBytes, record.spaceThreshold)?.name;
-  }
-
-  /**
    * Starts each move. A move the job manager refuses (the disk is busy, the agent is closing) is
    * logged and reported in `failures`; the others still start.
    */
-  private async startMoves(moves: readonly Pick<Recommendation, 'vm' | 'disk' | 'to'>[]): Promise<{
+  private async startMoves(moves: readonly PlannedMove[]): Promise<{
     started: JobRecord[];
     failures: { what: string; error: unknown }[];
   }> {
