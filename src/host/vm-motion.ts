@@ -16,6 +16,7 @@ import type { DiskEntry } from './export-table.js';
 import { useMigrationTls } from './migration-tls.js';
 import { JOURNAL_VERSION, type MoveRecord } from './move-journal.js';
 import { passThroughOf, type RemoteDevice, remoteDisk } from './pass-through.js';
+import { PeerError } from './peer-client.js';
 import { commitAtPeer } from './peer-commit.js';
 import {
   cancelMigration,
@@ -120,6 +121,7 @@ const COMPLETE_TIMEOUT_MS = 120_000;
 /** The stream's cap when no speed is set: QEMU's default (128 MiB/s) would be the bottleneck. */
 const MEMORY_BANDWIDTH_UNLIMITED = 64 * 1024 * 1024 * 1024;
 const ABORT_RETRY_MS = 5000;
+const ADMISSION_TIMEOUT_MS = 10_000;
 const ABORT_RETRIES_MAX = 120;
 /** The config is not carried as a file: the peer writes its own, rewritten for it. */
 const NOT_CARRIED = new Set(['vm.json']);
@@ -159,6 +161,24 @@ export async function prepareVmMotion(
     toHost: peer.name,
     commitRequested: false,
   };
+  // A busy peer (its migration limits) says so before the home's files travel; the receive
+  // below is admitted again, for real.
+  await peer
+    .post(
+      '/v1/vm-receives/admission',
+      {
+        id: record.id,
+        ...(spec.datastore === undefined ? {} : { datastore: spec.datastore }),
+        ...(spec.datastoreMap === undefined ? {} : { datastoreMap: spec.datastoreMap }),
+        disks: spec.entries.map((entry) => ({ from: entry.datastore.name })),
+      },
+      { timeoutMs: ADMISSION_TIMEOUT_MS },
+    )
+    .catch((error: unknown) => {
+      // A peer from before the admission route: the receive itself decides.
+      if (error instanceof PeerError && error.remoteCode === 'ERR_NO_ROUTE') return;
+      throw error;
+    });
   await host.journal.write(record);
   let ticket: VmReceiveTicket | undefined;
   const pools: NbdClientPool[] = [];

@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import type { JobManager } from '../../src/control/job-manager.js';
 import type { JobStatus } from '../../src/control/job-record.js';
 import { JobErrorCode } from '../../src/control/job-states.js';
 import type { Agent } from '../../src/host/agent.js';
+import { PeerError } from '../../src/host/peer-client.js';
+import { peerLinks } from '../../src/host/peer-link.js';
 import { finished } from '../control/job-waits.js';
 import { makeTempDir } from '../host/temp-dir.js';
-import { startTwoHosts } from '../host/two-hosts.js';
+import { startTwoHosts, type TestHost } from '../host/two-hosts.js';
 import { prng, randomBytes } from '../migrate/harness.js';
 
 /**
@@ -128,3 +131,38 @@ test('peer limits: a receive admitted holds a slot until released, and a full ho
     await hosts.close();
   }
 });
+
+test('peer limits: a VM move asks for admission before its home files travel; the answer holds no slot', async () => {
+  const hosts = await startTwoHosts();
+  try {
+    const { b } = hosts;
+    const link = peerLinks(hosts.a.peers)('b');
+    assert.ok(link !== undefined);
+    const ask = { id: 'vm-move-1', disks: [{ from: 'local' }] };
+    assert.deepEqual(await link.post('/v1/vm-receives/admission', ask), { admitted: true });
+    assert.equal(b.jobs.limits().running.host, 0, 'the answer holds no slot');
+    b.jobs.setLimits({ host: 1, datastore: 8 });
+    const release = b.jobs.admitReceive('other', ['default']);
+    await assert.rejects(
+      link.post('/v1/vm-receives/admission', ask),
+      (error: unknown) =>
+        error instanceof PeerError &&
+        error.remoteCode === JobErrorCode.HostBusy &&
+        /host limit: 1 of 1/.test(error.message),
+    );
+    release();
+    // Unsigned, it is refused like every peer route.
+    const unsigned = await fetch(`${urlOfApi(b)}/v1/vm-receives/admission`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(ask),
+    });
+    assert.equal(unsigned.status, 401);
+  } finally {
+    await hosts.close();
+  }
+});
+
+function urlOfApi(host: TestHost): string {
+  return `http://127.0.0.1:${(host.api.server.address() as AddressInfo).port}`;
+}

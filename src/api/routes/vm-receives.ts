@@ -7,6 +7,7 @@ import { type AdmitReceive, admitted, peerOf } from './receives.js';
  * `/v1/vm-receives`: the destination side of a VM moving here from another host
  * (host/vm-receiver.ts), called by the source host's agent only, signed with a peer's key.
  *
+ *   POST /v1/vm-receives/admission     would this host take the VM now (its limits)? No state
  *   POST /v1/vm-receives               home files, config and empty disks; answers the exports
  *   POST /v1/vm-receives/:id/incoming  start the VM's QEMU waiting for memory: { port }
  *   POST /v1/vm-receives/:id/commit    the one commit point of the VM's disks
@@ -28,6 +29,36 @@ const nameMapSchema = {
   type: 'object',
   maxProperties: 64,
   additionalProperties: { type: 'string', minLength: 1, maxLength: 64 },
+} as const;
+
+/** What the admission needs of a VM receive: where its home and its disks would go. */
+interface AdmissionBody {
+  readonly id: string;
+  readonly datastore?: string;
+  readonly datastoreMap?: Readonly<Record<string, string>>;
+  readonly disks: readonly { readonly from: string }[];
+}
+
+const admissionBodySchema = {
+  type: 'object',
+  required: ['id', 'disks'],
+  additionalProperties: false,
+  properties: {
+    id: { type: 'string', pattern: ID_PATTERN },
+    datastore: { type: 'string', minLength: 1, maxLength: 64 },
+    datastoreMap: nameMapSchema,
+    disks: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 64,
+      items: {
+        type: 'object',
+        required: ['from'],
+        additionalProperties: false,
+        properties: { from: { type: 'string', minLength: 1, maxLength: 64 } },
+      },
+    },
+  },
 } as const;
 
 const receiveBodySchema = {
@@ -83,6 +114,31 @@ export function registerVmReceiveRoutes(
   admit?: AdmitReceive,
 ): void {
   const { vmReceiver } = agent;
+  /** One move, as its job on the source: its home's datastore and each of its disks'. */
+  const datastoresOf = (body: AdmissionBody): string[] => [
+    agent.datastoreNameFor(body.datastore),
+    ...body.disks.map((disk) =>
+      agent.datastoreNameFor(body.datastoreMap?.[disk.from] ?? body.datastore),
+    ),
+  ];
+
+  // Asked before the receive itself, whose body carries the home's files (tens of MiB): a busy
+  // host says so (503 ERR_HOST_BUSY) before they travel. The receive is admitted again, for real.
+  app.post<{ Body: AdmissionBody }>(
+    '/v1/vm-receives/admission',
+    { schema: { body: admissionBodySchema } },
+    async (request) => {
+      peerOf(request);
+      const { body } = request;
+      await admitted(
+        admit,
+        body.id,
+        () => datastoresOf(body),
+        async () => undefined,
+      );
+      return { admitted: true };
+    },
+  );
 
   app.post<{ Body: VmReceiveRequest }>(
     '/v1/vm-receives',
@@ -90,15 +146,11 @@ export function registerVmReceiveRoutes(
     async (request, reply) => {
       const identity = peerOf(request);
       const { body } = request;
-      // One move, as its job on the source: its home's datastore and each of its disks'.
-      const datastores = (): string[] => [
-        agent.datastoreNameFor(body.datastore),
-        ...body.disks.map((disk) =>
-          agent.datastoreNameFor(body.datastoreMap?.[disk.from] ?? body.datastore),
-        ),
-      ];
-      const ticket = await admitted(admit, body.id, datastores, () =>
-        vmReceiver.receive(body, identity),
+      const ticket = await admitted(
+        admit,
+        body.id,
+        () => datastoresOf(body),
+        () => vmReceiver.receive(body, identity),
       );
       return reply.status(201).send({ ...ticket, nbdPort });
     },
