@@ -75,6 +75,11 @@ export interface MigrationOptions {
   readonly chunkBytes?: number;
   readonly inFlightMax?: number;
   readonly tuning?: Partial<MethodTuning>;
+  /**
+   * How often a resumable disk's copy state is made durable; default 1 s. At most this much copy
+   * is redone after a crash, and each checkpoint flushes the destination.
+   */
+  readonly checkpointMs?: number;
   /** Makes the destinations the authority, durably; called with guest I/O held. */
   readonly commit: () => Promise<void>;
   /**
@@ -240,6 +245,9 @@ export class Migration {
       // The disks converged first have drifted while the later ones copied.
       for (const run of this.runs.slice(0, -1)) await run.converge();
       this.checkCancelled();
+      // No checkpoint from here on: its flush would compete with the stun's, and a resume after a
+      // crash in the switchover starts from the last one as well.
+      await checkpoints.stop();
       const downtimeMs = await this.switchover();
       return {
         method: this.methodNow,
@@ -330,7 +338,7 @@ export class Migration {
   }
 
   /**
-   * Every `CHECKPOINT_MS`, one disk after another, each resumable disk's state checkpoints
+   * Every `checkpointMs` (default `CHECKPOINT_MS`), one disk after another, each resumable disk's state checkpoints
    * (copy-state.ts: flush the target, count what landed, clear quiet intents, persist). A failed
    * checkpoint is logged: the state on disk stays the last good one, which is still true.
    */
@@ -353,7 +361,7 @@ export class Migration {
       })().finally(() => {
         running = undefined;
       });
-    }, CHECKPOINT_MS);
+    }, this.options.checkpointMs ?? CHECKPOINT_MS);
     return {
       stop: async () => {
         clearInterval(timer);
