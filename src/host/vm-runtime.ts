@@ -1,4 +1,4 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { appendFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -142,6 +142,9 @@ export class VmRuntime {
       const files = this.filesOf(config.name);
       await mkdir(files.dir, { recursive: true });
       const spec = await this.specOf(config, home, taps, options.incoming === true);
+      // A fresh boot starts its console on a line of its own; a live move's incoming QEMU
+      // carries on the guest's line where the source left it.
+      if (options.incoming !== true) await endConsoleLine(spec.serialLog);
       await rm(files.pidFile, { force: true });
       const process = await QemuProcess.launch(spec, {
         ...(this.options.qemuBinary === undefined ? {} : { binary: this.options.qemuBinary }),
@@ -336,4 +339,28 @@ export class VmRuntime {
       ...(incoming ? { incoming: 'defer' } : {}),
     };
   }
+}
+
+/**
+ * A QEMU stopped by force (or a host that lost power) may leave its console's last line cut in
+ * the middle; the next boot's first line would be glued to it. Ends such a line.
+ */
+export async function endConsoleLine(path: string): Promise<void> {
+  let last: number | undefined;
+  try {
+    const handle = await open(path, 'r');
+    try {
+      const { size } = await handle.stat();
+      if (size === 0) return;
+      const byte = Buffer.alloc(1);
+      await handle.read(byte, 0, 1, size - 1);
+      last = byte[0];
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  if (last !== 0x0a) await appendFile(path, '\n');
 }
