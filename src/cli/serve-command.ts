@@ -55,7 +55,7 @@ export function addServeCommand(
     .description('serve disks over NBD and the API over HTTP, with the agent in this process')
     .option(
       '--data <dir>',
-      'state directory (datastore registry, default datastore)',
+      'state directory: datastore registry, jobs and inventory (ferry.db), move journal, default datastore',
       DEFAULT_DATA_DIR,
     )
     .addOption(
