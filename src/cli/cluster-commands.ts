@@ -17,7 +17,7 @@ export function addClusterCommands(program: Command, context: CliContext): void 
       'after',
       `
 Examples:
-  $ ferry cluster create gold --datastores fast1,fast2,fast3
+  $ ferry cluster create gold --datastore fast1 --datastore fast2 --datastore fast3
   $ ferry cluster set gold --space-threshold 70% --automation automatic --interval 600
   $ ferry cluster capacity fast1 100G      # datastores sharing one file system
   $ ferry disk create web1 --size 20G --datastore gold
