@@ -59,7 +59,7 @@ export class CopyStateFile {
       file.disks.push({
         disk,
         provisioning,
-        state: new CopyState(shape, () => file.persistOf(disk)),
+        state: CopyState.fresh(shape, () => file.persistOf(disk)),
       });
     }
     await file.write();

@@ -25,6 +25,18 @@ function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateB
   return { state, files };
 }
 
+/** A fresh state (intent set ahead everywhere), its persists recorded, with its first file. */
+function recordedFresh(): { state: CopyState; files: CopyStateBits[] } {
+  const files: CopyStateBits[] = [];
+  const state: CopyState = CopyState.fresh(SHAPE, async () => {
+    files.push(state.encode());
+    return state.lastEncodeId;
+  });
+  // What CopyStateFile.create writes before the move begins.
+  files.push(state.encode());
+  return { state, files };
+}
+
 /** What a state read back from `bits` would copy, in bytes. */
 function toCopyBytes(bits: CopyStateBits): number {
   return new CopyState(SHAPE, async () => 0, bits).toCopy(64 * KiB).dirtyBytes;
@@ -199,4 +211,39 @@ test('copy state: an intent cleared and set again while a persist was in flight 
   state.afterWrite(64 * KiB, 4 * KiB);
   assert.equal(state.beforeWrite(0, 4 * KiB), undefined, 'durable once its own persist is done');
   state.afterWrite(0, 4 * KiB);
+});
+
+test('copy state: a fresh state sets the intent ahead, so no write waits; checkpoints clear it where the guest did not write and keep the copies there', async () => {
+  const { state, files } = recordedFresh();
+  assert.equal(toCopyBytes(files[0]!), 8 * MiB, 'a crash before any checkpoint copies it all');
+  state.startTracking();
+  assert.equal(state.beforeWrite(MiB + 4 * KiB, 4 * KiB), undefined, 'no persist before a write');
+  state.afterWrite(MiB + 4 * KiB, 4 * KiB);
+  state.copyLanded(state.copyStarting(0, 2 * MiB));
+  await state.checkpoint(async () => {});
+  assert.equal(files.length, 2, 'only the checkpoint persisted');
+  // Region 0 saw no write: its intent went and its copy counts. Region 1 was written in the
+  // interval: its intent stays. Regions 2..7 were left alone: their intent went.
+  assert.equal(toCopyBytes(files.at(-1)!), 7 * MiB);
+  assert.equal(state.copiedBytes, MiB);
+  await state.checkpoint(async () => {});
+  // Region 1 idle now: its intent clears with its copied granules, since a write went there.
+  assert.equal(toCopyBytes(files.at(-1)!), 7 * MiB);
+  const file = files.at(-1)!;
+  assert.equal(new CopyState(SHAPE, async () => 0, file).copiedBytes, MiB, 'region 0 only');
+  const waiting = state.beforeWrite(3 * MiB, 4 * KiB);
+  assert.ok(waiting !== undefined, 'a region whose intent was cleared waits again');
+  await waiting;
+  state.afterWrite(3 * MiB, 4 * KiB);
+});
+
+test('copy state: an intent read back after a crash clears with its copied granules (writes may have gone there)', async () => {
+  const intent = Buffer.alloc(4);
+  intent[0] = 0b1; // region 0
+  const copied = Buffer.alloc(16);
+  copied.fill(0xff, 0, 4); // granules 0..31: regions 0 and 1
+  const { state, files } = recorded({ copied, intent });
+  assert.equal(state.copiedBytes, MiB, 'region 1 copied; region 0 under intent');
+  await state.checkpoint(async () => {});
+  assert.equal(toCopyBytes(files.at(-1)!), 7 * MiB, "region 0's stale copies are not trusted");
 });
