@@ -97,8 +97,9 @@ export interface ReceiveAnswer extends ReceiveTicket {
 const CALL_TIMEOUT_MS = 10_000;
 /**
  * How often the copy state is made durable over the network: each checkpoint flushes the peer's
- * image, and at every second that cost a synchronous mirror's guest about a third of its IOPS at
- * 1 Gbit/s (bench/cross-host.ts, load). At most this much copy is redone after a crash.
+ * image, a round trip and an fsync there, so less often than on one host. At most this much copy
+ * is redone after a crash. (In bench/cross-host.ts the guest's IOPS were the same at 1 s, 5 s and
+ * 30 s: what a synchronous mirror's guest paid was the intent persists, see copy-state.ts.)
  */
 const REMOTE_CHECKPOINT_MS = 5000;
 
