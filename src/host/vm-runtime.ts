@@ -1,6 +1,6 @@
 import { appendFile, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { errorMessageOf } from '../util/errors.js';
+import { errorCodeOf, errorMessageOf } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { HostError, HostErrorCode } from './errors.js';
 import { type KvmProbe, probeKvm } from './kvm-probe.js';
@@ -359,7 +359,7 @@ export async function endConsoleLine(path: string): Promise<void> {
       await handle.close();
     }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if (errorCodeOf(error) === 'ENOENT') return;
     throw error;
   }
   if (last !== 0x0a) await appendFile(path, '\n');

@@ -11,29 +11,20 @@ const SHAPE = {
   intentRegionBytes: MiB,
 };
 
-/** A state whose persists are recorded (the bits as each persist wrote them). */
-function recorded(loaded?: CopyStateBits): { state: CopyState; files: CopyStateBits[] } {
+/**
+ * A state whose persists are recorded (the bits as each persist wrote them): one read back from
+ * `loaded`, a bare one, or with `'fresh'` one made by `CopyState.fresh` with the first file it is
+ * written in (as CopyStateFile.create writes it before the move begins).
+ */
+function recorded(loaded?: CopyStateBits | 'fresh'): { state: CopyState; files: CopyStateBits[] } {
   const files: CopyStateBits[] = [];
-  const state: CopyState = new CopyState(
-    SHAPE,
-    async () => {
-      files.push(state.encode());
-      return state.lastEncodeId;
-    },
-    loaded,
-  );
-  return { state, files };
-}
-
-/** A fresh state (intent set ahead everywhere), its persists recorded, with its first file. */
-function recordedFresh(): { state: CopyState; files: CopyStateBits[] } {
-  const files: CopyStateBits[] = [];
-  const state: CopyState = CopyState.fresh(SHAPE, async () => {
+  const persist = async (): Promise<number> => {
     files.push(state.encode());
     return state.lastEncodeId;
-  });
-  // What CopyStateFile.create writes before the move begins.
-  files.push(state.encode());
+  };
+  const state: CopyState =
+    loaded === 'fresh' ? CopyState.fresh(SHAPE, persist) : new CopyState(SHAPE, persist, loaded);
+  if (loaded === 'fresh') files.push(state.encode());
   return { state, files };
 }
 
@@ -214,7 +205,7 @@ test('copy state: an intent cleared and set again while a persist was in flight 
 });
 
 test('copy state: a fresh state sets the intent ahead, so no write waits; checkpoints clear it where the guest did not write and keep the copies there', async () => {
-  const { state, files } = recordedFresh();
+  const { state, files } = recorded('fresh');
   assert.equal(toCopyBytes(files[0]!), 8 * MiB, 'a crash before any checkpoint copies it all');
   state.startTracking();
   assert.equal(state.beforeWrite(MiB + 4 * KiB, 4 * KiB), undefined, 'no persist before a write');
